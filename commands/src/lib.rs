@@ -1,0 +1,31 @@
+//! The write side of match-stats, as a pure library: no I/O, no clocks, no async.
+//!
+//! - [`decode`]: payload bytes to a validated [`Event`] or a [`Rejection`] (contract
+//!   sections 1 to 3);
+//! - [`aggregate`]: the [`Match`] aggregate that folds events into statistics
+//!   (section 4), dropping duplicates and closing ended matches;
+//! - [`stats`]: the stored statistics and the derived values;
+//! - [`delta`]: the [`StatDelta`] messages that tell downstream services what changed;
+//! - [`view`]: the match and player objects as the REST API returns them;
+//! - [`id`]: validated ids and short labels.
+//!
+//! The service binary feeds it messages in stream order; time comes only from the
+//! events and the stream's stored time, so replaying a stream decides the same.
+
+pub mod aggregate;
+pub mod decode;
+pub mod delta;
+pub mod event;
+pub mod id;
+pub mod rejection;
+pub mod stats;
+pub mod view;
+
+pub use aggregate::{Match, Outcome};
+pub use decode::decode;
+pub use delta::{Change, DeltaEntry, Field, FieldValue, StatDelta};
+pub use event::{Event, EventKind, TimestampMs};
+pub use id::{EventId, MatchId, PlayerId};
+pub use rejection::{Reason, Rejection};
+pub use stats::{MatchStats, MatchStatus, PlayerStats};
+pub use view::{MatchView, PlayerView};

@@ -1,0 +1,13 @@
+//! Test support for match-stats: real servers and the shared contract's test data.
+//!
+//! - [`NatsServer`] and [`RedisServer`] start real `nats-server` (with JetStream) and
+//!   `redis-server` processes on free loopback ports with temporary directories, and
+//!   kill them on drop. A missing binary panics with the command that installs it.
+//! - [`contract`] reads `../shared/contract` (vectors, scenarios, expected results).
+//! - [`json`] compares JSON documents with the contract's float tolerance.
+
+pub mod contract;
+pub mod json;
+mod servers;
+
+pub use servers::{NatsServer, RedisServer, free_port};
