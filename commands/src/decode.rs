@@ -42,12 +42,15 @@ pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
             "payload is not a map/object",
         ));
     };
-    let fields = Fields { map: root, path: "" };
+    let fields = Fields {
+        map: root,
+        path: "",
+    };
 
-    let event_id = EventId::parse(fields.required_str("event_id")?)
-        .map_err(|e| invalid("event_id", e))?;
-    let match_id = MatchId::parse(fields.required_str("match_id")?)
-        .map_err(|e| invalid("match_id", e))?;
+    let event_id =
+        EventId::parse(fields.required_str("event_id")?).map_err(|e| invalid("event_id", e))?;
+    let match_id =
+        MatchId::parse(fields.required_str("match_id")?).map_err(|e| invalid("match_id", e))?;
     let event_type = fields.required_str("event_type")?;
     let timestamp_ms = timestamp(fields.required("timestamp")?, stored_at_ms)?;
     let player_id = fields.optional_id("player_id")?;
@@ -112,7 +115,11 @@ pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
         other => {
             return Err(Rejection::new(
                 Reason::UnknownEventType,
-                format!("event_type {:?} is not one of {:?}", truncate(other), crate::event::EVENT_TYPES),
+                format!(
+                    "event_type {:?} is not one of {:?}",
+                    truncate(other),
+                    crate::event::EVENT_TYPES
+                ),
             ));
         }
     };
@@ -199,7 +206,12 @@ fn timestamp(value: &Value, stored_at_ms: TimestampMs) -> Result<TimestampMs> {
         Value::String(s) => {
             let s = s.as_str().unwrap_or_default();
             chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| invalid("timestamp", format!("{:?} is not RFC 3339: {e}", truncate(s))))?
+                .map_err(|e| {
+                    invalid(
+                        "timestamp",
+                        format!("{:?} is not RFC 3339: {e}", truncate(s)),
+                    )
+                })?
                 .timestamp_millis()
                 .into()
         }
@@ -219,22 +231,35 @@ fn timestamp(value: &Value, stored_at_ms: TimestampMs) -> Result<TimestampMs> {
                     i64::from_be_bytes(bytes[4..12].try_into().unwrap()).into(),
                     u32::from_be_bytes(bytes[..4].try_into().unwrap()),
                 ),
-                n => return Err(invalid("timestamp", format!("timestamp extension of {n} bytes"))),
+                n => {
+                    return Err(invalid(
+                        "timestamp",
+                        format!("timestamp extension of {n} bytes"),
+                    ));
+                }
             };
             if nanos >= 1_000_000_000 {
-                return Err(invalid("timestamp", "timestamp extension nanoseconds over 999999999"));
+                return Err(invalid(
+                    "timestamp",
+                    "timestamp extension nanoseconds over 999999999",
+                ));
             }
             secs * 1000 + i128::from(nanos / 1_000_000)
         }
         other => {
             return Err(invalid(
                 "timestamp",
-                format!("is {}, not an RFC 3339 string, integer milliseconds or a timestamp extension", kind(other)),
+                format!(
+                    "is {}, not an RFC 3339 string, integer milliseconds or a timestamp extension",
+                    kind(other)
+                ),
             ));
         }
     };
     if ms < i128::from(MIN_TIMESTAMP_MS) {
-        return Err(out_of_range(format!("timestamp {ms} ms is before 2000-01-01")));
+        return Err(out_of_range(format!(
+            "timestamp {ms} ms is before 2000-01-01"
+        )));
     }
     if ms > i128::from(stored_at_ms) + i128::from(MAX_FUTURE_MS) {
         return Err(out_of_range(format!(
@@ -263,13 +288,17 @@ impl<'a> Fields<'a> {
     }
 
     fn required(&self, key: &str) -> Result<&'a Value> {
-        self.get(key).ok_or_else(|| missing(&format!("{}{key}", self.path)))
+        self.get(key)
+            .ok_or_else(|| missing(&format!("{}{key}", self.path)))
     }
 
     fn str_of(&self, key: &str, value: &'a Value) -> Result<&'a str> {
         match value {
             Value::String(s) => Ok(s.as_str().unwrap_or_default()),
-            other => Err(invalid(&format!("{}{key}", self.path), format!("is {}, not a string", kind(other)))),
+            other => Err(invalid(
+                &format!("{}{key}", self.path),
+                format!("is {}, not a string", kind(other)),
+            )),
         }
     }
 
@@ -278,7 +307,8 @@ impl<'a> Fields<'a> {
     }
 
     fn id(&self, key: &str, value: &'a Value) -> Result<PlayerId> {
-        PlayerId::parse(self.str_of(key, value)?).map_err(|e| invalid(&format!("{}{key}", self.path), e))
+        PlayerId::parse(self.str_of(key, value)?)
+            .map_err(|e| invalid(&format!("{}{key}", self.path), e))
     }
 
     fn required_id(&self, key: &str) -> Result<PlayerId> {
@@ -311,7 +341,10 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Boolean(b)) => Ok(Some(*b)),
-            Some(other) => Err(invalid(&format!("{}{key}", self.path), format!("is {}, not a bool", kind(other)))),
+            Some(other) => Err(invalid(
+                &format!("{}{key}", self.path),
+                format!("is {}, not a bool", kind(other)),
+            )),
         }
     }
 
@@ -320,7 +353,12 @@ impl<'a> Fields<'a> {
             Value::Integer(i) => i.as_f64().unwrap_or(f64::NAN),
             Value::F32(f) => f64::from(*f),
             Value::F64(f) => *f,
-            other => return Err(invalid(&format!("{}{key}", self.path), format!("is {}, not a number", kind(other)))),
+            other => {
+                return Err(invalid(
+                    &format!("{}{key}", self.path),
+                    format!("is {}, not a number", kind(other)),
+                ));
+            }
         };
         if !n.is_finite() || n < min || n > max {
             return Err(invalid(
@@ -336,7 +374,9 @@ impl<'a> Fields<'a> {
     }
 
     fn optional_number(&self, key: &str, min: f64, max: f64) -> Result<Option<f64>> {
-        self.get(key).map(|v| self.number(key, v, min, max)).transpose()
+        self.get(key)
+            .map(|v| self.number(key, v, min, max))
+            .transpose()
     }
 
     fn optional_int(&self, key: &str, min: u32, max: u32) -> Result<Option<u32>> {
@@ -344,11 +384,17 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let Value::Integer(i) = value else {
-            return Err(invalid(&format!("{}{key}", self.path), format!("is {}, not an integer", kind(value))));
+            return Err(invalid(
+                &format!("{}{key}", self.path),
+                format!("is {}, not an integer", kind(value)),
+            ));
         };
         match i.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(invalid(&format!("{}{key}", self.path), format!("{i} is not in {min}..={max}"))),
+            _ => Err(invalid(
+                &format!("{}{key}", self.path),
+                format!("{i} is not in {min}..={max}"),
+            )),
         }
     }
 }

@@ -68,9 +68,10 @@ pub struct MatchStats {
 }
 
 impl MatchStats {
-    /// `end_time - start_time` when completed, else `last_update - start_time`.
+    /// `end_time - start_time` when completed, else `last_update - start_time`; never
+    /// negative (game clocks may stamp a `match_end` before the `match_start`).
     pub fn duration_ms(&self) -> i64 {
-        self.end_time.unwrap_or(self.last_update) - self.start_time
+        (self.end_time.unwrap_or(self.last_update) - self.start_time).max(0)
     }
 }
 
@@ -207,9 +208,16 @@ mod tests {
         assert_eq!(p.accuracy_pct(), 100.0, "capped at 100");
         assert_eq!(p.score(), 400 + 100 + 25);
         assert_eq!(p.avg_speed(0), 1.0);
-        assert_eq!(p.performance_rating(0), 525.0, "playtime floored at a minute");
+        assert_eq!(
+            p.performance_rating(0),
+            525.0,
+            "playtime floored at a minute"
+        );
         let idle = PlayerStats::default();
-        assert_eq!((idle.accuracy_pct(), idle.avg_speed(0), idle.kd_ratio()), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (idle.accuracy_pct(), idle.avg_speed(0), idle.kd_ratio()),
+            (0.0, 0.0, 0.0)
+        );
     }
 
     #[test]

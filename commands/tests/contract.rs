@@ -19,7 +19,13 @@ fn normalized(e: &Event) -> Value {
         data.insert(k.to_owned(), v);
     };
     match &e.kind {
-        EventKind::Kill { killer_id, victim_id, weapon, headshot, distance } => {
+        EventKind::Kill {
+            killer_id,
+            victim_id,
+            weapon,
+            headshot,
+            distance,
+        } => {
             put("killer_id", json!(killer_id.as_str()));
             put("victim_id", json!(victim_id.as_str()));
             if let Some(w) = weapon {
@@ -64,19 +70,34 @@ fn every_vector_decodes_or_rejects_as_expected() {
             failures.push(format!("{}: got {got}, expected {}", v.file, v.expect));
         }
     }
-    assert!(failures.is_empty(), "{} vectors differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} vectors differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn accepted_vectors_carry_the_typed_values() {
     let vectors = contract::vectors();
     let by_file = |name: &str| {
-        let v = vectors.vectors.iter().find(|v| v.file.starts_with(name)).expect("vector");
+        let v = vectors
+            .vectors
+            .iter()
+            .find(|v| v.file.starts_with(name))
+            .expect("vector");
         decode(&v.payload(), vectors.stored_at_ms).expect("accepted")
     };
     assert!(matches!(by_file("09-").kind, EventKind::Damage { damage, .. } if damage == 42.5));
-    assert!(matches!(by_file("16-").kind, EventKind::WeaponFire { shots: 1, .. }), "default shots is 1");
-    assert!(by_file("13-").player_id.is_none(), "match_start needs no player");
+    assert!(
+        matches!(by_file("16-").kind, EventKind::WeaponFire { shots: 1, .. }),
+        "default shots is 1"
+    );
+    assert!(
+        by_file("13-").player_id.is_none(),
+        "match_start needs no player"
+    );
 }
 
 /// Folds a scenario through decode and the aggregate, as the service does.
@@ -87,7 +108,9 @@ fn fold(scenario: &contract::Scenario) -> (BTreeMap<MatchId, Match>, Vec<String>
         let outcome = match decode(&m.payload, SCENARIO_STORED_AT_MS) {
             Err(r) => r.reason.as_str().to_owned(),
             Ok(event) => {
-                let aggregate = matches.entry(event.match_id).or_insert_with(|| Match::new(event.match_id));
+                let aggregate = matches
+                    .entry(event.match_id)
+                    .or_insert_with(|| Match::new(event.match_id));
                 match aggregate.handle(&event, m.seq) {
                     Outcome::Applied(_) => "applied".to_owned(),
                     Outcome::Duplicate => "duplicate".to_owned(),
@@ -96,7 +119,10 @@ fn fold(scenario: &contract::Scenario) -> (BTreeMap<MatchId, Match>, Vec<String>
             }
         };
         if outcome != m.expect {
-            mismatches.push(format!("seq {}: got {outcome}, expected {}", m.seq, m.expect));
+            mismatches.push(format!(
+                "seq {}: got {outcome}, expected {}",
+                m.seq, m.expect
+            ));
         }
     }
     (matches, mismatches)
@@ -106,7 +132,12 @@ fn fold(scenario: &contract::Scenario) -> (BTreeMap<MatchId, Match>, Vec<String>
 fn small_scenario_every_message_has_its_expected_outcome() {
     let scenario = contract::scenario("small");
     let (_, mismatches) = fold(&scenario);
-    assert!(mismatches.is_empty(), "{} messages differ:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} messages differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 #[test]

@@ -16,10 +16,18 @@ fn scenario_deltas() -> (contract::Scenario, Vec<StatDelta>) {
     let mut matches: BTreeMap<MatchId, Match> = BTreeMap::new();
     let mut deltas = Vec::new();
     for m in &scenario.messages {
-        let Ok(event) = decode(&m.payload, STORED_AT_MS) else { continue };
-        let aggregate = matches.entry(event.match_id).or_insert_with(|| Match::new(event.match_id));
+        let Ok(event) = decode(&m.payload, STORED_AT_MS) else {
+            continue;
+        };
+        let aggregate = matches
+            .entry(event.match_id)
+            .or_insert_with(|| Match::new(event.match_id));
         if let Outcome::Applied(entry) = aggregate.handle(&event, m.seq) {
-            let delta = StatDelta { match_id: event.match_id, entries: vec![entry], match_view: None };
+            let delta = StatDelta {
+                match_id: event.match_id,
+                entries: vec![entry],
+                match_view: None,
+            };
             let bytes = rmp_serde::to_vec_named(&delta).expect("encode");
             deltas.push(rmp_serde::from_slice(&bytes).expect("decode"));
         }
@@ -47,21 +55,34 @@ fn folding_deltas_reproduces_expected_matches() {
     assert_eq!(projections.len(), expected.len());
     for (id, p) in &projections {
         let actual = serde_json::to_value(p.view()).unwrap();
-        json::assert_close(&actual, &expected[id.as_str()], &format!("projected match {id}"));
+        json::assert_close(
+            &actual,
+            &expected[id.as_str()],
+            &format!("projected match {id}"),
+        );
     }
     let applied: u64 = projections.values().map(|p| p.version()).sum();
-    assert_eq!(applied, scenario.expected["counts"]["applied"].as_u64().unwrap());
+    assert_eq!(
+        applied,
+        scenario.expected["counts"]["applied"].as_u64().unwrap()
+    );
 }
 
 #[test]
 fn replayed_deltas_change_nothing() {
     let (_, deltas) = scenario_deltas();
     let mut projections = project(&deltas);
-    let before: Vec<_> = projections.values().map(|p| serde_json::to_value(p.view()).unwrap()).collect();
+    let before: Vec<_> = projections
+        .values()
+        .map(|p| serde_json::to_value(p.view()).unwrap())
+        .collect();
     for d in &deltas {
         assert_eq!(projections.get_mut(&d.match_id).unwrap().apply(d), Ok(0));
     }
-    let after: Vec<_> = projections.values().map(|p| serde_json::to_value(p.view()).unwrap()).collect();
+    let after: Vec<_> = projections
+        .values()
+        .map(|p| serde_json::to_value(p.view()).unwrap())
+        .collect();
     assert_eq!(before, after);
 }
 
@@ -69,8 +90,19 @@ fn replayed_deltas_change_nothing() {
 fn a_missing_version_is_an_error() {
     let (_, deltas) = scenario_deltas();
     let first = &deltas[0];
-    let third = deltas.iter().filter(|d| d.match_id == first.match_id).nth(2).unwrap();
+    let third = deltas
+        .iter()
+        .filter(|d| d.match_id == first.match_id)
+        .nth(2)
+        .unwrap();
     let mut p = MatchProjection::new(first.match_id);
     p.apply(first).unwrap();
-    assert!(matches!(p.apply(third), Err(ProjectionError::Gap { have: 1, got: 3, .. })));
+    assert!(matches!(
+        p.apply(third),
+        Err(ProjectionError::Gap {
+            have: 1,
+            got: 3,
+            ..
+        })
+    ));
 }

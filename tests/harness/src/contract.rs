@@ -49,7 +49,8 @@ impl Vector {
 
 /// Reads `vectors/expected.json`.
 pub fn vectors() -> Vectors {
-    let text = std::fs::read_to_string(dir().join("vectors/expected.json")).expect("vectors/expected.json");
+    let text = std::fs::read_to_string(dir().join("vectors/expected.json"))
+        .expect("vectors/expected.json");
     serde_json::from_str(&text).expect("vectors/expected.json parses")
 }
 
@@ -97,7 +98,9 @@ pub fn scenario(name: &str) -> Scenario {
             }
         })
         .collect();
-    let expected = serde_json::from_str(&std::fs::read_to_string(base.join("expected.json")).expect("expected.json"))
-        .expect("expected.json parses");
+    let expected = serde_json::from_str(
+        &std::fs::read_to_string(base.join("expected.json")).expect("expected.json"),
+    )
+    .expect("expected.json parses");
     Scenario { messages, expected }
 }

@@ -17,13 +17,21 @@ pub fn differences(actual: &Value, expected: &Value) -> Vec<String> {
 #[track_caller]
 pub fn assert_close(actual: &Value, expected: &Value, what: &str) {
     let diffs = differences(actual, expected);
-    assert!(diffs.is_empty(), "{what}: {} differences:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }
 
 fn diff(path: &str, actual: &Value, expected: &Value, out: &mut Vec<String>) {
     match (actual, expected) {
         (Value::Number(a), Value::Number(e)) => {
-            let (a, e) = (a.as_f64().unwrap_or(f64::NAN), e.as_f64().unwrap_or(f64::NAN));
+            let (a, e) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                e.as_f64().unwrap_or(f64::NAN),
+            );
             let scale = a.abs().max(e.abs()).max(f64::MIN_POSITIVE);
             if a != e && (a - e).abs() / scale > RELATIVE_TOLERANCE {
                 out.push(format!("{path}: {a} != expected {e}"));
@@ -62,7 +70,10 @@ mod tests {
     fn floats_within_tolerance_are_equal_and_others_are_not() {
         assert!(differences(&json!({"a": 1.0000000000001}), &json!({"a": 1.0})).is_empty());
         assert!(differences(&json!({"a": 3}), &json!({"a": 3.0})).is_empty());
-        assert_eq!(differences(&json!({"a": 1.001}), &json!({"a": 1.0})).len(), 1);
+        assert_eq!(
+            differences(&json!({"a": 1.001}), &json!({"a": 1.0})).len(),
+            1
+        );
         assert_eq!(differences(&json!({"a": null}), &json!({"a": 0})).len(), 1);
         assert_eq!(differences(&json!({}), &json!({"a": 0})).len(), 1);
         assert_eq!(differences(&json!({"b": 0}), &json!({})).len(), 1);

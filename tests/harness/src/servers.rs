@@ -53,7 +53,10 @@ fn wait_until_listening(port: u16, child: &mut Child, log: &Path, name: &str) {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             panic!("{name} exited with {status} before listening on {port}:\n{log}");
         }
-        assert!(Instant::now() < deadline, "{name} did not listen on {port} within {START_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not listen on {port} within {START_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -68,7 +71,10 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("match-stats-nats-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("match-stats-nats-")
+            .tempdir()
+            .expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: free_port(),
@@ -82,7 +88,14 @@ impl NatsServer {
         let bin = find_binary("nats-server", "NATS_SERVER_BIN", "make deps");
         let log = self.dir.path().join("nats.log");
         let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.dir.path().join("jetstream"))
             .arg("-l")
             .arg(&log)
@@ -136,7 +149,10 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("match-stats-redis-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("match-stats-redis-")
+            .tempdir()
+            .expect("temp dir");
         let mut server = RedisServer {
             child: None,
             port: free_port(),
