@@ -1,1 +1,62 @@
-fn main() {}
+//! The `match-stats` binary: parses settings, then runs the service or the demo feed.
+
+use clap::Parser;
+use match_stats::config::{Cli, Command, EXIT_CONFIG};
+use match_stats::{App, demo, telemetry};
+
+#[tokio::main]
+async fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() => {
+            // One clear line naming the setting, and EX_USAGE.
+            let message = error.to_string();
+            eprintln!(
+                "match-stats: invalid configuration: {}",
+                message.lines().next().unwrap_or_default()
+            );
+            std::process::exit(EXIT_CONFIG);
+        }
+        Err(help_or_version) => help_or_version.exit(),
+    };
+    if let Err(error) = telemetry::init_logs(&cli.config.log_level, &cli.config.log_format) {
+        eprintln!("match-stats: invalid configuration: {error}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::DemoFeed(args) => demo::run(&cli.config, args).await,
+    };
+    if let Err(error) = result {
+        tracing::error!("{error:#}");
+        eprintln!("match-stats: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: match_stats::Config) -> anyhow::Result<()> {
+    let app = App::build(config).await?;
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; finishing in-flight work");
+        token.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

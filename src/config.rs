@@ -1,0 +1,211 @@
+//! Typed configuration, loaded once at start-up.
+//!
+//! Every setting is an environment variable and a command-line flag that overrides it;
+//! `match-stats --help` lists them with their defaults. An invalid value stops start-up
+//! with one line naming the setting and exit code 64 (`EX_USAGE`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for an invalid configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// match-stats: live match statistics from a NATS JetStream event stream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to run (default: the service).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Service settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Publish simulated matches to the events stream, as game servers would.
+    DemoFeed(crate::demo::DemoArgs),
+}
+
+/// The service's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP listen address for /health, /ready and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_addr)]
+    pub http_addr: SocketAddr,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub log_format: String,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    #[command(flatten)]
+    /// Stream, subject and consumer names.
+    pub topology: Topology,
+
+    /// Messages processed per batch (their effects are published together, then acked).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Most unacknowledged messages the consumer hands out at once.
+    #[arg(long, env = "MAX_ACK_PENDING", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub max_ack_pending: i64,
+
+    /// How long NATS waits for an ack before redelivering (e.g. 30s).
+    #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Grace period for in-flight work on SIGTERM/SIGINT (e.g. 10s).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Names of the streams, subjects and consumer (defaults match `nats/streams/*.json`).
+#[derive(Debug, Clone, Args)]
+pub struct Topology {
+    /// Events stream name.
+    #[arg(long, env = "EVENTS_STREAM", default_value = "MATCH_EVENTS", value_parser = parse_name)]
+    pub events_stream: String,
+    /// Events subject prefix; game servers publish to `<prefix>.<match_id>`.
+    #[arg(long, env = "EVENTS_SUBJECT", default_value = "match_stats.events", value_parser = parse_subject)]
+    pub events_subject: String,
+    /// Duplicate window of the events stream for `Nats-Msg-Id` (e.g. 2m).
+    #[arg(long, env = "EVENTS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub events_duplicate_window: Duration,
+    /// Deltas stream name.
+    #[arg(long, env = "DELTAS_STREAM", default_value = "MATCH_DELTAS", value_parser = parse_name)]
+    pub deltas_stream: String,
+    /// Deltas subject prefix; deltas go to `<prefix>.<match_id>`.
+    #[arg(long, env = "DELTAS_SUBJECT", default_value = "match_stats.deltas", value_parser = parse_subject)]
+    pub deltas_subject: String,
+    /// Duplicate window of the deltas stream; a restart's re-published deltas within it
+    /// are dropped by NATS (e.g. 1h).
+    #[arg(long, env = "DELTAS_DUPLICATE_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub deltas_duplicate_window: Duration,
+    /// Dead-letter stream name.
+    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "MATCH_DEAD_LETTERS", value_parser = parse_name)]
+    pub dead_letter_stream: String,
+    /// Dead-letter subject prefix; rejected events go to `<prefix>.<reason>`.
+    #[arg(long, env = "DEAD_LETTER_SUBJECT", default_value = "match_stats.dead_letters", value_parser = parse_subject)]
+    pub dead_letter_subject: String,
+    /// Durable consumer name on the events stream.
+    #[arg(long, env = "CONSUMER_NAME", default_value = "match-stats", value_parser = parse_name)]
+    pub consumer_name: String,
+}
+
+impl Topology {
+    /// The events stream's subject filter.
+    pub fn events_filter(&self) -> String {
+        format!("{}.*", self.events_subject)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    // Accept Go-style ":8080" as all interfaces.
+    let s = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    s.parse()
+        .map_err(|e| format!("{e} (expected host:port, e.g. 0.0.0.0:8080 or :8080)"))
+}
+
+/// Durations like `500ms`, `30s`, `2m`, `1h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m, 1h, 7d)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1_000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(format!("{s:?} has no unit ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} must be letters, digits, _ or -"))
+    }
+}
+
+fn parse_subject(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} must be dot-separated tokens of letters, digits, _ or - (no wildcards)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("x").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn go_style_listen_address_means_all_interfaces() {
+        assert_eq!(
+            parse_addr(":8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert!(parse_addr("8080").is_err());
+    }
+
+    #[test]
+    fn subjects_and_names_reject_wildcards_and_dots() {
+        assert!(parse_subject("match_stats.events").is_ok());
+        assert!(parse_subject("a.*").is_err() && parse_subject("a..b").is_err());
+        assert!(parse_name("MATCH_EVENTS").is_ok() && parse_name("a.b").is_err());
+    }
+
+    #[test]
+    fn defaults_parse_and_flags_override() {
+        let cli = Cli::try_parse_from(["match-stats", "--batch-size", "7"]).unwrap();
+        assert_eq!(cli.config.batch_size, 7);
+        assert_eq!(cli.config.topology.events_filter(), "match_stats.events.*");
+        let err = Cli::try_parse_from(["match-stats", "--batch-size", "0"]).unwrap_err();
+        assert!(err.to_string().contains("batch-size"), "{err}");
+    }
+}

@@ -1,0 +1,267 @@
+//! A feed of simulated matches, as game servers would publish them: joins, positions,
+//! shots, damage, kills with their mirrored deaths, items, leaves and match ends, in
+//! MessagePack with `Nats-Msg-Id`. A few deliberately bad payloads show dead-lettering.
+//! It prints progress, and a summary of each match when its final delta arrives.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, message::PublishMessage};
+use clap::Args;
+use futures::StreamExt;
+use match_stats_commands::{MatchStatus, StatDelta};
+use rand::RngExt;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// How often the feed prints its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+/// Most publish acknowledgements awaited at once.
+const MAX_PENDING_ACKS: usize = 256;
+
+/// Settings of the demo feed.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Matches played at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub matches: u32,
+    /// Players per match.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=1_000))]
+    pub players: u32,
+    /// Events published per second, across all matches.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+    /// Events per match before its `match_end`.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(10..=10_000_000))]
+    pub events_per_match: u32,
+    /// One message in this many is a bad payload (0: none).
+    #[arg(long, default_value_t = 250)]
+    pub bad_every: u32,
+    /// Start a new match whenever one ends, until stopped (Ctrl-C).
+    #[arg(long)]
+    pub forever: bool,
+}
+
+/// One simulated match.
+struct SimMatch {
+    id: String,
+    players: Vec<(String, [f64; 3], bool)>,
+    next_event: u64,
+    remaining: u32,
+}
+
+impl SimMatch {
+    fn new(run: &str, n: u32, players: u32, events: u32) -> Self {
+        let id = format!("demo-{run}-{n:03}");
+        let players = (0..players)
+            .map(|p| (format!("{id}-p{p:02}"), [0.0; 3], false))
+            .collect();
+        SimMatch {
+            id,
+            players,
+            next_event: 0,
+            remaining: events,
+        }
+    }
+
+    fn event(&mut self, event_type: &str, player: Option<&str>, data: Value) -> (String, Vec<u8>) {
+        self.next_event += 1;
+        let event_id = format!("{}-e{:06}", self.id, self.next_event);
+        let mut event = json!({
+            "event_id": event_id,
+            "match_id": self.id,
+            "event_type": event_type,
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+            "event_data": data,
+        });
+        if let Some(player) = player {
+            event["player_id"] = json!(player);
+        }
+        let payload = rmp_serde::to_vec_named(&event).expect("events serialize");
+        (event_id, payload)
+    }
+
+    /// The next event of this match, or `None` once it has ended.
+    fn next(&mut self, rng: &mut impl rand::Rng) -> Option<(String, Vec<u8>)> {
+        if self.next_event == 0 {
+            return Some(self.event(
+                "match_start",
+                None,
+                json!({"map_name": "neon_city", "game_mode": "team_deathmatch", "max_players": self.players.len()}),
+            ));
+        }
+        if let Some(i) = self.players.iter().position(|p| !p.2) {
+            self.players[i].2 = true;
+            let (id, team) = (
+                self.players[i].0.clone(),
+                if i % 2 == 0 { "red" } else { "blue" },
+            );
+            return Some(self.event(
+                "player_join",
+                Some(&id),
+                json!({"player_name": format!("Player {i}"), "team_id": team}),
+            ));
+        }
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            return Some(self.event("match_end", None, json!({})));
+        }
+        let n = self.players.len();
+        let a = rng.random_range(0..n);
+        let b = (a + rng.random_range(1..n)) % n;
+        let (pa, pb) = (self.players[a].0.clone(), self.players[b].0.clone());
+        let weapon = ["rifle", "smg", "shotgun", "sniper", "pistol"][rng.random_range(0..5)];
+        let roll = rng.random_range(0..100);
+        Some(match roll {
+            0..40 => {
+                let pos = &mut self.players[a].1;
+                for c in pos.iter_mut() {
+                    *c += rng.random_range(-3.0..3.0);
+                }
+                let [x, y, z] = *pos;
+                self.event("position", Some(&pa), json!({"x": x, "y": y, "z": z}))
+            }
+            40..60 => self.event("weapon_fire", Some(&pa), json!({"weapon": weapon, "shots": rng.random_range(1..6)})),
+            60..82 => self.event(
+                "damage",
+                Some(&pa),
+                json!({"attacker_id": pa, "victim_id": pb, "damage": rng.random_range(5.0..40.0), "weapon": weapon}),
+            ),
+            82..92 => self.event(
+                "kill",
+                Some(&pa),
+                json!({"killer_id": pa, "victim_id": pb, "weapon": weapon, "headshot": rng.random_bool(0.25), "distance": rng.random_range(1.0..120.0)}),
+            ),
+            92..97 => self.event(
+                "item_use",
+                Some(&pa),
+                json!({"item": "medkit", "heal_amount": rng.random_range(10.0..50.0)}),
+            ),
+            97..98 => self.event("death", Some(&pb), json!({"cause": "fall"})),
+            _ => self.event("position", Some(&pb), json!({"x": 5000.0, "y": 0.0, "z": 0.0})),
+        })
+    }
+}
+
+/// Runs the feed until every match has ended (or forever, with `--forever`).
+pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
+    let nats = async_nats::connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    let topology = config.topology.clone();
+    let summaries = nats
+        .subscribe(format!("{}.*", topology.deltas_subject))
+        .await?;
+    tokio::spawn(print_summaries(summaries));
+
+    let mut rng = rand::rng();
+    let run_id = format!("{:04x}", rng.random::<u16>());
+    let mut started = 0;
+    let mut matches: Vec<SimMatch> = (0..args.matches)
+        .map(|_| {
+            started += 1;
+            SimMatch::new(&run_id, started, args.players, args.events_per_match)
+        })
+        .collect();
+    println!(
+        "demo feed: {} matches of {} players at {} events/s on {}.<match_id> (run {run_id})",
+        args.matches, args.players, args.rate, topology.events_subject
+    );
+
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = Vec::with_capacity(MAX_PENDING_ACKS);
+    let (mut published, mut bad, mut completed) = (0u64, 0u64, 0u64);
+    let mut last_progress = Instant::now();
+    while !matches.is_empty() {
+        ticker.tick().await;
+        let i = rng.random_range(0..matches.len());
+        let subject = format!("{}.{}", topology.events_subject, matches[i].id);
+        let (event_id, payload) =
+            if args.bad_every > 0 && (published + 1) % u64::from(args.bad_every) == 0 {
+                bad += 1;
+                (format!("bad-{run_id}-{bad}"), b"\xc1 not an event".to_vec())
+            } else {
+                match matches[i].next(&mut rng) {
+                    Some(event) => event,
+                    None => {
+                        completed += 1;
+                        matches.swap_remove(i);
+                        if args.forever {
+                            started += 1;
+                            matches.push(SimMatch::new(
+                                &run_id,
+                                started,
+                                args.players,
+                                args.events_per_match,
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            };
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(event_id);
+        pending.push(js.send_publish(subject, message).await?);
+        published += 1;
+        if pending.len() >= MAX_PENDING_ACKS {
+            for ack in pending.drain(..) {
+                ack.await
+                    .context("the events stream did not confirm a publish")?;
+            }
+        }
+        if last_progress.elapsed() >= PROGRESS_INTERVAL {
+            last_progress = Instant::now();
+            println!(
+                "demo feed: published {published} events ({bad} bad payloads); {} matches live, {completed} ended",
+                matches.len()
+            );
+        }
+    }
+    for ack in pending {
+        ack.await
+            .context("the events stream did not confirm a publish")?;
+    }
+    println!(
+        "demo feed: done: published {published} events ({bad} bad payloads); {completed} matches ended"
+    );
+    // Let the last summaries arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Prints one line per match as its first completed delta arrives.
+async fn print_summaries(mut deltas: async_nats::Subscriber) {
+    let mut seen = std::collections::HashSet::new();
+    while let Some(message) = deltas.next().await {
+        let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) else {
+            continue;
+        };
+        let Some(view) = delta.match_view else {
+            continue;
+        };
+        if view.status != MatchStatus::Completed || !seen.insert(view.match_id) {
+            continue;
+        }
+        let players = view.player_stats.unwrap_or_default();
+        let top = players
+            .iter()
+            .max_by_key(|p| (p.score, std::cmp::Reverse(p.player_id)));
+        println!(
+            "match {} ended after {:.1} s: {} kills, {} assists, {:.0} damage; top score {}",
+            view.match_id,
+            view.duration_ms as f64 / 1000.0,
+            view.total_kills,
+            view.total_assists,
+            view.total_damage,
+            top.map(|p| format!("{} ({} pts, {} kills)", p.player_id, p.score, p.kills))
+                .unwrap_or_default(),
+        );
+    }
+}

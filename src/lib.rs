@@ -1,0 +1,21 @@
+//! The match-stats service: wires the pure command side (`match_stats_commands`) and the
+//! read side (`match_stats_queries`) to NATS JetStream and HTTP.
+//!
+//! - [`config`]: settings from environment variables and flags;
+//! - [`telemetry`]: logs and the Prometheus recorder;
+//! - [`streams`]: the JetStream streams and consumer, from the files in `nats/`;
+//! - [`ingest`]: the command side's loop (recovery, consume, publish effects, ack);
+//! - [`http`]: `/health`, `/ready`, `/metrics`;
+//! - [`app`]: [`App`], the service assembled, with one shutdown path;
+//! - [`demo`]: a feed of simulated matches for `make run`.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ingest;
+pub mod streams;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;
