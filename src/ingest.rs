@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{
+    self, consumer, context::PublishAckFuture, message::PublishMessage, publish::PublishAck,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use match_stats_commands::{Match, MatchId, MatchStatus, Outcome, Reason, StatDelta, decode};
@@ -63,6 +65,9 @@ pub struct IngestStats {
     pub deltas_published: AtomicU64,
     /// Dead letters confirmed by the dead-letter stream.
     pub dead_letters: AtomicU64,
+    /// Effects published again (after a restart) that the stream already held and
+    /// dropped by their `Nats-Msg-Id`.
+    pub effects_deduplicated: AtomicU64,
     /// The last events stream sequence applied.
     pub applied_sequence: AtomicU64,
     /// Matches in memory that have not ended.
@@ -88,6 +93,7 @@ pub struct IngestCounts {
     pub redelivered_skipped: u64,
     pub deltas_published: u64,
     pub dead_letters: u64,
+    pub effects_deduplicated: u64,
     pub applied_sequence: u64,
     pub matches_active: u64,
     pub matches_completed: u64,
@@ -109,6 +115,7 @@ impl IngestStats {
             redelivered_skipped: get(&self.redelivered_skipped),
             deltas_published: get(&self.deltas_published),
             dead_letters: get(&self.dead_letters),
+            effects_deduplicated: get(&self.effects_deduplicated),
             applied_sequence: get(&self.applied_sequence),
             matches_active: get(&self.matches_active),
             matches_completed: get(&self.matches_completed),
@@ -288,9 +295,9 @@ async fn publish(
     if effects.is_empty() {
         return true;
     }
-    loop {
+    let acks = loop {
         match try_publish(js, effects).await {
-            Ok(()) => break,
+            Ok(acks) => break acks,
             Err(error) => {
                 metrics::counter!("match_stats_publish_retries_total").increment(1);
                 tracing::warn!(%error, effects = effects.len(), "publishing effects failed; retrying");
@@ -300,16 +307,15 @@ async fn publish(
                 }
             }
         }
-    }
-    for effect in effects {
-        if effect.headers.get(HEADER_REASON).is_some() {
+    };
+    for (effect, ack) in effects.iter().zip(acks) {
+        if ack.duplicate {
+            stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("match_stats_effects_deduplicated_total").increment(1);
+        } else if let Some(reason) = effect.headers.get(HEADER_REASON) {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-            let reason = effect
-                .headers
-                .get(HEADER_REASON)
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            metrics::counter!("match_stats_dead_letters_total", "reason" => reason).increment(1);
+            metrics::counter!("match_stats_dead_letters_total", "reason" => reason.to_string())
+                .increment(1);
         } else {
             stats.deltas_published.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("match_stats_deltas_published_total").increment(1);
@@ -318,7 +324,10 @@ async fn publish(
     true
 }
 
-async fn try_publish(js: &jetstream::Context, effects: &[Effect]) -> anyhow::Result<()> {
+async fn try_publish(
+    js: &jetstream::Context,
+    effects: &[Effect],
+) -> anyhow::Result<Vec<PublishAck>> {
     let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(effects.len());
     for e in effects {
         let message = PublishMessage::build()
@@ -327,10 +336,11 @@ async fn try_publish(js: &jetstream::Context, effects: &[Effect]) -> anyhow::Res
             .message_id(&e.msg_id);
         pending.push(js.send_publish(e.subject.clone(), message).await?);
     }
+    let mut acks = Vec::with_capacity(pending.len());
     for ack in futures::future::join_all(pending.into_iter().map(|p| p.into_future())).await {
-        ack?;
+        acks.push(ack?);
     }
-    Ok(())
+    Ok(acks)
 }
 
 /// Rebuilds the aggregates from the events stream, from its first message to the last one

@@ -1,1 +1,5 @@
-fn main() {}
+//! Integration tests: the service against real `nats-server` processes (one binary, many
+//! modules; each test starts its own servers, so streams and keys never collide).
+
+mod command_side;
+mod support;

