@@ -5,6 +5,7 @@
 //! step, returning the [`DeltaEntry`] of what changed. Every mutation of a stored field
 //! goes through a [`Recorder`], so the delta and the state cannot disagree.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::Hasher;
 
@@ -151,8 +152,8 @@ impl Match {
             rec.set(None, Field::LastUpdate, &mut stats.last_update, t);
         }
         for id in named_players(event) {
-            if !players.contains_key(&id) {
-                let mut player = PlayerState::default();
+            if let Entry::Vacant(slot) = players.entry(id) {
+                let player = slot.insert(PlayerState::default());
                 rec.set(Some(id), Field::Online, &mut player.stats.online, !late);
                 if !late {
                     rec.set(
@@ -168,7 +169,6 @@ impl Match {
                         |n| n + 1,
                     );
                 }
-                players.insert(id, player);
             }
         }
         let pid = event.player_id;

@@ -30,13 +30,11 @@ pub enum ProjectionError {
         /// The field.
         field: Field,
         /// The value.
-        value: FieldValue,
+        value: Box<FieldValue>,
     },
     /// The delta is for another match.
-    #[error("delta for match {got} applied to match {want}")]
+    #[error("delta for match {got} applied to another match's projection")]
     WrongMatch {
-        /// This projection's match.
-        want: MatchId,
         /// The delta's match.
         got: MatchId,
     },
@@ -81,7 +79,6 @@ impl MatchProjection {
     pub fn apply(&mut self, delta: &StatDelta) -> Result<usize, ProjectionError> {
         if delta.match_id != self.match_id {
             return Err(ProjectionError::WrongMatch {
-                want: self.match_id,
                 got: delta.match_id,
             });
         }
@@ -110,7 +107,7 @@ impl MatchProjection {
         let bad = || ProjectionError::BadValue {
             match_id: self.match_id,
             field: change.field,
-            value: change.after.clone(),
+            value: Box::new(change.after.clone()),
         };
         let v = &change.after;
         let Some(player_id) = change.player_id else {

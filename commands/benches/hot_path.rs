@@ -1,0 +1,81 @@
+//! Decode+validate and apply, per event type, on the small scenario's own payloads.
+//!
+//! Apply is measured on a match already warmed by the whole scenario's first match (its
+//! players and weapons exist), with fresh event ids so nothing is a duplicate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use match_stats_commands::{Event, EventId, Match, decode};
+use match_stats_harness::contract;
+
+const STORED_AT_MS: i64 = 1_767_312_000_000;
+
+fn payloads_by_type() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
+    let mut by_type: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
+    for m in contract::scenario("small").messages {
+        if let Ok(event) = decode(&m.payload, STORED_AT_MS) {
+            by_type.entry(event.kind.event_type()).or_default().push(m.payload);
+        }
+    }
+    by_type
+}
+
+fn bench(c: &mut Criterion) {
+    let by_type = payloads_by_type();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(1));
+    for (event_type, payloads) in &by_type {
+        let mut i = 0;
+        group.bench_function(*event_type, |b| {
+            b.iter(|| {
+                i = (i + 1) % payloads.len();
+                decode(&payloads[i], STORED_AT_MS).unwrap()
+            })
+        });
+    }
+    group.finish();
+
+    // A live match (no match_end) warmed with every event of the first scenario match.
+    let events: Vec<Event> = by_type.values().flatten().map(|p| decode(p, STORED_AT_MS).unwrap()).collect();
+    let match_id = events[0].match_id;
+    let mut warm = Match::new(match_id);
+    for (n, e) in events.iter().filter(|e| e.match_id == match_id && e.kind.event_type() != "match_end").enumerate() {
+        warm.handle(e, n as u64);
+    }
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(1));
+    for event_type in by_type.keys().filter(|t| !matches!(**t, "match_end" | "match_start")) {
+        let samples: Vec<Event> = events
+            .iter()
+            .filter(|e| e.match_id == match_id && e.kind.event_type() == *event_type)
+            .cloned()
+            .collect();
+        group.bench_function(*event_type, |b| {
+            b.iter_custom(|iters| {
+                let mut aggregate = warm.clone();
+                let batch: Vec<Event> = (0..iters)
+                    .map(|n| {
+                        let mut e = samples[n as usize % samples.len()].clone();
+                        e.event_id = EventId::parse(&format!("bench-{n}")).unwrap();
+                        e
+                    })
+                    .collect();
+                let start = Instant::now();
+                for (n, e) in batch.iter().enumerate() {
+                    std::hint::black_box(aggregate.handle(e, n as u64));
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = bench
+}
+criterion_main!(hot_path);
