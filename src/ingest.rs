@@ -357,9 +357,11 @@ pub async fn recover(
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut stream = js.get_stream(&topology.events_stream).await?;
-    let last = stream.info().await?.state.last_sequence;
+    let state = stream.info().await?.state.clone();
+    let last = state.last_sequence;
     let ack_floor = consumer.info().await?.ack_floor.stream_sequence;
-    if last == 0 {
+    if state.messages == 0 {
+        side.applied_sequence = last;
         return Ok(());
     }
     stats.recovery_total.store(last, Ordering::Relaxed);

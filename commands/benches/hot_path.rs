@@ -16,7 +16,10 @@ fn payloads_by_type() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let mut by_type: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
     for m in contract::scenario("small").messages {
         if let Ok(event) = decode(&m.payload, STORED_AT_MS) {
-            by_type.entry(event.kind.event_type()).or_default().push(m.payload);
+            by_type
+                .entry(event.kind.event_type())
+                .or_default()
+                .push(m.payload);
         }
     }
     by_type
@@ -38,15 +41,26 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // A live match (no match_end) warmed with every event of the first scenario match.
-    let events: Vec<Event> = by_type.values().flatten().map(|p| decode(p, STORED_AT_MS).unwrap()).collect();
+    let events: Vec<Event> = by_type
+        .values()
+        .flatten()
+        .map(|p| decode(p, STORED_AT_MS).unwrap())
+        .collect();
     let match_id = events[0].match_id;
     let mut warm = Match::new(match_id);
-    for (n, e) in events.iter().filter(|e| e.match_id == match_id && e.kind.event_type() != "match_end").enumerate() {
+    for (n, e) in events
+        .iter()
+        .filter(|e| e.match_id == match_id && e.kind.event_type() != "match_end")
+        .enumerate()
+    {
         warm.handle(e, n as u64);
     }
     let mut group = c.benchmark_group("apply");
     group.throughput(Throughput::Elements(1));
-    for event_type in by_type.keys().filter(|t| !matches!(**t, "match_end" | "match_start")) {
+    for event_type in by_type
+        .keys()
+        .filter(|t| !matches!(**t, "match_end" | "match_start"))
+    {
         let samples: Vec<Event> = events
             .iter()
             .filter(|e| e.match_id == match_id && e.kind.event_type() == *event_type)

@@ -214,3 +214,49 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use super::*;
+
+    fn first_line(port: u16, send: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(send).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    }
+
+    #[test]
+    fn nats_server_speaks_nats_with_jetstream_and_restarts_on_the_same_port() {
+        let mut nats = NatsServer::start();
+        let info = first_line(nats.port(), b"");
+        assert!(
+            info.starts_with("INFO ") && info.contains("\"jetstream\":true"),
+            "{info}"
+        );
+        let port = nats.port();
+        nats.restart();
+        assert_eq!(nats.port(), port);
+        assert!(first_line(port, b"").starts_with("INFO "));
+        nats.kill();
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "killed means gone"
+        );
+    }
+
+    #[test]
+    fn redis_server_answers_ping_and_is_gone_after_drop() {
+        let redis = RedisServer::start();
+        let port = redis.port();
+        assert_eq!(first_line(port, b"PING\r\n"), "+PONG\r\n");
+        drop(redis);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}
