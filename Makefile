@@ -52,7 +52,7 @@ run: deps build ## Start local NATS and Redis under .run/, the service and a dem
 	echo "  Prometheus metrics    http://127.0.0.1:$(HTTP_PORT)/metrics"; \
 	echo "  NATS streams          http://127.0.0.1:$(NATS_MONITOR_PORT)/jsz?streams=true"; \
 	echo "  logs                  .run/match-stats.log .run/nats.log .run/redis.log"; \
-	echo "  deltas                subject match_stats.deltas.<match_id> (stream MATCH_DEAD_LETTERS holds rejects)"; \
+	echo "  deltas / rejects      streams MATCH_DELTAS (match_stats.deltas.<match_id>) and MATCH_DEAD_LETTERS"; \
 	echo "The demo feed plays matches below and prints each one's summary from its final delta. Ctrl-C stops everything."; echo; \
 	NATS_URL=nats://127.0.0.1:$(NATS_PORT) LOG_LEVEL=warn $(BIN) demo-feed --forever
 
