@@ -1,17 +1,23 @@
-//! The service assembled: NATS connection, JetStream topology, the ingest task and the
-//! HTTP server, with one shutdown path.
+//! The service assembled: NATS connection, JetStream topology, the command side's
+//! ingest task, the query side's projector and cache writer, and the HTTP server, with
+//! one shutdown path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings};
+use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::ingest::{self, IngestStats};
+use crate::project::{self, Dirty};
 use crate::{streams, telemetry};
 
 /// A built service, connected and listening, not yet running.
@@ -22,12 +28,14 @@ pub struct App {
     consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     listener: TcpListener,
     stats: Arc<IngestStats>,
+    api: ApiState,
     token: CancellationToken,
 }
 
 impl App {
-    /// Connects to NATS, creates or updates the streams and consumer, binds HTTP.
-    /// Fails fast with a message naming what could not be reached.
+    /// Connects to NATS, creates or updates the streams, bucket and consumer, prepares
+    /// the (lazily connected) Redis cache and binds HTTP. Fails fast with a message
+    /// naming what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let nats = async_nats::ConnectOptions::new()
             .name("match-stats")
@@ -35,7 +43,35 @@ impl App {
             .await
             .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
         let js = jetstream::new(nats.clone());
-        let consumer = streams::ensure(&js, &config).await?;
+        let topology = streams::ensure(&js, &config).await?;
+        let redis = match config.cache.redis_url() {
+            None => None,
+            Some(url) => {
+                let settings = RedisSettings {
+                    url,
+                    prefix: config.cache.redis_prefix.clone(),
+                    timeout: config.cache.redis_timeout,
+                    ttl_active: config.cache.ttl_active,
+                    ttl_completed: config.cache.completed_retention,
+                };
+                let cache = RedisCache::new(settings).map_err(|e| {
+                    anyhow::anyhow!(
+                        "REDIS_ADDR {:?} is not usable: {e}",
+                        config.cache.redis_addr
+                    )
+                })?;
+                Some(Arc::new(cache))
+            }
+        };
+        let api = ApiState {
+            model: Arc::new(ReadModel::default()),
+            redis,
+            completed: Some(CompletedStore::new(
+                topology.completed,
+                config.cache.redis_timeout * 4,
+            )),
+            lookups: Default::default(),
+        };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
@@ -43,9 +79,10 @@ impl App {
             config,
             nats,
             js,
-            consumer,
+            consumer: topology.consumer,
             listener,
             stats: Arc::new(IngestStats::default()),
+            api,
             token: CancellationToken::new(),
         })
     }
@@ -60,12 +97,17 @@ impl App {
         self.stats.clone()
     }
 
+    /// The query side's state (read model, caches), shared with the running service.
+    pub fn api_state(&self) -> ApiState {
+        self.api.clone()
+    }
+
     /// Cancelling this token stops the service gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.token.clone()
     }
 
-    /// Runs until the shutdown token is cancelled (or ingest fails), then stops pulling,
+    /// Runs until the shutdown token is cancelled (or a task fails), then stops pulling,
     /// finishes the batch in flight, flushes acks and closes HTTP within the grace period.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App {
@@ -75,48 +117,85 @@ impl App {
             consumer,
             listener,
             stats,
+            api,
             token,
         } = self;
-        tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url, "match-stats running");
+        tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url, redis = api.redis.is_some(), "match-stats running");
 
-        let mut ingest = tokio::spawn(ingest::run(
-            js,
+        let mut tasks = JoinSet::new();
+        tasks.spawn(ingest::run(
+            js.clone(),
             config.topology.clone(),
             consumer,
             stats.clone(),
             config.batch_size as usize,
             token.clone(),
         ));
+        let dirty = Arc::new(Dirty::default());
+        tasks.spawn(project::run_projector(
+            js.clone(),
+            config.topology.deltas_stream.clone(),
+            api.model.clone(),
+            dirty.clone(),
+            config.batch_size as usize,
+            token.clone(),
+        ));
+        if let Some(redis) = api.redis.clone() {
+            let writer = project::run_cache_writer(
+                api.model.clone(),
+                redis,
+                dirty,
+                config.cache.write_interval,
+                config.cache.resync_interval,
+                token.clone(),
+            );
+            tasks.spawn(async move {
+                writer.await;
+                Ok(())
+            });
+        }
         let state = HttpState {
             stats,
             metrics: telemetry::metrics(),
             nats: nats.clone(),
+            js,
+            topology: config.topology.clone(),
+            api: api.clone(),
+            started: Instant::now(),
         };
+        let routes = api::finish(api::router(api).merge(http::router(state)));
         let http_token = token.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, http::router(state))
+            axum::serve(listener, routes)
                 .with_graceful_shutdown(http_token.cancelled_owned())
                 .await
         });
 
-        // Ingest ends on cancellation (between batches) or on a fatal error; either way,
-        // everything stops.
-        let ended_first = tokio::select! {
-            result = &mut ingest => Some(result),
-            _ = token.cancelled() => None,
-        };
-        token.cancel();
-        let ingest_result = match ended_first {
-            Some(result) => result,
-            None => match tokio::time::timeout(config.shutdown_grace, &mut ingest).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(grace = ?config.shutdown_grace, "ingest did not stop within the grace period; unacked messages will be redelivered");
-                    ingest.abort();
-                    Ok(Ok(()))
+        // The first task to end (cancellation, or a fatal error) stops everything.
+        let mut first_error = None;
+        tokio::select! {
+            Some(ended) = tasks.join_next() => {
+                if let Ok(Err(error)) | Err(error) = ended.map_err(anyhow::Error::from) {
+                    first_error = Some(error);
                 }
-            },
-        };
+            }
+            _ = token.cancelled() => {}
+        }
+        token.cancel();
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while let Some(ended) = tasks.join_next().await {
+                if let Ok(Err(error)) = ended
+                    && first_error.is_none()
+                {
+                    first_error = Some(error);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?config.shutdown_grace, "tasks did not stop within the grace period; unacked messages will be redelivered");
+            tasks.abort_all();
+        }
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "flushing acks to NATS failed");
         }
@@ -124,7 +203,9 @@ impl App {
             Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
             Err(_) => tracing::warn!("HTTP server did not close within the grace period"),
         }
-        ingest_result.context("ingest task")??;
+        if let Some(error) = first_error {
+            return Err(error.context("a service task failed"));
+        }
         tracing::info!("match-stats stopped");
         Ok(())
     }

@@ -71,6 +71,63 @@ pub struct Config {
     /// Grace period for in-flight work on SIGTERM/SIGINT (e.g. 10s).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    /// The shared cache.
+    pub cache: CacheConfig,
+}
+
+/// Redis and the completed-matches bucket.
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Redis host:port; empty runs on the in-process read model alone.
+    #[arg(long, env = "REDIS_ADDR", default_value = "localhost:6379")]
+    pub redis_addr: String,
+    /// Redis password (never logged).
+    #[arg(
+        long,
+        env = "REDIS_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub redis_password: String,
+    /// Redis database number.
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "match_stats:")]
+    pub redis_prefix: String,
+    /// Bound on every Redis call; past it the call counts as failed (e.g. 50ms).
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// TTL of an active match in Redis, refreshed while it is live (e.g. 10m).
+    #[arg(long, env = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
+    pub ttl_active: Duration,
+    /// How long completed matches stay queryable (Redis TTL and key-value max age).
+    #[arg(long, env = "COMPLETED_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub completed_retention: Duration,
+    /// How often changed matches are written through to Redis (e.g. 100ms).
+    #[arg(long, env = "CACHE_WRITE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub write_interval: Duration,
+    /// How often every match in memory is written again (repopulates a flushed Redis).
+    #[arg(long, env = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+impl CacheConfig {
+    /// The `redis://` URL, or `None` when Redis is disabled.
+    pub fn redis_url(&self) -> Option<String> {
+        let addr = self.redis_addr.trim();
+        if addr.is_empty() {
+            return None;
+        }
+        let auth = if self.redis_password.is_empty() {
+            String::new()
+        } else {
+            format!(":{}@", self.redis_password)
+        };
+        Some(format!("redis://{auth}{addr}/{}", self.redis_db))
+    }
 }
 
 /// Names of the streams, subjects and consumer (defaults match `nats/streams/*.json`).
@@ -101,6 +158,9 @@ pub struct Topology {
     /// Dead-letter subject prefix; rejected events go to `<prefix>.<reason>`.
     #[arg(long, env = "DEAD_LETTER_SUBJECT", default_value = "match_stats.dead_letters", value_parser = parse_subject)]
     pub dead_letter_subject: String,
+    /// Key-value bucket holding completed matches' final objects.
+    #[arg(long, env = "COMPLETED_BUCKET", default_value = "match_stats_completed", value_parser = parse_name)]
+    pub completed_bucket: String,
     /// Durable consumer name on the events stream.
     #[arg(long, env = "CONSUMER_NAME", default_value = "match-stats", value_parser = parse_name)]
     pub consumer_name: String,
@@ -198,6 +258,21 @@ mod tests {
         assert!(parse_subject("match_stats.events").is_ok());
         assert!(parse_subject("a.*").is_err() && parse_subject("a..b").is_err());
         assert!(parse_name("MATCH_EVENTS").is_ok() && parse_name("a.b").is_err());
+    }
+
+    #[test]
+    fn redis_url_carries_password_and_db_and_empty_disables() {
+        let mut cli =
+            Cli::try_parse_from(["match-stats", "--redis-addr", "r:6380", "--redis-db", "2"])
+                .unwrap();
+        assert_eq!(cli.config.cache.redis_url().unwrap(), "redis://r:6380/2");
+        cli.config.cache.redis_password = "s3cret".into();
+        assert_eq!(
+            cli.config.cache.redis_url().unwrap(),
+            "redis://:s3cret@r:6380/2"
+        );
+        cli.config.cache.redis_addr = String::new();
+        assert_eq!(cli.config.cache.redis_url(), None);
     }
 
     #[test]

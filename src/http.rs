@@ -1,18 +1,24 @@
-//! The service's own HTTP routes: `/health` (liveness), `/ready` (readiness, with
-//! recovery progress) and `/metrics` (Prometheus text).
+//! The service's operational routes: `/health` (liveness), `/ready` (readiness, with
+//! why and the replay progress), `/metrics` (Prometheus text) and
+//! `/api/v1/match-stats/system/stats`. The API itself is `match_stats_queries::api`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use match_stats_queries::ApiState;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::ingest::IngestStats;
+
+/// Bound on the consumer-info call behind `/system/stats`.
+const CONSUMER_INFO_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// What the routes read.
 #[derive(Clone)]
@@ -23,14 +29,23 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// NATS connection, for readiness.
     pub nats: async_nats::Client,
+    /// JetStream, for the consumer's lag.
+    pub js: async_nats::jetstream::Context,
+    /// Events stream and consumer names.
+    pub topology: crate::config::Topology,
+    /// The query side (read model, caches).
+    pub api: ApiState,
+    /// When the service started.
+    pub started: Instant,
 }
 
-/// The router; testable without a socket.
+/// The operational routes; testable without a socket.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/v1/match-stats/system/stats", get(system_stats))
         .with_state(state)
 }
 
@@ -42,11 +57,16 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     let stats = &state.stats;
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
     let recovered = stats.ready.load(Ordering::Relaxed);
-    let ready = connected && recovered;
-    let reason = match (connected, recovered) {
-        (false, _) => "not connected to NATS",
-        (true, false) => "replaying the events stream",
-        (true, true) => "consuming live events",
+    let caught_up = state.api.model.is_caught_up();
+    let ready = connected && recovered && caught_up;
+    let reason = if !connected {
+        "not connected to NATS"
+    } else if !recovered {
+        "replaying the events stream"
+    } else if !caught_up {
+        "read model catching up on the deltas stream"
+    } else {
+        "consuming live events"
     };
     let status = if ready {
         StatusCode::OK
@@ -57,6 +77,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
         "ready": ready,
         "reason": reason,
         "nats_connected": connected,
+        "read_model_caught_up": caught_up,
         "recovery": {
             "replayed": stats.recovery_done.load(Ordering::Relaxed),
             "total": stats.recovery_total.load(Ordering::Relaxed),
@@ -71,4 +92,55 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let counts = state.stats.counts();
+    let consumer = async {
+        let stream = state
+            .js
+            .get_stream(&state.topology.events_stream)
+            .await
+            .ok()?;
+        stream
+            .consumer_info(&state.topology.consumer_name)
+            .await
+            .ok()
+    };
+    let consumer = match tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer).await {
+        Ok(Some(info)) => json!({
+            "pending": info.num_pending,
+            "ack_pending": info.num_ack_pending,
+            "redelivered": info.num_redelivered,
+        }),
+        _ => json!(null),
+    };
+    let redis = match &state.api.redis {
+        None => json!({"configured": false, "healthy": false, "state": "disabled"}),
+        Some(redis) => {
+            let s = redis.state();
+            json!({"configured": true, "healthy": s.as_str() == "closed", "state": s.as_str()})
+        }
+    };
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "matches": {"active": counts.matches_active, "completed": counts.matches_completed},
+        "events": {
+            "received": counts.received,
+            "processed": counts.applied,
+            "duplicates": counts.duplicates,
+            "rejected": counts.rejected,
+        },
+        "consumer_lag": consumer,
+        "cache": {
+            "redis": redis,
+            "read_model": {
+                "matches": state.api.model.matches().len(),
+                "caught_up": state.api.model.is_caught_up(),
+            },
+            "levels": state.api.lookups.to_json(),
+        },
+        "timestamp": match_stats_commands::view::rfc3339(chrono::Utc::now().timestamp_millis()),
+    }))
 }

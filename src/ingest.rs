@@ -190,13 +190,15 @@ impl CommandSide {
         self.applied_sequence
     }
 
-    /// Decides and applies one message; returns its effect (none for a duplicate).
+    /// Decides and applies one message; returns its effects: none for a duplicate, a
+    /// dead letter, or a delta (plus the final object for the completed-matches bucket
+    /// once the match has ended).
     fn process(
         &mut self,
         payload: &Bytes,
         source: Source<'_>,
         topology: &Topology,
-    ) -> (Processed, Option<Effect>) {
+    ) -> (Processed, Vec<Effect>) {
         self.applied_sequence = source.sequence;
         let processed = match decode(payload, source.stored_at_ms) {
             Err(rejection) => Processed::Rejected {
@@ -236,21 +238,34 @@ impl CommandSide {
                 }
             }
         };
-        let effect = match &processed {
-            Processed::Applied { delta } => Some(Effect {
-                subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
-                msg_id: delta.msg_id(),
-                headers: HeaderMap::new(),
-                payload: rmp_serde::to_vec_named(delta)
-                    .expect("deltas serialize")
-                    .into(),
-            }),
-            Processed::Duplicate => None,
-            Processed::Rejected { reason, detail } => {
-                Some(dead_letter(payload, source, *reason, detail, topology))
+        let mut effects = Vec::new();
+        match &processed {
+            Processed::Applied { delta } => {
+                effects.push(Effect {
+                    subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
+                    msg_id: delta.msg_id(),
+                    headers: HeaderMap::new(),
+                    payload: rmp_serde::to_vec_named(delta)
+                        .expect("deltas serialize")
+                        .into(),
+                });
+                if let Some(view) = &delta.match_view {
+                    // A key-value put is a publish to the bucket's subject.
+                    let json = serde_json::to_vec(view).expect("views serialize");
+                    effects.push(Effect {
+                        subject: format!("$KV.{}.{}", topology.completed_bucket, delta.match_id),
+                        msg_id: format!("{}:final", delta.msg_id()),
+                        headers: HeaderMap::new(),
+                        payload: match_stats_queries::cache::encode(&json).into(),
+                    });
+                }
             }
-        };
-        (processed, effect)
+            Processed::Duplicate => {}
+            Processed::Rejected { reason, detail } => {
+                effects.push(dead_letter(payload, source, *reason, detail, topology))
+            }
+        }
+        (processed, effects)
     }
 }
 
@@ -312,6 +327,8 @@ async fn publish(
         if ack.duplicate {
             stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("match_stats_effects_deduplicated_total").increment(1);
+        } else if effect.subject.starts_with("$KV.") {
+            metrics::counter!("match_stats_completed_matches_stored_total").increment(1);
         } else if let Some(reason) = effect.headers.get(HEADER_REASON) {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("match_stats_dead_letters_total", "reason" => reason.to_string())

@@ -5,7 +5,8 @@
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`streams`]: the JetStream streams and consumer, from the files in `nats/`;
 //! - [`ingest`]: the command side's loop (recovery, consume, publish effects, ack);
-//! - [`http`]: `/health`, `/ready`, `/metrics`;
+//! - [`project`]: the query side's projector (deltas → read model) and cache writer;
+//! - [`http`]: `/health`, `/ready`, `/metrics`, `/system/stats` (the API is in queries);
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`demo`]: a feed of simulated matches for `make run`.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
+pub mod project;
 pub mod streams;
 pub mod telemetry;
 

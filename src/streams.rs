@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 
-use crate::config::{Config, Topology};
+use crate::config::Config;
+use crate::config::Topology as Names;
 
 const EVENTS: &str = include_str!("../nats/streams/events.json");
 const DELTAS: &str = include_str!("../nats/streams/deltas.json");
@@ -18,7 +19,7 @@ const DEAD_LETTERS: &str = include_str!("../nats/streams/dead_letters.json");
 const INGEST_CONSUMER: &str = include_str!("../nats/consumers/ingest.json");
 
 /// The events stream's definition with the configured name, subjects and window.
-pub fn events_stream(topology: &Topology) -> stream::Config {
+pub fn events_stream(topology: &Names) -> stream::Config {
     stream_config(
         EVENTS,
         &topology.events_stream,
@@ -28,7 +29,7 @@ pub fn events_stream(topology: &Topology) -> stream::Config {
 }
 
 /// The deltas stream's definition.
-pub fn deltas_stream(topology: &Topology) -> stream::Config {
+pub fn deltas_stream(topology: &Names) -> stream::Config {
     stream_config(
         DELTAS,
         &topology.deltas_stream,
@@ -38,7 +39,7 @@ pub fn deltas_stream(topology: &Topology) -> stream::Config {
 }
 
 /// The dead-letter stream's definition.
-pub fn dead_letter_stream(topology: &Topology) -> stream::Config {
+pub fn dead_letter_stream(topology: &Names) -> stream::Config {
     stream_config(
         DEAD_LETTERS,
         &topology.dead_letter_stream,
@@ -73,11 +74,29 @@ pub fn ingest_consumer(config: &Config) -> consumer::pull::Config {
     consumer
 }
 
-/// Creates or updates the three streams and the ingest consumer.
-pub async fn ensure(
-    js: &jetstream::Context,
-    config: &Config,
-) -> anyhow::Result<consumer::Consumer<consumer::pull::Config>> {
+/// The completed-matches bucket: one value per match, kept for the completed retention.
+pub fn completed_bucket(config: &Config) -> kv::Config {
+    kv::Config {
+        bucket: config.topology.completed_bucket.clone(),
+        description: "Final match objects of completed matches (LZ4/JSON, see README)".into(),
+        history: 1,
+        max_age: config.cache.completed_retention,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// What start-up creates: the ingest consumer and the completed-matches bucket.
+pub struct Topology {
+    /// The durable ingest consumer.
+    pub consumer: consumer::Consumer<consumer::pull::Config>,
+    /// The completed-matches bucket.
+    pub completed: kv::Store,
+}
+
+/// Creates or updates the three streams, the bucket and the ingest consumer.
+pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<Topology> {
     let topology = &config.topology;
     let mut events = None;
     for stream in [
@@ -97,8 +116,17 @@ pub async fn ensure(
             );
         }
     }
+    let completed = js
+        .create_or_update_key_value(completed_bucket(config))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or update key-value bucket {}",
+                topology.completed_bucket
+            )
+        })?;
     let events = events.expect("events stream was created");
-    events
+    let consumer = events
         .create_consumer(ingest_consumer(config))
         .await
         .with_context(|| {
@@ -106,5 +134,9 @@ pub async fn ensure(
                 "cannot create or update consumer {}",
                 topology.consumer_name
             )
-        })
+        })?;
+    Ok(Topology {
+        consumer,
+        completed,
+    })
 }

@@ -1,12 +1,24 @@
-//! The read side of match-stats: read models projected from stat deltas.
+//! The read side of match-stats: read models projected from stat deltas, the shared
+//! caches behind them, and the REST API.
 //!
 //! - [`projection`]: [`MatchProjection`] folds [`StatDelta`](match_stats_commands::StatDelta)
-//!   messages, in version order, back into the statistics the command side holds, and
-//!   renders them as the REST objects.
+//!   messages, in version order, back into the statistics the command side holds;
+//! - [`read_model`]: [`ReadModel`], immutable per-match snapshots published with
+//!   `arc-swap`, and the [`MatchBuilder`] that makes them from deltas;
+//! - [`leaderboard`]: per-metric standings kept ordered incrementally;
+//! - [`cache`]: Redis (version-guarded write-through, circuit breaker, timeouts) and the
+//!   completed-matches key-value bucket;
+//! - [`api`]: the axum router and handlers of contract section 5.
 //!
 //! The query side never reaches into the command side's memory: everything it knows
-//! arrives on the deltas stream, so it can run on any replica.
+//! arrives on the deltas stream, so it runs on every replica.
 
+pub mod api;
+pub mod cache;
+pub mod leaderboard;
 pub mod projection;
+pub mod read_model;
 
+pub use api::{ApiState, router};
 pub use projection::{MatchProjection, ProjectionError};
+pub use read_model::{MatchBuilder, MatchSnapshot, ReadModel};

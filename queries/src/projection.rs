@@ -70,6 +70,21 @@ impl MatchProjection {
         &self.stats
     }
 
+    /// The match id.
+    pub fn match_id(&self) -> MatchId {
+        self.match_id
+    }
+
+    /// A player's statistics.
+    pub fn player(&self, id: &PlayerId) -> Option<&PlayerStats> {
+        self.players.get(id)
+    }
+
+    /// Players in `player_id` order.
+    pub fn players(&self) -> impl Iterator<Item = (&PlayerId, &PlayerStats)> {
+        self.players.iter()
+    }
+
     /// The match object as REST returns it.
     pub fn view(&self) -> MatchView {
         MatchView::render(self.match_id, &self.stats, Some(self.players.iter()))

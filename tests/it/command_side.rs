@@ -110,7 +110,7 @@ fn assert_counts(service: &Service, expected: &Value, times: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_changes_nothing() {
     let nats = NatsServer::start();
-    let config = support::config(&nats);
+    let config = support::config(&nats, None);
     let service = Service::start(config.clone()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let scenario = contract::scenario("small");
@@ -187,7 +187,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice() {
     let nats = NatsServer::start();
-    let config = support::config(&nats);
+    let config = support::config(&nats, None);
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let scenario = contract::scenario("small");
     let thirds: Vec<&[_]> = scenario
@@ -257,7 +257,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_created_idempotently_and_a_missing_nats_is_a_clear_error() {
     let nats = NatsServer::start();
-    let config = support::config(&nats);
+    let config = support::config(&nats, None);
     // Twice against the same server: create, then update with the same definitions.
     Service::start(config.clone()).await.stop().await;
     Service::start(config.clone()).await.stop().await;

@@ -10,16 +10,20 @@ use futures::StreamExt;
 use match_stats::config::Cli;
 use match_stats::ingest::{IngestCounts, IngestStats};
 use match_stats::{App, Config};
-use match_stats_harness::NatsServer;
+use match_stats_harness::{NatsServer, RedisServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for the service to reach an expected state.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The service's settings for a test against `nats`, on a free HTTP port.
-pub fn config(nats: &NatsServer) -> Config {
-    Cli::try_parse_from([
+/// The service's settings for a test against `nats` (and `redis`, else none), on a
+/// free HTTP port.
+pub fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
+    let redis_addr = redis
+        .map(|r| format!("127.0.0.1:{}", r.port()))
+        .unwrap_or_default();
+    let args = [
         "match-stats",
         "--nats-url",
         &nats.url(),
@@ -27,9 +31,12 @@ pub fn config(nats: &NatsServer) -> Config {
         "127.0.0.1:0",
         "--log-level",
         "warn",
-    ])
-    .expect("test settings parse")
-    .config
+        "--redis-addr",
+        &redis_addr,
+    ];
+    Cli::try_parse_from(args)
+        .expect("test settings parse")
+        .config
 }
 
 /// A running service.
@@ -190,6 +197,7 @@ impl ServiceProcess {
             .env("NATS_URL", nats.url())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("LOG_LEVEL", "warn")
+            .env("REDIS_ADDR", "")
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("start match-stats");

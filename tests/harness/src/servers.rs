@@ -61,6 +61,18 @@ fn wait_until_listening(port: u16, child: &mut Child, log: &Path, name: &str) {
     }
 }
 
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
 /// A `nats-server` with JetStream (file storage in a temporary directory).
 pub struct NatsServer {
     child: Option<Child>,
@@ -69,7 +81,7 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a free port.
+    /// Starts a server on a port it picks itself (no race with other tests).
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("match-stats-nats-")
@@ -77,7 +89,7 @@ impl NatsServer {
             .expect("temp dir");
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
+            port: 0,
             dir,
         };
         server.spawn();
@@ -87,16 +99,20 @@ impl NatsServer {
     fn spawn(&mut self) {
         let bin = find_binary("nats-server", "NATS_SERVER_BIN", "make deps");
         let log = self.dir.path().join("nats.log");
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        // First start: -1 lets the server pick a free port and write it to a ports file.
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let mut child = Command::new(bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.dir.path().join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .arg("-l")
             .arg(&log)
             .stdin(Stdio::null())
@@ -104,6 +120,26 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        self.port = loop {
+            if let Some(port) = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|ports| ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok())
+            {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("nats-server exited with {status} before listening:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start within {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
         wait_until_listening(self.port, &mut child, &log, "nats-server");
         self.child = Some(child);
     }
@@ -155,10 +191,10 @@ impl RedisServer {
             .expect("temp dir");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port: 0,
             dir,
         };
-        server.spawn();
+        server.spawn_on_free_port();
         server
     }
 
@@ -182,6 +218,25 @@ impl RedisServer {
             .expect("start redis-server");
         wait_until_listening(self.port, &mut child, &log, "redis-server");
         self.child = Some(child);
+    }
+
+    /// Spawns on a free port; if another process took that port first (the server
+    /// exits, or something else answers), tries again on another.
+    fn spawn_on_free_port(&mut self) {
+        for _ in 0..5 {
+            self.port = free_port();
+            self.spawn();
+            std::thread::sleep(Duration::from_millis(30));
+            let alive = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if alive && answers_ping(self.port) {
+                return;
+            }
+            self.kill();
+        }
+        panic!("redis-server could not get a free port in 5 tries");
     }
 
     /// `redis://127.0.0.1:<port>`.

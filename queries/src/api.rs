@@ -1,0 +1,455 @@
+//! The REST API of contract section 5 (plus `around` leaderboards and `/openapi.json`).
+//!
+//! Handlers validate path ids and query parameters first, then look the match up:
+//! the read model (one `load()`), else Redis, else the completed-matches bucket. While
+//! the read model is still catching up, Redis is asked too and the newer object wins.
+//! [`ApiError`] is the one place errors become JSON responses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use match_stats_commands::view::rfc3339;
+use match_stats_commands::{MatchId, MatchStatus, MatchView, PlayerId, PlayerView};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cache::{CompletedStore, RedisCache};
+use crate::leaderboard::{Metric, Ranked};
+use crate::read_model::{MatchSnapshot, ReadModel};
+
+/// Default and largest `limit` of the active-matches list.
+pub const ACTIVE_LIMIT: (usize, usize) = (100, 1000);
+/// Default and largest `limit` of a leaderboard.
+pub const LEADERBOARD_LIMIT: (usize, usize) = (10, 100);
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A cache level, for hit/miss counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// This replica's read model.
+    Memory,
+    /// The shared Redis.
+    Redis,
+    /// The completed-matches key-value bucket.
+    Kv,
+}
+
+impl Level {
+    const ALL: [Level; 3] = [Level::Memory, Level::Redis, Level::Kv];
+
+    /// `memory`, `redis`, `kv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Memory => "memory",
+            Level::Redis => "redis",
+            Level::Kv => "kv",
+        }
+    }
+}
+
+/// Hits and misses per level.
+#[derive(Debug, Default)]
+pub struct LookupStats {
+    hits: [AtomicU64; 3],
+    misses: [AtomicU64; 3],
+}
+
+impl LookupStats {
+    fn record(&self, level: Level, hit: bool) {
+        let i = level as usize;
+        let (counter, result) = if hit {
+            (&self.hits[i], "hit")
+        } else {
+            (&self.misses[i], "miss")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("match_stats_cache_requests_total", "level" => level.as_str(), "result" => result)
+            .increment(1);
+        let (hits, misses) = (
+            self.hits[i].load(Ordering::Relaxed),
+            self.misses[i].load(Ordering::Relaxed),
+        );
+        metrics::gauge!("match_stats_cache_hit_ratio", "level" => level.as_str())
+            .set(hits as f64 / (hits + misses).max(1) as f64);
+    }
+
+    /// `{level: {hits, misses, hit_ratio}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let levels: serde_json::Map<_, _> = Level::ALL
+            .iter()
+            .map(|l| {
+                let (h, m) = (
+                    self.hits[*l as usize].load(Ordering::Relaxed),
+                    self.misses[*l as usize].load(Ordering::Relaxed),
+                );
+                let ratio = h as f64 / (h + m).max(1) as f64;
+                (
+                    l.as_str().to_owned(),
+                    json!({"hits": h, "misses": m, "hit_ratio": ratio}),
+                )
+            })
+            .collect();
+        levels.into()
+    }
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    /// This replica's read model.
+    pub model: Arc<ReadModel>,
+    /// The shared Redis, if configured.
+    pub redis: Option<Arc<RedisCache>>,
+    /// The completed-matches bucket.
+    pub completed: Option<CompletedStore>,
+    /// Hit/miss counters.
+    pub lookups: Arc<LookupStats>,
+}
+
+/// An error response: `{"error", "status", "timestamp"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": self.message,
+            "status": self.status.as_u16(),
+            "timestamp": now(),
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn now() -> String {
+    rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+}
+
+/// The API routes, with JSON 404/405 fallbacks and per-route metrics.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/match-stats/matches/active", get(active_matches))
+        .route("/api/v1/match-stats/matches/{match_id}", get(match_object))
+        .route(
+            "/api/v1/match-stats/matches/{match_id}/players/{player_id}",
+            get(player_object),
+        )
+        .route(
+            "/api/v1/match-stats/matches/{match_id}/leaderboard/{metric}",
+            get(leaderboard),
+        )
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// Wraps a router with JSON 404/405 responses and request metrics by route template.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: "method not allowed: the API is read-only (GET)".into(),
+            }
+        })
+        .layer(middleware::from_fn(record_request))
+}
+
+async fn record_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("match_stats_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("match_stats_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn match_id(raw: &str) -> Result<MatchId, ApiError> {
+    MatchId::parse(raw).map_err(|e| ApiError::bad_request(format!("invalid match id: {e}")))
+}
+
+fn player_id(raw: &str) -> Result<PlayerId, ApiError> {
+    PlayerId::parse(raw).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+}
+
+fn limit(
+    params: &HashMap<String, String>,
+    (default, max): (usize, usize),
+) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid limit {raw:?}: must be an integer from 1 to {max}"
+                ))
+            }),
+    }
+}
+
+/// Finds a match in the read model, else Redis, else the completed bucket.
+async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiError> {
+    let memory = state.model.get(id);
+    let caught_up = state.model.is_caught_up();
+    if let Some(snapshot) = &memory
+        && caught_up
+    {
+        state.lookups.record(Level::Memory, true);
+        return Ok(snapshot.clone());
+    }
+    state.lookups.record(Level::Memory, false);
+    let mut best = memory;
+    if let Some(redis) = &state.redis {
+        match redis.get(id).await {
+            Ok(Some(found)) => {
+                state.lookups.record(Level::Redis, true);
+                if best.as_ref().is_none_or(|b| b.version < found.version) {
+                    best = Some(Arc::new(found));
+                }
+            }
+            Ok(None) => state.lookups.record(Level::Redis, false),
+            Err(error) => {
+                state.lookups.record(Level::Redis, false);
+                tracing::debug!(%error, "redis lookup failed");
+            }
+        }
+    }
+    if best.is_none()
+        && let Some(completed) = &state.completed
+    {
+        match completed.get(id).await {
+            Ok(Some(found)) => {
+                state.lookups.record(Level::Kv, true);
+                best = Some(Arc::new(found));
+            }
+            Ok(None) => state.lookups.record(Level::Kv, false),
+            Err(error) => {
+                state.lookups.record(Level::Kv, false);
+                tracing::debug!(%error, "key-value lookup failed");
+            }
+        }
+    }
+    best.ok_or_else(|| ApiError::not_found(format!("match {id} not found")))
+}
+
+fn json_bytes(body: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn match_object(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = match_id(&raw)?;
+    let snapshot = find(&state, &id).await?;
+    Ok(json_bytes(snapshot.body().clone()))
+}
+
+async fn player_object(
+    State(state): State<ApiState>,
+    Path((raw_match, raw_player)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, pid) = (match_id(&raw_match)?, player_id(&raw_player)?);
+    let snapshot = find(&state, &id).await?;
+    let player = snapshot
+        .players
+        .get(&pid)
+        .ok_or_else(|| ApiError::not_found(format!("player {pid} not found in match {id}")))?;
+    Ok(json_bytes(
+        serde_json::to_vec(player.as_ref())
+            .expect("views serialize")
+            .into(),
+    ))
+}
+
+#[derive(Serialize)]
+struct ActiveMatches<'a> {
+    matches: Vec<&'a MatchView>,
+    count: usize,
+    next_cursor: Option<String>,
+    timestamp: String,
+}
+
+async fn active_matches(
+    State(state): State<ApiState>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let params = params(query)?;
+    let limit = limit(&params, ACTIVE_LIMIT)?;
+    let after = match params.get("cursor") {
+        None => None,
+        Some(cursor) => {
+            let decoded = URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| MatchId::parse(&s).ok());
+            Some(
+                decoded
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {cursor:?}")))?,
+            )
+        }
+    };
+    let mut page: Vec<Arc<MatchSnapshot>> = Vec::with_capacity(limit + 1);
+    if state.model.is_caught_up() || state.redis.is_none() {
+        let all = state.model.matches();
+        let lower = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        page.extend(
+            all.range((lower, std::ops::Bound::Unbounded))
+                .filter(|(_, s)| s.summary.status == MatchStatus::Active)
+                .take(limit + 1)
+                .map(|(_, s)| s.clone()),
+        );
+    } else if let Some(redis) = &state.redis {
+        // Catching up: the shared list of active matches.
+        let ids = redis
+            .active_ids(after.as_ref(), limit + 1)
+            .await
+            .unwrap_or_default();
+        for id in ids {
+            if let Ok(snapshot) = find(&state, &id).await
+                && snapshot.summary.status == MatchStatus::Active
+            {
+                page.push(snapshot);
+            }
+        }
+    }
+    let next_cursor = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        URL_SAFE_NO_PAD.encode(page[limit - 1].summary.match_id.as_str())
+    });
+    let body = ActiveMatches {
+        matches: page.iter().map(|s| &s.summary).collect(),
+        count: page.len(),
+        next_cursor,
+        timestamp: now(),
+    };
+    Ok(Json(body).into_response())
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    #[serde(flatten)]
+    player: &'a PlayerView,
+    rank: usize,
+    value: serde_json::Value,
+}
+
+async fn leaderboard(
+    State(state): State<ApiState>,
+    Path((raw_match, raw_metric)): Path<(String, String)>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let id = match_id(&raw_match)?;
+    let metric = Metric::parse(&raw_metric).ok_or_else(|| {
+        let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();
+        ApiError::bad_request(format!(
+            "unknown metric {raw_metric:?}; valid metrics: {}",
+            valid.join(", ")
+        ))
+    })?;
+    let params = params(query)?;
+    let limit = limit(&params, LEADERBOARD_LIMIT)?;
+    let around = params.get("around").map(|p| player_id(p)).transpose()?;
+    let snapshot = find(&state, &id).await?;
+    let ranked: Vec<Ranked> = match around {
+        None => snapshot.leaderboards.ranked(metric).take(limit).collect(),
+        Some(pid) => {
+            let all: Vec<Ranked> = snapshot.leaderboards.ranked(metric).collect();
+            let at = all
+                .iter()
+                .position(|r| r.standing.player_id == pid)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("player {pid} not found in match {id}"))
+                })?;
+            all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec()
+        }
+    };
+    let players: Vec<Entry> = ranked
+        .iter()
+        .filter_map(|r| {
+            let player = snapshot.players.get(&r.standing.player_id)?;
+            let value = if metric.is_count() {
+                json!(r.standing.value as u64)
+            } else {
+                json!(r.standing.value)
+            };
+            Some(Entry {
+                player,
+                rank: r.rank,
+                value,
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "match_id": id,
+        "metric": metric.as_str(),
+        "limit": limit,
+        "count": players.len(),
+        "players": players,
+        "timestamp": now(),
+    });
+    if let Some(pid) = around {
+        body["around"] = json!(pid);
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

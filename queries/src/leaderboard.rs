@@ -1,0 +1,257 @@
+//! Per-match leaderboards, kept ordered incrementally.
+//!
+//! Each metric has a persistent ordered set of `(value desc, player_id asc)`; a changed
+//! player moves in O(log n), and a snapshot of all fifteen sets is an O(1) clone. A
+//! request walks the set from the top: no sort per request.
+
+use imbl::OrdSet;
+use match_stats_commands::{PlayerId, PlayerView};
+
+/// A leaderboard metric (contract section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// `kills`.
+    Kills,
+    /// `deaths`.
+    Deaths,
+    /// `assists`.
+    Assists,
+    /// `score`.
+    Score,
+    /// `damage` (= `damage_dealt`).
+    Damage,
+    /// `damage_received`.
+    DamageReceived,
+    /// `headshots`.
+    Headshots,
+    /// `kd_ratio`.
+    KdRatio,
+    /// `kda`.
+    Kda,
+    /// `accuracy` (= `accuracy_pct`).
+    Accuracy,
+    /// `healing` (= `healing_done`).
+    Healing,
+    /// `distance` (= `distance_traveled`).
+    Distance,
+    /// `best_streak`.
+    BestStreak,
+    /// `multikills`.
+    Multikills,
+    /// `playtime` (= `playtime_ms`).
+    Playtime,
+}
+
+impl Metric {
+    /// Every metric, in the contract's order.
+    pub const ALL: [Metric; 15] = [
+        Metric::Kills,
+        Metric::Deaths,
+        Metric::Assists,
+        Metric::Score,
+        Metric::Damage,
+        Metric::DamageReceived,
+        Metric::Headshots,
+        Metric::KdRatio,
+        Metric::Kda,
+        Metric::Accuracy,
+        Metric::Healing,
+        Metric::Distance,
+        Metric::BestStreak,
+        Metric::Multikills,
+        Metric::Playtime,
+    ];
+
+    /// The name in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Kills => "kills",
+            Metric::Deaths => "deaths",
+            Metric::Assists => "assists",
+            Metric::Score => "score",
+            Metric::Damage => "damage",
+            Metric::DamageReceived => "damage_received",
+            Metric::Headshots => "headshots",
+            Metric::KdRatio => "kd_ratio",
+            Metric::Kda => "kda",
+            Metric::Accuracy => "accuracy",
+            Metric::Healing => "healing",
+            Metric::Distance => "distance",
+            Metric::BestStreak => "best_streak",
+            Metric::Multikills => "multikills",
+            Metric::Playtime => "playtime",
+        }
+    }
+
+    /// Parses a URL name.
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The player's value of this metric, as the player object shows it.
+    pub fn value(self, p: &PlayerView) -> f64 {
+        match self {
+            Metric::Kills => p.kills as f64,
+            Metric::Deaths => p.deaths as f64,
+            Metric::Assists => p.assists as f64,
+            Metric::Score => p.score as f64,
+            Metric::Damage => p.damage_dealt,
+            Metric::DamageReceived => p.damage_received,
+            Metric::Headshots => p.headshots as f64,
+            Metric::KdRatio => p.kd_ratio,
+            Metric::Kda => p.kda,
+            Metric::Accuracy => p.accuracy_pct,
+            Metric::Healing => p.healing_done,
+            Metric::Distance => p.distance_traveled,
+            Metric::BestStreak => p.best_streak as f64,
+            Metric::Multikills => p.multikills as f64,
+            Metric::Playtime => p.playtime_ms as f64,
+        }
+    }
+
+    /// Whether values are whole numbers (rendered as JSON integers).
+    pub fn is_count(self) -> bool {
+        !matches!(
+            self,
+            Metric::Damage
+                | Metric::DamageReceived
+                | Metric::KdRatio
+                | Metric::Kda
+                | Metric::Accuracy
+                | Metric::Healing
+                | Metric::Distance
+        )
+    }
+}
+
+/// One player's place: ordered by value descending, then `player_id` ascending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    /// The metric's value.
+    pub value: f64,
+    /// The player.
+    pub player_id: PlayerId,
+}
+
+impl Eq for Standing {}
+
+impl Ord for Standing {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .value
+            .total_cmp(&self.value)
+            .then_with(|| self.player_id.cmp(&other.player_id))
+    }
+}
+
+impl PartialOrd for Standing {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A ranked standing: equal values share a rank (1, 2, 2, 4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    /// 1-based rank.
+    pub rank: usize,
+    /// 0-based position in the order.
+    pub position: usize,
+    /// The standing.
+    pub standing: Standing,
+}
+
+/// The fifteen ordered sets of one match.
+#[derive(Debug, Clone, Default)]
+pub struct Leaderboards {
+    sets: [OrdSet<Standing>; 15],
+}
+
+impl Leaderboards {
+    /// Moves a player from their old values (if any) to their new ones.
+    pub fn update(&mut self, old: Option<&PlayerView>, new: &PlayerView) {
+        for (i, metric) in Metric::ALL.into_iter().enumerate() {
+            let value = metric.value(new);
+            if let Some(old) = old {
+                let before = metric.value(old);
+                if before.total_cmp(&value).is_eq() {
+                    continue;
+                }
+                self.sets[i].remove(&Standing {
+                    value: before,
+                    player_id: old.player_id,
+                });
+            }
+            self.sets[i].insert(Standing {
+                value,
+                player_id: new.player_id,
+            });
+        }
+    }
+
+    /// Every standing of a metric, ranked, from the top.
+    pub fn ranked(&self, metric: Metric) -> impl Iterator<Item = Ranked> + '_ {
+        let set = &self.sets[Metric::ALL
+            .iter()
+            .position(|m| *m == metric)
+            .expect("listed")];
+        let mut previous: Option<(f64, usize)> = None;
+        set.iter().enumerate().map(move |(position, standing)| {
+            let rank = match previous {
+                Some((value, rank)) if value.total_cmp(&standing.value).is_eq() => rank,
+                _ => position + 1,
+            };
+            previous = Some((standing.value, rank));
+            Ranked {
+                rank,
+                position,
+                standing: *standing,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use match_stats_commands::PlayerStats;
+
+    fn player(id: &str, kills: u64) -> PlayerView {
+        let stats = PlayerStats {
+            kills,
+            ..Default::default()
+        };
+        PlayerView::render(PlayerId::parse(id).unwrap(), &stats, 0)
+    }
+
+    #[test]
+    fn ties_share_a_rank_and_order_by_player_id() {
+        let mut boards = Leaderboards::default();
+        for (id, kills) in [("d", 1), ("c", 5), ("a", 5), ("b", 9)] {
+            boards.update(None, &player(id, kills));
+        }
+        let ranked: Vec<_> = boards
+            .ranked(Metric::Kills)
+            .map(|r| (r.standing.player_id.to_string(), r.rank))
+            .collect();
+        assert_eq!(
+            ranked,
+            [("b", 1), ("a", 2), ("c", 2), ("d", 4)].map(|(p, r)| (p.to_owned(), r))
+        );
+    }
+
+    #[test]
+    fn a_changed_player_moves_and_leaves_no_old_entry() {
+        let mut boards = Leaderboards::default();
+        boards.update(None, &player("a", 1));
+        boards.update(None, &player("b", 2));
+        boards.update(Some(&player("a", 1)), &player("a", 3));
+        let order: Vec<_> = boards
+            .ranked(Metric::Kills)
+            .map(|r| (r.standing.player_id.to_string(), r.standing.value))
+            .collect();
+        assert_eq!(order, [("a".to_owned(), 3.0), ("b".to_owned(), 2.0)]);
+        assert_eq!(Metric::parse("accuracy"), Some(Metric::Accuracy));
+        assert_eq!(Metric::parse("Kills"), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! The read model: an immutable [`MatchSnapshot`] per match, all of them in one
+//! persistent ordered map published with `arc-swap`. A request does one `load()` and
+//! never waits on a lock or on the projector; the projector builds new snapshots from
+//! deltas ([`MatchBuilder`]) and publishes them with one `store()` per batch.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use imbl::OrdMap;
+use match_stats_commands::delta::Field;
+use match_stats_commands::{MatchId, MatchStatus, MatchView, PlayerId, PlayerView, StatDelta};
+use serde::Serialize;
+
+use crate::leaderboard::Leaderboards;
+use crate::projection::{MatchProjection, ProjectionError};
+
+/// One match as of one version: what every route reads.
+#[derive(Debug)]
+pub struct MatchSnapshot {
+    /// The match's version (`event_count`).
+    pub version: u64,
+    /// The match object without `player_stats` (the active-matches list shape).
+    pub summary: MatchView,
+    /// Players by id.
+    pub players: OrdMap<PlayerId, Arc<PlayerView>>,
+    /// Ordered standings per metric.
+    pub leaderboards: Leaderboards,
+    body: OnceLock<Bytes>,
+}
+
+#[derive(Serialize)]
+struct FullMatch<'a> {
+    #[serde(flatten)]
+    summary: &'a MatchView,
+    player_stats: Vec<&'a PlayerView>,
+}
+
+impl MatchSnapshot {
+    /// A snapshot of a whole match object (from Redis or the key-value bucket).
+    pub fn from_view(mut view: MatchView) -> Self {
+        let mut players = OrdMap::new();
+        let mut leaderboards = Leaderboards::default();
+        for p in view.player_stats.take().unwrap_or_default() {
+            leaderboards.update(None, &p);
+            players.insert(p.player_id, Arc::new(p));
+        }
+        MatchSnapshot {
+            version: view.event_count,
+            summary: view,
+            players,
+            leaderboards,
+            body: OnceLock::new(),
+        }
+    }
+
+    /// Whether the match has ended.
+    pub fn is_completed(&self) -> bool {
+        self.summary.status == MatchStatus::Completed
+    }
+
+    /// The full match object as JSON, rendered once per snapshot.
+    pub fn body(&self) -> &Bytes {
+        self.body.get_or_init(|| {
+            let full = FullMatch {
+                summary: &self.summary,
+                player_stats: self.players.values().map(|p| p.as_ref()).collect(),
+            };
+            serde_json::to_vec(&full).expect("views serialize").into()
+        })
+    }
+}
+
+/// Every match this replica knows, published atomically.
+#[derive(Debug, Default)]
+pub struct ReadModel {
+    matches: ArcSwap<OrdMap<MatchId, Arc<MatchSnapshot>>>,
+    caught_up: AtomicBool,
+}
+
+impl ReadModel {
+    /// One consistent view of all matches (one `load()`).
+    pub fn matches(&self) -> Arc<OrdMap<MatchId, Arc<MatchSnapshot>>> {
+        self.matches.load_full()
+    }
+
+    /// One match.
+    pub fn get(&self, id: &MatchId) -> Option<Arc<MatchSnapshot>> {
+        self.matches.load().get(id).cloned()
+    }
+
+    /// Publishes new snapshots (one `store()`; readers see all or none of them).
+    pub fn publish(&self, snapshots: impl IntoIterator<Item = Arc<MatchSnapshot>>) {
+        let mut next = (**self.matches.load()).clone();
+        for snapshot in snapshots {
+            next.insert(snapshot.summary.match_id, snapshot);
+        }
+        self.matches.store(Arc::new(next));
+    }
+
+    /// Whether the projector has read the deltas stream up to where it was at start.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Marks the read model caught up.
+    pub fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+}
+
+/// The projector's state for one match: the projection, and the parts of the last
+/// snapshot that the next one shares.
+#[derive(Debug)]
+pub struct MatchBuilder {
+    projection: MatchProjection,
+    players: OrdMap<PlayerId, Arc<PlayerView>>,
+    leaderboards: Leaderboards,
+    changed: BTreeSet<PlayerId>,
+    rendered_last_update: i64,
+}
+
+impl MatchBuilder {
+    /// A match with no delta applied yet.
+    pub fn new(match_id: MatchId) -> Self {
+        MatchBuilder {
+            projection: MatchProjection::new(match_id),
+            players: OrdMap::new(),
+            leaderboards: Leaderboards::default(),
+            changed: BTreeSet::new(),
+            rendered_last_update: 0,
+        }
+    }
+
+    /// The last applied version.
+    pub fn version(&self) -> u64 {
+        self.projection.version()
+    }
+
+    /// Applies a delta (entries already applied are skipped); returns how many were new.
+    pub fn apply(&mut self, delta: &StatDelta) -> Result<usize, ProjectionError> {
+        let version = self.projection.version();
+        let applied = self.projection.apply(delta)?;
+        for entry in delta.entries.iter().filter(|e| e.version > version) {
+            self.changed.extend(
+                entry
+                    .changes
+                    .iter()
+                    .filter(|c| c.field != Field::EventCount)
+                    .filter_map(|c| c.player_id),
+            );
+        }
+        Ok(applied)
+    }
+
+    /// A snapshot of the current state. Re-renders the players that changed, and every
+    /// online player when `last_update` moved (their playtime grew).
+    pub fn snapshot(&mut self) -> Arc<MatchSnapshot> {
+        let stats = self.projection.stats();
+        let last_update = stats.last_update;
+        if last_update != self.rendered_last_update {
+            self.changed.extend(
+                self.projection
+                    .players()
+                    .filter(|(_, p)| p.online)
+                    .map(|(id, _)| *id),
+            );
+            self.rendered_last_update = last_update;
+        }
+        for id in std::mem::take(&mut self.changed) {
+            let Some(stats) = self.projection.player(&id) else {
+                continue;
+            };
+            let view = PlayerView::render(id, stats, last_update);
+            let old = self.players.get(&id).cloned();
+            self.leaderboards.update(old.as_deref(), &view);
+            self.players.insert(id, Arc::new(view));
+        }
+        let summary = MatchView::render(
+            self.projection.match_id(),
+            self.projection.stats(),
+            None::<std::iter::Empty<_>>,
+        );
+        Arc::new(MatchSnapshot {
+            version: self.projection.version(),
+            summary,
+            players: self.players.clone(),
+            leaderboards: self.leaderboards.clone(),
+            body: OnceLock::new(),
+        })
+    }
+}
