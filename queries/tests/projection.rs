@@ -106,3 +106,38 @@ fn a_missing_version_is_an_error() {
         })
     ));
 }
+
+#[test]
+fn incremental_snapshots_equal_a_full_render_after_every_delta() {
+    use match_stats_queries::leaderboard::Metric;
+    use match_stats_queries::{MatchBuilder, MatchSnapshot};
+
+    let (_, deltas) = scenario_deltas();
+    let mut builders: BTreeMap<MatchId, MatchBuilder> = BTreeMap::new();
+    let mut projections: BTreeMap<MatchId, MatchProjection> = BTreeMap::new();
+    for d in &deltas {
+        builders
+            .entry(d.match_id)
+            .or_insert_with(|| MatchBuilder::new(d.match_id))
+            .apply(d)
+            .unwrap();
+        let projection = projections
+            .entry(d.match_id)
+            .or_insert_with(|| MatchProjection::new(d.match_id));
+        projection.apply(d).unwrap();
+        let incremental = builders.get_mut(&d.match_id).unwrap().snapshot();
+        let full = MatchSnapshot::from_view(projection.view());
+        let body: serde_json::Value = serde_json::from_slice(incremental.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::to_value(projection.view()).unwrap(),
+            "version {}",
+            projection.version()
+        );
+        for metric in Metric::ALL {
+            let a: Vec<_> = incremental.leaderboards.ranked(metric).collect();
+            let b: Vec<_> = full.leaderboards.ranked(metric).collect();
+            assert_eq!(a, b, "{metric:?} at version {}", projection.version());
+        }
+    }
+}

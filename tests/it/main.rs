@@ -2,4 +2,5 @@
 //! modules; each test starts its own servers, so streams and keys never collide).
 
 mod command_side;
+mod query_side;
 mod support;

@@ -41,6 +41,7 @@ pub fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
 
 /// A running service.
 pub struct Service {
+    pub http: String,
     pub stats: Arc<IngestStats>,
     pub token: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
@@ -51,6 +52,7 @@ impl Service {
     pub async fn start(config: Config) -> Service {
         let app = App::build(config).await.expect("service builds");
         let service = Service {
+            http: format!("http://{}", app.http_addr()),
             stats: app.stats(),
             token: app.shutdown_token(),
             task: tokio::spawn(app.run_until_stopped()),
