@@ -39,15 +39,22 @@ redis-server:
 build: ## Build the service
 	cargo build --bin match-stats
 
-run: deps build ## Start local NATS and Redis under .run/, the service and a demo feed (Ctrl-C stops all)
+run: nats-server build ## Start local NATS and Redis under .run/, the service and a demo feed (Ctrl-C stops all)
+	@$(MAKE) --no-print-directory redis-server || echo "run: no redis-server; the service runs on its in-process read model alone"
 	@set -euo pipefail; mkdir -p $(RUN_DIR)/nats $(RUN_DIR)/redis; pids=(); \
 	trap 'echo; echo "stopping..."; kill $${pids[@]} 2>/dev/null; wait 2>/dev/null; echo "stopped (data kept in .run/)"' EXIT INT TERM; \
 	nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
-	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
+	redis_addr=""; if command -v redis-server >/dev/null; then \
+		redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
+		redis_addr=127.0.0.1:$(REDIS_PORT); fi; \
 	for i in $$(seq 100); do (echo > /dev/tcp/127.0.0.1/$(NATS_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
+	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) REDIS_ADDR=$$redis_addr $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
 	for i in $$(seq 100); do curl -sf http://127.0.0.1:$(HTTP_PORT)/ready >/dev/null && break; sleep 0.1; done; \
 	echo; echo "match-stats is running. Where to look:"; \
+	echo "  active matches        http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/matches/active"; \
+	echo "  a match / leaderboard http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/matches/<match_id>[/leaderboard/kills]"; \
+	echo "  system stats          http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/system/stats"; \
+	echo "  API description       http://127.0.0.1:$(HTTP_PORT)/openapi.json"; \
 	echo "  readiness and counts  http://127.0.0.1:$(HTTP_PORT)/ready"; \
 	echo "  Prometheus metrics    http://127.0.0.1:$(HTTP_PORT)/metrics"; \
 	echo "  NATS streams          http://127.0.0.1:$(NATS_MONITOR_PORT)/jsz?streams=true"; \

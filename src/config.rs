@@ -101,16 +101,16 @@ pub struct CacheConfig {
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
     /// TTL of an active match in Redis, refreshed while it is live (e.g. 10m).
-    #[arg(long, env = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long = "cache-ttl-active", env = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
     pub ttl_active: Duration,
     /// How long completed matches stay queryable (Redis TTL and key-value max age).
     #[arg(long, env = "COMPLETED_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub completed_retention: Duration,
     /// How often changed matches are written through to Redis (e.g. 100ms).
-    #[arg(long, env = "CACHE_WRITE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long = "cache-write-interval", env = "CACHE_WRITE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub write_interval: Duration,
     /// How often every match in memory is written again (repopulates a flushed Redis).
-    #[arg(long, env = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "cache-resync-interval", env = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub resync_interval: Duration,
 }
 
