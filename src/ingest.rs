@@ -387,13 +387,7 @@ pub async fn recover(
         ack_floor,
         "replaying the events stream to rebuild aggregates"
     );
-    let replay = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = replay.messages().await?.ready_chunks(batch_size);
+    let mut messages = crate::streams::read_from_start(&stream, batch_size).await?;
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut done = 0u64;

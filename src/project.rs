@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt;
 use match_stats_commands::{MatchId, StatDelta};
 use match_stats_queries::cache::{BreakerState, RedisCache};
@@ -52,13 +52,7 @@ pub async fn run_projector(
     if target == 0 {
         model.set_caught_up();
     }
-    let replay = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = replay.messages().await?.ready_chunks(batch_size);
+    let mut messages = crate::streams::read_from_start(&stream, batch_size).await?;
     let mut builders: HashMap<MatchId, MatchBuilder> = HashMap::new();
     let started = Instant::now();
     loop {

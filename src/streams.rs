@@ -140,3 +140,21 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         completed,
     })
 }
+
+/// Reads a stream from its first message, in order, in chunks of up to `batch_size` of
+/// the messages that have arrived (an ordered consumer: recreated by the client if a
+/// message goes missing).
+pub async fn read_from_start(
+    stream: &stream::Stream,
+    batch_size: usize,
+) -> anyhow::Result<futures::stream::ReadyChunks<consumer::pull::Ordered>> {
+    use futures::StreamExt;
+    let reader = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot read stream {}", stream.cached_info().config.name))?;
+    Ok(reader.messages().await?.ready_chunks(batch_size))
+}

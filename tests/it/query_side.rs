@@ -29,8 +29,9 @@ async fn get(base: &str, path: &str) -> (u16, Value, Duration) {
 }
 
 async fn get_ok(base: &str, path: &str) -> Value {
-    let (status, body, _) = get(base, path).await;
+    let (status, body, took) = get(base, path).await;
     assert_eq!(status, 200, "GET {path}: {body}");
+    assert!(took < RESPONSE_BUDGET, "GET {path} took {took:?}");
     body
 }
 

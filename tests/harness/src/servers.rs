@@ -73,9 +73,28 @@ fn answers_ping(port: u16) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
+/// A server process, killed on drop.
+#[derive(Default)]
+struct Process(Option<Child>);
+
+impl Process {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A `nats-server` with JetStream (file storage in a temporary directory).
 pub struct NatsServer {
-    child: Option<Child>,
+    child: Process,
     port: u16,
     dir: TempDir,
 }
@@ -88,7 +107,7 @@ impl NatsServer {
             .tempdir()
             .expect("temp dir");
         let mut server = NatsServer {
-            child: None,
+            child: Process::default(),
             port: 0,
             dir,
         };
@@ -141,7 +160,7 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(10));
         };
         wait_until_listening(self.port, &mut child, &log, "nats-server");
-        self.child = Some(child);
+        self.child = Process(Some(child));
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -156,10 +175,7 @@ impl NatsServer {
 
     /// Kills the process (like a crash); its stored data stays for [`NatsServer::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Kills and starts again on the same port with the same stored data.
@@ -169,15 +185,9 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A `redis-server` without persistence.
 pub struct RedisServer {
-    child: Option<Child>,
+    child: Process,
     port: u16,
     dir: TempDir,
 }
@@ -190,7 +200,7 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir");
         let mut server = RedisServer {
-            child: None,
+            child: Process::default(),
             port: 0,
             dir,
         };
@@ -217,7 +227,7 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         wait_until_listening(self.port, &mut child, &log, "redis-server");
-        self.child = Some(child);
+        self.child = Process(Some(child));
     }
 
     /// Spawns on a free port; if another process took that port first (the server
@@ -229,6 +239,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(30));
             let alive = self
                 .child
+                .0
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
             if alive && answers_ping(self.port) {
@@ -251,22 +262,13 @@ impl RedisServer {
 
     /// Kills the process (its data is gone: no persistence).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Kills and starts again, empty, on the same port.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
