@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::ingest::{self, IngestStats};
+use crate::ingest::{Ingest, IngestStats};
 use crate::project::{self, Dirty};
 use crate::{streams, telemetry};
 
@@ -26,6 +26,7 @@ pub struct App {
     nats: async_nats::Client,
     js: jetstream::Context,
     consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    snapshots: jetstream::kv::Store,
     listener: TcpListener,
     stats: Arc<IngestStats>,
     api: ApiState,
@@ -80,6 +81,7 @@ impl App {
             nats,
             js,
             consumer: topology.consumer,
+            snapshots: topology.snapshots,
             listener,
             stats: Arc::new(IngestStats::default()),
             api,
@@ -115,6 +117,7 @@ impl App {
             nats,
             js,
             consumer,
+            snapshots,
             listener,
             stats,
             api,
@@ -123,14 +126,15 @@ impl App {
         tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url, redis = api.redis.is_some(), "match-stats running");
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(ingest::run(
-            js.clone(),
-            config.topology.clone(),
-            consumer,
-            stats.clone(),
-            config.batch_size as usize,
-            token.clone(),
-        ));
+        let ingest = Ingest {
+            js: js.clone(),
+            topology: config.topology.clone(),
+            lifecycle: config.lifecycle.clone(),
+            snapshots,
+            batch_size: config.batch_size as usize,
+            stats: stats.clone(),
+        };
+        tasks.spawn(ingest.run(consumer, token.clone()));
         let dirty = Arc::new(Dirty::default());
         tasks.spawn(project::run_projector(
             js.clone(),

@@ -75,6 +75,32 @@ pub struct Config {
     #[command(flatten)]
     /// The shared cache.
     pub cache: CacheConfig,
+
+    #[command(flatten)]
+    /// Snapshots, idle matches, retention.
+    pub lifecycle: Lifecycle,
+}
+
+/// Snapshots and the match lifecycle.
+#[derive(Debug, Clone, Args)]
+pub struct Lifecycle {
+    /// Snapshot after this many processed events.
+    #[arg(long, env = "SNAPSHOT_EVERY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every_events: u64,
+    /// Snapshot at least this often while events arrive (e.g. 30s).
+    #[arg(long, env = "SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// A match with no event for this long is ended with a `match_end` (reason
+    /// `idle_timeout`) published to the events stream (e.g. 30m).
+    #[arg(long, env = "MATCH_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Completed matches leave the command side's memory this long after their last
+    /// event (e.g. 24h).
+    #[arg(long, env = "COMPLETED_MEMORY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub completed_memory_retention: Duration,
+    /// Retention of the events stream (e.g. 7d); snapshots must be younger.
+    #[arg(long, env = "EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub events_max_age: Duration,
 }
 
 /// Redis and the completed-matches bucket.
@@ -161,6 +187,9 @@ pub struct Topology {
     /// Key-value bucket holding completed matches' final objects.
     #[arg(long, env = "COMPLETED_BUCKET", default_value = "match_stats_completed", value_parser = parse_name)]
     pub completed_bucket: String,
+    /// Key-value bucket holding the command side's snapshots.
+    #[arg(long, env = "SNAPSHOT_BUCKET", default_value = "match_stats_snapshots", value_parser = parse_name)]
+    pub snapshot_bucket: String,
     /// Durable consumer name on the events stream.
     #[arg(long, env = "CONSUMER_NAME", default_value = "match-stats", value_parser = parse_name)]
     pub consumer_name: String,

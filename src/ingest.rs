@@ -1,33 +1,33 @@
 //! The command side's loop: events stream in, aggregates updated, deltas and dead
-//! letters out, then acknowledgements.
+//! letters out, then acknowledgements; snapshots, idle matches and eviction on the side.
 //!
-//! Per batch of messages, in stream order: each is decoded and applied to its match
-//! ([`CommandSide::process`]); the resulting effects (one [`StatDelta`] per applied event,
-//! one dead letter per rejection) are published and confirmed by JetStream, retrying
-//! until they are; only then are the messages acknowledged. Effects carry deterministic
-//! `Nats-Msg-Id`s, so a retry or a replay never stores one twice.
+//! Per batch of messages, in stream order: each is decided by
+//! [`CommandSide::process`]; the effects are published and confirmed by JetStream,
+//! retrying until they are; only then are the messages acknowledged. Effects carry
+//! deterministic `Nats-Msg-Id`s, so a retry never stores one twice.
 //!
-//! On start, [`recover`] rebuilds the aggregates by replaying the events stream up to its
-//! last message (re-publishing the effects of messages the consumer had not yet
-//! acknowledged); afterwards any redelivered message at or below the applied sequence is
-//! acknowledged without effect.
+//! On start, [`run`] restores the last snapshot and [`recover`] replays the events stream
+//! from just after it to its last message, re-publishing only the effects that the
+//! streams do not already hold. Every `SNAPSHOT_EVERY_EVENTS` events or
+//! `SNAPSHOT_INTERVAL`, and on shutdown, the changed matches are snapshotted; a stale
+//! writer's snapshot is refused and the loop stops with an error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{
-    self, consumer, context::PublishAckFuture, message::PublishMessage, publish::PublishAck,
+    self, consumer, context::PublishAckFuture, kv, message::PublishMessage, publish::PublishAck,
 };
-use bytes::Bytes;
 use futures::StreamExt;
-use match_stats_commands::{Match, MatchId, MatchStatus, Outcome, Reason, StatDelta, decode};
+use match_stats_commands::{MatchId, Reason, StatDelta};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Topology;
+use crate::command_side::{CommandSide, Effect, HEADER_REASON, Processed, Source};
+use crate::config::{Lifecycle, Topology};
+use crate::snapshots::{Counters, Marker, SnapshotError, SnapshotStore};
 
 /// Backoff between attempts to publish a batch's effects while NATS is unavailable.
 pub const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(500);
@@ -35,23 +35,17 @@ pub const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(3);
 /// Idle heartbeat of the pull consumer (detects a lost server).
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// Dead-letter header: the rejection reason (contract section 3).
-pub const HEADER_REASON: &str = "Match-Stats-Reason";
-/// Dead-letter header: what exactly was wrong.
-pub const HEADER_DETAIL: &str = "Match-Stats-Detail";
-/// Dead-letter header: the events stream.
-pub const HEADER_SOURCE_STREAM: &str = "Match-Stats-Source-Stream";
-/// Dead-letter header: the events stream sequence of the rejected message.
-pub const HEADER_SOURCE_SEQUENCE: &str = "Match-Stats-Source-Sequence";
-/// Dead-letter header: the subject the event was published to.
-pub const HEADER_SOURCE_SUBJECT: &str = "Match-Stats-Source-Subject";
+/// How often the loop checks snapshot age, idle matches and retention when idle itself.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Fraction of the events stream's max age past which an old snapshot is a warning.
+pub const SNAPSHOT_AGE_WARNING: f64 = 0.8;
 
 /// Counters of the ingest path, shared with HTTP handlers and tests. Each is also a
-/// Prometheus metric.
+/// Prometheus metric. `received`, `applied`, `duplicates` and `rejected` are carried
+/// across restarts in the snapshot; the others count this process's work.
 #[derive(Debug, Default)]
 pub struct IngestStats {
-    /// Messages taken from the events stream (replays included, skipped redeliveries not).
+    /// Messages decided (redeliveries of applied messages not included).
     pub received: AtomicU64,
     /// Events applied.
     pub applied: AtomicU64,
@@ -59,21 +53,25 @@ pub struct IngestStats {
     pub duplicates: AtomicU64,
     /// Rejections, indexed like [`Reason::ALL`].
     pub rejected: [AtomicU64; 7],
-    /// Redelivered messages at or below the applied sequence, acknowledged without effect.
+    /// Redelivered or replayed messages already applied, acknowledged without effect.
     pub redelivered_skipped: AtomicU64,
-    /// Delta messages confirmed by the deltas stream.
+    /// Delta messages stored by the deltas stream.
     pub deltas_published: AtomicU64,
-    /// Dead letters confirmed by the dead-letter stream.
+    /// Dead letters stored by the dead-letter stream.
     pub dead_letters: AtomicU64,
-    /// Effects published again (after a restart) that the stream already held and
-    /// dropped by their `Nats-Msg-Id`.
+    /// Effects published again that a stream already held (dropped by `Nats-Msg-Id`),
+    /// or that recovery skipped because the deltas stream already had that version.
     pub effects_deduplicated: AtomicU64,
-    /// The last events stream sequence applied.
+    /// The last events stream sequence processed.
     pub applied_sequence: AtomicU64,
     /// Matches in memory that have not ended.
     pub matches_active: AtomicU64,
     /// Matches in memory that have ended.
     pub matches_completed: AtomicU64,
+    /// Snapshots written.
+    pub snapshots_written: AtomicU64,
+    /// `match_end` events published for idle matches.
+    pub idle_matches_ended: AtomicU64,
     /// Messages replayed so far by recovery, and how many it has to replay.
     pub recovery_done: AtomicU64,
     /// See `recovery_done`.
@@ -97,12 +95,17 @@ pub struct IngestCounts {
     pub applied_sequence: u64,
     pub matches_active: u64,
     pub matches_completed: u64,
+    pub snapshots_written: u64,
+    pub idle_matches_ended: u64,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 impl IngestStats {
     /// Reads every counter.
     pub fn counts(&self) -> IngestCounts {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IngestCounts {
             received: get(&self.received),
             applied: get(&self.applied),
@@ -119,14 +122,40 @@ impl IngestStats {
             applied_sequence: get(&self.applied_sequence),
             matches_active: get(&self.matches_active),
             matches_completed: get(&self.matches_completed),
+            snapshots_written: get(&self.snapshots_written),
+            idle_matches_ended: get(&self.idle_matches_ended),
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        Counters {
+            received: get(&self.received),
+            applied: get(&self.applied),
+            duplicates: get(&self.duplicates),
+            rejected: std::array::from_fn(|i| get(&self.rejected[i])),
+        }
+    }
+
+    fn restore(&self, counters: &Counters) {
+        self.received.store(counters.received, Ordering::Relaxed);
+        self.applied.store(counters.applied, Ordering::Relaxed);
+        self.duplicates
+            .store(counters.duplicates, Ordering::Relaxed);
+        for (slot, n) in self.rejected.iter().zip(counters.rejected) {
+            slot.store(n, Ordering::Relaxed);
         }
     }
 
     fn count(&self, outcome: &Processed) {
+        if matches!(outcome, Processed::AlreadyApplied) {
+            self.redelivered_skipped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("match_stats_redelivered_skipped_total").increment(1);
+            return;
+        }
         self.received.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("match_stats_events_received_total").increment(1);
         match outcome {
-            Processed::Applied { .. } => {
+            Processed::Applied(_) => {
                 self.applied.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("match_stats_events_processed_total").increment(1);
             }
@@ -143,160 +172,27 @@ impl IngestStats {
                 metrics::counter!("match_stats_events_rejected_total", "reason" => reason.as_str())
                     .increment(1);
             }
+            Processed::AlreadyApplied => {}
         }
     }
-}
 
-/// What processing one message decided.
-#[derive(Debug)]
-enum Processed {
-    Applied { delta: StatDelta },
-    Duplicate,
-    Rejected { reason: Reason, detail: String },
-}
-
-/// One message to publish as the effect of an event.
-#[derive(Debug)]
-pub struct Effect {
-    subject: String,
-    msg_id: String,
-    headers: HeaderMap,
-    payload: Bytes,
-}
-
-/// The aggregates of every match in memory, and how far into the stream they are.
-#[derive(Debug, Default)]
-pub struct CommandSide {
-    matches: HashMap<MatchId, Match>,
-    applied_sequence: u64,
-    active: u64,
-    completed: u64,
-}
-
-/// Where a message came from.
-#[derive(Debug, Clone, Copy)]
-pub struct Source<'a> {
-    /// Events stream sequence.
-    pub sequence: u64,
-    /// When the stream stored it, Unix milliseconds.
-    pub stored_at_ms: i64,
-    /// Its subject.
-    pub subject: &'a str,
-}
-
-impl CommandSide {
-    /// The last applied stream sequence.
-    pub fn applied_sequence(&self) -> u64 {
+    fn publish_match_counts(&self, side: &CommandSide) {
+        let (active, completed) = side.match_counts();
+        self.matches_active.store(active, Ordering::Relaxed);
+        self.matches_completed.store(completed, Ordering::Relaxed);
         self.applied_sequence
-    }
-
-    /// Decides and applies one message; returns its effects: none for a duplicate, a
-    /// dead letter, or a delta (plus the final object for the completed-matches bucket
-    /// once the match has ended).
-    fn process(
-        &mut self,
-        payload: &Bytes,
-        source: Source<'_>,
-        topology: &Topology,
-    ) -> (Processed, Vec<Effect>) {
-        self.applied_sequence = source.sequence;
-        let processed = match decode(payload, source.stored_at_ms) {
-            Err(rejection) => Processed::Rejected {
-                reason: rejection.reason,
-                detail: rejection.detail,
-            },
-            Ok(event) => {
-                let is_new = !self.matches.contains_key(&event.match_id);
-                let aggregate = self
-                    .matches
-                    .entry(event.match_id)
-                    .or_insert_with(|| Match::new(event.match_id));
-                let was_active = aggregate.stats().status == MatchStatus::Active;
-                match aggregate.handle(&event, source.sequence) {
-                    Outcome::Applied(entry) => {
-                        let completed = aggregate.stats().status == MatchStatus::Completed;
-                        if is_new {
-                            self.active += 1;
-                        }
-                        if was_active && completed {
-                            self.active -= 1;
-                            self.completed += 1;
-                        }
-                        Processed::Applied {
-                            delta: StatDelta {
-                                match_id: event.match_id,
-                                entries: vec![entry],
-                                match_view: completed.then(|| Box::new(aggregate.view())),
-                            },
-                        }
-                    }
-                    Outcome::Duplicate => Processed::Duplicate,
-                    Outcome::Rejected(rejection) => Processed::Rejected {
-                        reason: rejection.reason,
-                        detail: rejection.detail,
-                    },
-                }
-            }
-        };
-        let mut effects = Vec::new();
-        match &processed {
-            Processed::Applied { delta } => {
-                effects.push(Effect {
-                    subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
-                    msg_id: delta.msg_id(),
-                    headers: HeaderMap::new(),
-                    payload: rmp_serde::to_vec_named(delta)
-                        .expect("deltas serialize")
-                        .into(),
-                });
-                if let Some(view) = &delta.match_view {
-                    // A key-value put is a publish to the bucket's subject.
-                    let json = serde_json::to_vec(view).expect("views serialize");
-                    effects.push(Effect {
-                        subject: format!("$KV.{}.{}", topology.completed_bucket, delta.match_id),
-                        msg_id: format!("{}:final", delta.msg_id()),
-                        headers: HeaderMap::new(),
-                        payload: match_stats_queries::cache::encode(&json).into(),
-                    });
-                }
-            }
-            Processed::Duplicate => {}
-            Processed::Rejected { reason, detail } => {
-                effects.push(dead_letter(payload, source, *reason, detail, topology))
-            }
-        }
-        (processed, effects)
-    }
-}
-
-fn dead_letter(
-    payload: &Bytes,
-    source: Source<'_>,
-    reason: Reason,
-    detail: &str,
-    topology: &Topology,
-) -> Effect {
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_REASON, reason.as_str());
-    // Header values are one line of printable text.
-    let detail: String = detail
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    headers.insert(HEADER_DETAIL, detail.as_str());
-    headers.insert(HEADER_SOURCE_STREAM, topology.events_stream.as_str());
-    headers.insert(HEADER_SOURCE_SEQUENCE, source.sequence.to_string().as_str());
-    headers.insert(HEADER_SOURCE_SUBJECT, source.subject);
-    Effect {
-        subject: format!("{}.{}", topology.dead_letter_subject, reason.as_str()),
-        msg_id: format!("{}:{}", topology.events_stream, source.sequence),
-        headers,
-        payload: payload.clone(),
+            .store(side.applied_sequence(), Ordering::Relaxed);
+        metrics::gauge!("match_stats_matches_active").set(active as f64);
+        metrics::gauge!("match_stats_matches_completed").set(completed as f64);
     }
 }
 
 fn stored_at_ms(info: &jetstream::message::Info<'_>) -> i64 {
     (info.published.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Publishes effects and waits for JetStream to confirm them all, retrying the whole set
@@ -360,14 +256,42 @@ async fn try_publish(
     Ok(acks)
 }
 
-/// Rebuilds the aggregates from the events stream, from its first message to the last one
-/// stored when recovery starts. Effects of messages after the consumer's ack floor are
-/// published again (NATS drops the ones it already has).
+/// The last version the deltas stream holds per match, looked up once per match during
+/// recovery, so a replay re-publishes no delta however long ago it was first published.
+struct PublishedVersions {
+    deltas: jetstream::stream::Stream,
+    subject: String,
+    known: HashMap<MatchId, u64>,
+}
+
+impl PublishedVersions {
+    async fn last(&mut self, id: MatchId) -> anyhow::Result<u64> {
+        if let Some(v) = self.known.get(&id) {
+            return Ok(*v);
+        }
+        let version = match self
+            .deltas
+            .direct_get_last_for_subject(format!("{}.{id}", self.subject))
+            .await
+        {
+            Ok(message) => rmp_serde::from_slice::<StatDelta>(&message.payload)?
+                .entries
+                .last()
+                .map_or(0, |e| e.version),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        self.known.insert(id, version);
+        Ok(version)
+    }
+}
+
+/// Replays the events stream from `side`'s applied sequence + 1 to the last message stored
+/// when recovery starts. Effects are published again only where the streams lack them.
 #[tracing::instrument(skip_all, fields(stream = %topology.events_stream))]
 pub async fn recover(
     js: &jetstream::Context,
     topology: &Topology,
-    consumer: &mut consumer::Consumer<consumer::pull::Config>,
     side: &mut CommandSide,
     stats: &IngestStats,
     batch_size: usize,
@@ -375,23 +299,32 @@ pub async fn recover(
 ) -> anyhow::Result<()> {
     let mut stream = js.get_stream(&topology.events_stream).await?;
     let state = stream.info().await?.state.clone();
-    let last = state.last_sequence;
-    let ack_floor = consumer.info().await?.ack_floor.stream_sequence;
-    if state.messages == 0 {
-        side.applied_sequence = last;
+    let (from, last) = (side.applied_sequence() + 1, state.last_sequence);
+    if state.messages == 0 || last < from {
         return Ok(());
     }
-    stats.recovery_total.store(last, Ordering::Relaxed);
-    tracing::info!(
-        last,
-        ack_floor,
-        "replaying the events stream to rebuild aggregates"
-    );
-    let mut messages = crate::streams::read_from_start(&stream, batch_size).await?;
+    if state.first_sequence > from {
+        tracing::error!(
+            needed = from,
+            first = state.first_sequence,
+            "events needed for recovery have aged out of the stream; statistics of matches they touched are incomplete"
+        );
+        metrics::counter!("match_stats_recovery_gaps_total").increment(1);
+    }
+    stats
+        .recovery_total
+        .store(last + 1 - from, Ordering::Relaxed);
+    tracing::info!(from, last, "replaying the events stream after the snapshot");
+    let mut published = PublishedVersions {
+        deltas: js.get_stream(&topology.deltas_stream).await?,
+        subject: topology.deltas_subject.clone(),
+        known: HashMap::new(),
+    };
+    let mut messages = crate::streams::read_from(&stream, from, batch_size).await?;
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut done = 0u64;
-    'replay: while let Some(chunk) = messages.next().await {
+    while let Some(chunk) = messages.next().await {
         let mut effects = Vec::new();
         let mut outcomes = Vec::new();
         let mut finished = false;
@@ -405,9 +338,15 @@ pub async fn recover(
                 stored_at_ms: stored_at_ms(&info),
                 subject: message.subject.as_str(),
             };
-            let (processed, effect) = side.process(&message.payload, source, topology);
-            if source.sequence > ack_floor {
-                effects.extend(effect);
+            let (processed, new_effects) = side.process(&message.payload, source, topology);
+            for effect in new_effects {
+                if let Some((id, version)) = effect.delta_version
+                    && version <= published.last(id).await?
+                {
+                    stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                effects.push(effect);
             }
             outcomes.push(processed);
             done += 1;
@@ -423,21 +362,19 @@ pub async fn recover(
             stats.count(outcome);
         }
         stats.recovery_done.store(done, Ordering::Relaxed);
-        stats
-            .applied_sequence
-            .store(side.applied_sequence, Ordering::Relaxed);
+        stats.publish_match_counts(side);
         if last_log.elapsed() >= PROGRESS_INTERVAL {
             last_log = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64();
             tracing::info!(
                 replayed = done,
-                remaining = last.saturating_sub(side.applied_sequence),
+                remaining = last.saturating_sub(side.applied_sequence()),
                 rate = format!("{rate:.0}/s"),
                 "recovery progress"
             );
         }
         if finished || token.is_cancelled() {
-            break 'replay;
+            break;
         }
     }
     tracing::info!(
@@ -448,109 +385,259 @@ pub async fn recover(
     Ok(())
 }
 
-/// The live loop: pull batches from the durable consumer until cancelled.
-pub async fn run(
-    js: jetstream::Context,
-    topology: Topology,
-    mut consumer: consumer::Consumer<consumer::pull::Config>,
-    stats: Arc<IngestStats>,
-    batch_size: usize,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut side = CommandSide::default();
-    recover(
-        &js,
-        &topology,
-        &mut consumer,
-        &mut side,
-        &stats,
-        batch_size,
-        &token,
-    )
-    .await?;
-    publish_match_counts(&side, &stats);
-    stats.ready.store(true, Ordering::Relaxed);
-    tracing::info!(
-        applied_sequence = side.applied_sequence,
-        "consuming live events"
-    );
-
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch_size)
-        .heartbeat(PULL_HEARTBEAT)
-        .messages()
-        .await?
-        .ready_chunks(batch_size);
-    loop {
-        let chunk = tokio::select! {
-            _ = token.cancelled() => break,
-            chunk = messages.next() => match chunk {
-                Some(chunk) => chunk,
-                None => break,
-            },
-        };
-        let started = Instant::now();
-        let mut effects = Vec::with_capacity(chunk.len());
-        let mut outcomes = Vec::with_capacity(chunk.len());
-        let mut acks = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "pull consumer error; continuing");
-                    continue;
-                }
-            };
-            let Ok(info) = message.info() else {
-                tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
-                continue;
-            };
-            if info.stream_sequence <= side.applied_sequence {
-                stats.redelivered_skipped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("match_stats_redelivered_skipped_total").increment(1);
-            } else {
-                let source = Source {
-                    sequence: info.stream_sequence,
-                    stored_at_ms: stored_at_ms(&info),
-                    subject: message.subject.as_str(),
-                };
-                let (processed, effect) = side.process(&message.payload, source, &topology);
-                effects.extend(effect);
-                outcomes.push(processed);
-            }
-            acks.push(message);
-        }
-        if !publish(&js, &effects, &stats, &token).await {
-            tracing::info!(
-                unacked = acks.len(),
-                "stopped before effects were confirmed; NATS will redeliver"
-            );
-            break;
-        }
-        for message in &acks {
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, "ack failed; the message will be redelivered and skipped");
-            }
-        }
-        for outcome in &outcomes {
-            stats.count(outcome);
-        }
-        stats
-            .applied_sequence
-            .store(side.applied_sequence, Ordering::Relaxed);
-        publish_match_counts(&side, &stats);
-        metrics::histogram!("match_stats_processing_latency")
-            .record(started.elapsed().as_secs_f64());
-    }
-    Ok(())
+/// What the loop needs besides the consumer.
+pub struct Ingest {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// Names.
+    pub topology: Topology,
+    /// Snapshot cadence, idle timeout, retention.
+    pub lifecycle: Lifecycle,
+    /// The snapshot bucket.
+    pub snapshots: kv::Store,
+    /// Messages per batch.
+    pub batch_size: usize,
+    /// Counters.
+    pub stats: Arc<IngestStats>,
 }
 
-fn publish_match_counts(side: &CommandSide, stats: &IngestStats) {
-    stats.matches_active.store(side.active, Ordering::Relaxed);
-    stats
-        .matches_completed
-        .store(side.completed, Ordering::Relaxed);
-    metrics::gauge!("match_stats_matches_active").set(side.active as f64);
-    metrics::gauge!("match_stats_matches_completed").set(side.completed as f64);
+/// When to snapshot.
+struct Cadence {
+    events: u64,
+    last: Instant,
+}
+
+impl Ingest {
+    /// Restores, recovers, then consumes live events until cancelled. A stale snapshot
+    /// write stops it with an error.
+    pub async fn run(
+        self,
+        consumer: consumer::Consumer<consumer::pull::Config>,
+        token: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (mut store, restored) = SnapshotStore::load(self.snapshots.clone()).await?;
+        let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
+        if let Some(marker) = &restored.marker {
+            self.stats.restore(&marker.counters);
+            tracing::info!(
+                sequence = marker.sequence,
+                matches = restored.matches.len(),
+                "restored snapshot"
+            );
+        }
+        let mut side = CommandSide::restore(restored.matches, from);
+        recover(
+            &self.js,
+            &self.topology,
+            &mut side,
+            &self.stats,
+            self.batch_size,
+            &token,
+        )
+        .await?;
+        self.stats.publish_match_counts(&side);
+        self.stats.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            applied_sequence = side.applied_sequence(),
+            "consuming live events"
+        );
+
+        let mut cadence = Cadence {
+            events: 0,
+            last: Instant::now(),
+        };
+        let result = self
+            .consume(consumer, &mut side, &mut store, &mut cadence, &token)
+            .await;
+        // Final snapshot on the way out (not after a stale-writer error).
+        if !matches!(&result, Err(e) if e.downcast_ref::<SnapshotError>().is_some()) {
+            self.snapshot(&mut side, &mut store, &mut cadence).await?;
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        consumer: consumer::Consumer<consumer::pull::Config>,
+        side: &mut CommandSide,
+        store: &mut SnapshotStore,
+        cadence: &mut Cadence,
+        token: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch_size)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await?
+            .ready_chunks(self.batch_size);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        loop {
+            let chunk = tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = housekeeping.tick() => {
+                    self.housekeeping(side, store, cadence, token).await?;
+                    continue;
+                }
+                chunk = messages.next() => match chunk {
+                    Some(chunk) => chunk,
+                    None => return Ok(()),
+                },
+            };
+            let started = Instant::now();
+            let mut effects = Vec::with_capacity(chunk.len());
+            let mut outcomes = Vec::with_capacity(chunk.len());
+            let mut acks = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "pull consumer error; continuing");
+                        continue;
+                    }
+                };
+                let Ok(info) = message.info() else {
+                    tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
+                    continue;
+                };
+                if info.stream_sequence <= side.applied_sequence() {
+                    outcomes.push(Processed::AlreadyApplied);
+                } else {
+                    let source = Source {
+                        sequence: info.stream_sequence,
+                        stored_at_ms: stored_at_ms(&info),
+                        subject: message.subject.as_str(),
+                    };
+                    let (processed, new_effects) =
+                        side.process(&message.payload, source, &self.topology);
+                    effects.extend(new_effects);
+                    outcomes.push(processed);
+                }
+                acks.push(message);
+            }
+            if !publish(&self.js, &effects, &self.stats, token).await {
+                tracing::info!(
+                    unacked = acks.len(),
+                    "stopped before effects were confirmed; NATS will redeliver"
+                );
+                return Ok(());
+            }
+            for message in &acks {
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(%error, "ack failed; the message will be redelivered and skipped");
+                }
+            }
+            for outcome in &outcomes {
+                self.stats.count(outcome);
+            }
+            self.stats.publish_match_counts(side);
+            metrics::histogram!("match_stats_processing_latency")
+                .record(started.elapsed().as_secs_f64());
+            cadence.events += outcomes.len() as u64;
+            if cadence.events >= self.lifecycle.snapshot_every_events {
+                self.snapshot(side, store, cadence).await?;
+            }
+        }
+    }
+
+    /// Time-based work: snapshots, idle matches, eviction, snapshot-age warning.
+    async fn housekeeping(
+        &self,
+        side: &mut CommandSide,
+        store: &mut SnapshotStore,
+        cadence: &mut Cadence,
+        token: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let age = cadence.last.elapsed();
+        metrics::gauge!("match_stats_snapshot_age_seconds").set(age.as_secs_f64());
+        if age.as_secs_f64() > self.lifecycle.events_max_age.as_secs_f64() * SNAPSHOT_AGE_WARNING {
+            tracing::warn!(age = ?age, max_age = ?self.lifecycle.events_max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
+        }
+        if age >= self.lifecycle.snapshot_interval && side.has_changes() {
+            self.snapshot(side, store, cadence).await?;
+        }
+        let now = now_ms();
+        // Idle matches are ended through the stream, so a replay decides the same.
+        let idle = side.idle(now - self.lifecycle.idle_timeout.as_millis() as i64);
+        let mut effects = Vec::new();
+        for (id, event_id, last_update) in &idle {
+            let event = serde_json::json!({
+                "event_id": event_id,
+                "match_id": id,
+                "event_type": "match_end",
+                "timestamp": last_update,
+                "event_data": {"reason": "idle_timeout"},
+            });
+            effects.push(Effect {
+                subject: format!("{}.{id}", self.topology.events_subject),
+                msg_id: event_id.clone(),
+                headers: Default::default(),
+                payload: serde_json::to_vec(&event).expect("events serialize").into(),
+                delta_version: None,
+            });
+        }
+        if !effects.is_empty() {
+            tracing::info!(matches = idle.len(), "ending idle matches");
+            if publish(&self.js, &effects, &IngestStats::default(), token).await {
+                self.stats
+                    .idle_matches_ended
+                    .fetch_add(idle.len() as u64, Ordering::Relaxed);
+                metrics::counter!("match_stats_idle_matches_ended_total")
+                    .increment(idle.len() as u64);
+            }
+        }
+        for id in
+            side.evict_completed(now - self.lifecycle.completed_memory_retention.as_millis() as i64)
+        {
+            metrics::counter!("match_stats_matches_evicted_total").increment(1);
+            if let Err(error) = store.forget(&id).await {
+                tracing::warn!(%error, match_id = %id, "could not remove an evicted match's snapshot");
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshots the changed matches. A bucket error is logged and retried later; a stale
+    /// writer is an error that stops the loop.
+    async fn snapshot(
+        &self,
+        side: &mut CommandSide,
+        store: &mut SnapshotStore,
+        cadence: &mut Cadence,
+    ) -> anyhow::Result<()> {
+        let marker = Marker {
+            sequence: side.applied_sequence(),
+            counters: self.stats.counters(),
+            written_at_ms: now_ms(),
+        };
+        let changed = side.take_changed();
+        let records: Vec<&crate::snapshots::Tracked> =
+            changed.iter().filter_map(|id| side.tracked(id)).collect();
+        let result = store.write(records, &marker).await;
+        match result {
+            Ok(written) => {
+                cadence.events = 0;
+                cadence.last = Instant::now();
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("match_stats_snapshots_written_total").increment(1);
+                tracing::debug!(
+                    sequence = marker.sequence,
+                    matches = written,
+                    "snapshot written"
+                );
+                Ok(())
+            }
+            Err(error @ SnapshotError::Stale { .. }) => {
+                metrics::counter!("match_stats_snapshot_stale_total").increment(1);
+                tracing::error!(%error, "another instance owns the snapshot; this writer stops");
+                Err(error.into())
+            }
+            Err(error) => {
+                side.mark_changed(changed);
+                metrics::counter!("match_stats_snapshot_errors_total").increment(1);
+                tracing::warn!(%error, "snapshot failed; will retry");
+                Ok(())
+            }
+        }
+    }
 }

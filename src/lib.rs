@@ -4,18 +4,23 @@
 //! - [`config`]: settings from environment variables and flags;
 //! - [`telemetry`]: logs and the Prometheus recorder;
 //! - [`streams`]: the JetStream streams and consumer, from the files in `nats/`;
-//! - [`ingest`]: the command side's loop (recovery, consume, publish effects, ack);
+//! - [`command_side`]: the aggregates in memory and the decision for one message;
+//! - [`ingest`]: the command side's loop (restore, recover, consume, publish effects,
+//!   ack, snapshot, idle matches);
+//! - [`snapshots`]: snapshots in a key-value bucket, fenced by compare-and-swap;
 //! - [`project`]: the query side's projector (deltas → read model) and cache writer;
 //! - [`http`]: `/health`, `/ready`, `/metrics`, `/system/stats` (the API is in queries);
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`demo`]: a feed of simulated matches for `make run`.
 
 pub mod app;
+pub mod command_side;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod project;
+pub mod snapshots;
 pub mod streams;
 pub mod telemetry;
 

@@ -52,7 +52,7 @@ pub async fn run_projector(
     if target == 0 {
         model.set_caught_up();
     }
-    let mut messages = crate::streams::read_from_start(&stream, batch_size).await?;
+    let mut messages = crate::streams::read_from(&stream, 0, batch_size).await?;
     let mut builders: HashMap<MatchId, MatchBuilder> = HashMap::new();
     let started = Instant::now();
     loop {

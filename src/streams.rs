@@ -74,6 +74,19 @@ pub fn ingest_consumer(config: &Config) -> consumer::pull::Config {
     consumer
 }
 
+/// The snapshot bucket: the command side's aggregates and partition markers.
+pub fn snapshot_bucket(config: &Config) -> kv::Config {
+    kv::Config {
+        bucket: config.topology.snapshot_bucket.clone(),
+        description: "Command-side snapshots: match.<id> aggregates and partition.<n> markers"
+            .into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
 /// The completed-matches bucket: one value per match, kept for the completed retention.
 pub fn completed_bucket(config: &Config) -> kv::Config {
     kv::Config {
@@ -87,12 +100,14 @@ pub fn completed_bucket(config: &Config) -> kv::Config {
     }
 }
 
-/// What start-up creates: the ingest consumer and the completed-matches bucket.
+/// What start-up creates: the ingest consumer and the two buckets.
 pub struct Topology {
     /// The durable ingest consumer.
     pub consumer: consumer::Consumer<consumer::pull::Config>,
     /// The completed-matches bucket.
     pub completed: kv::Store,
+    /// The snapshot bucket.
+    pub snapshots: kv::Store,
 }
 
 /// Creates or updates the three streams, the bucket and the ingest consumer.
@@ -100,7 +115,10 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
     let topology = &config.topology;
     let mut events = None;
     for stream in [
-        events_stream(topology),
+        stream::Config {
+            max_age: config.lifecycle.events_max_age,
+            ..events_stream(topology)
+        },
         deltas_stream(topology),
         dead_letter_stream(topology),
     ] {
@@ -125,6 +143,15 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
                 topology.completed_bucket
             )
         })?;
+    let snapshots = js
+        .create_or_update_key_value(snapshot_bucket(config))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or update key-value bucket {}",
+                topology.snapshot_bucket
+            )
+        })?;
     let events = events.expect("events stream was created");
     let consumer = events
         .create_consumer(ingest_consumer(config))
@@ -138,20 +165,29 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
     Ok(Topology {
         consumer,
         completed,
+        snapshots,
     })
 }
 
-/// Reads a stream from its first message, in order, in chunks of up to `batch_size` of
-/// the messages that have arrived (an ordered consumer: recreated by the client if a
-/// message goes missing).
-pub async fn read_from_start(
+/// Reads a stream from sequence `from` (its first message when 0 or 1), in order, in
+/// chunks of up to `batch_size` of the messages that have arrived (an ordered consumer:
+/// recreated by the client if a message goes missing).
+pub async fn read_from(
     stream: &stream::Stream,
+    from: u64,
     batch_size: usize,
 ) -> anyhow::Result<futures::stream::ReadyChunks<consumer::pull::Ordered>> {
     use futures::StreamExt;
+    let deliver_policy = if from <= 1 {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        }
+    };
     let reader = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
+            deliver_policy,
             ..Default::default()
         })
         .await

@@ -43,7 +43,8 @@ pub enum Outcome {
 }
 
 /// One match: its statistics, its players, and what the rules need to remember.
-#[derive(Debug, Clone)]
+/// Serializable whole (dedup window included) for snapshots.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Match {
     match_id: MatchId,
     stats: MatchStats,
@@ -53,7 +54,7 @@ pub struct Match {
 }
 
 /// A player's statistics and the rule state that is not published.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct PlayerState {
     stats: PlayerStats,
     /// Time of the last non-suicide kill, for multi-kill chains.
@@ -529,10 +530,24 @@ impl Recorder {
 /// The last [`DEDUP_WINDOW`] applied `event_id`s, as 64-bit SipHash fingerprints with
 /// fixed keys (stable across restarts and versions). Two different ids share a
 /// fingerprint with a chance of about 1 in 4.5e15 per event.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "VecDeque<u64>", into = "VecDeque<u64>")]
 struct DedupWindow {
     order: VecDeque<u64>,
     members: HashSet<u64>,
+}
+
+impl From<VecDeque<u64>> for DedupWindow {
+    fn from(order: VecDeque<u64>) -> Self {
+        let members = order.iter().copied().collect();
+        DedupWindow { order, members }
+    }
+}
+
+impl From<DedupWindow> for VecDeque<u64> {
+    fn from(window: DedupWindow) -> Self {
+        window.order
+    }
 }
 
 impl DedupWindow {

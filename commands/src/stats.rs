@@ -33,7 +33,7 @@ pub struct FirstBlood {
 }
 
 /// Match-level statistics (players are held beside them).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MatchStats {
     /// `active` or `completed`.
     pub status: MatchStatus,
@@ -76,7 +76,7 @@ impl MatchStats {
 }
 
 /// One player's statistics in one match.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PlayerStats {
     /// From `player_join`.
     pub player_name: Option<Label>,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
-use match_stats::ingest::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQUENCE};
+use match_stats::command_side::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQUENCE};
 use match_stats_commands::{MatchId, StatDelta};
 use match_stats_harness::{NatsServer, contract, json};
 use match_stats_queries::MatchProjection;
