@@ -2,5 +2,6 @@
 //! modules; each test starts its own servers, so streams and keys never collide).
 
 mod command_side;
+mod lifecycle;
 mod query_side;
 mod support;

@@ -1,0 +1,239 @@
+//! Snapshots and the match lifecycle: a restart from a snapshot replays only what came
+//! after it; a stale writer's snapshot is refused and it stops; idle matches are ended by
+//! a `match_end` published to the events stream, so a replay decides the same.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use match_stats_harness::{NatsServer, contract};
+
+use crate::support::{self, Service, WAIT, publish_all, read_stream, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_the_final_snapshot_replays_nothing_and_keeps_the_counts() {
+    let nats = NatsServer::start();
+    let mut config = support::config(&nats, None);
+    config.lifecycle.snapshot_every_events = 100;
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    publish_all(
+        &js,
+        &config.topology.events_subject,
+        scenario.messages.iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    service.wait_received(scenario.messages.len() as u64).await;
+    let before = service.counts();
+    assert!(
+        before.snapshots_written >= 10,
+        "a snapshot every 100 events: {}",
+        before.snapshots_written
+    );
+    service.stop().await; // writes the final snapshot
+
+    let service = Service::start(config.clone()).await;
+    let after = service.counts();
+    assert_eq!(
+        service
+            .stats
+            .recovery_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing to replay"
+    );
+    assert_eq!(
+        (
+            after.received,
+            after.applied,
+            after.duplicates,
+            &after.rejected
+        ),
+        (
+            before.received,
+            before.applied,
+            before.duplicates,
+            &before.rejected
+        )
+    );
+    assert_eq!(
+        after.applied,
+        scenario.expected["counts"]["applied"].as_u64().unwrap()
+    );
+    assert_eq!(after.matches_completed, 3);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writers_snapshot_is_refused_and_it_stops_processing() {
+    let nats = NatsServer::start();
+    let mut config = support::config(&nats, None);
+    config.lifecycle.snapshot_every_events = 50;
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    let (first, rest) = scenario.messages.split_at(200);
+    publish_all(
+        &js,
+        &config.topology.events_subject,
+        first.iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    service.wait_received(200).await;
+    assert!(service.counts().snapshots_written >= 1);
+
+    // Another instance takes over and writes the marker.
+    let bucket = js
+        .get_key_value(&config.topology.snapshot_bucket)
+        .await
+        .unwrap();
+    let marker = bucket
+        .entry("partition.0")
+        .await
+        .unwrap()
+        .expect("marker written");
+    bucket.put("partition.0", marker.value).await.unwrap();
+
+    publish_all(
+        &js,
+        &config.topology.events_subject,
+        rest.iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    let result = tokio::time::timeout(WAIT, service.task)
+        .await
+        .expect("the stale writer stops by itself");
+    let error = format!(
+        "{:#}",
+        result.expect("task").expect_err("it stops with an error")
+    );
+    assert!(error.contains("stale writer"), "{error}");
+    let processed = service.stats.counts().received;
+    assert!(
+        processed < scenario.messages.len() as u64,
+        "stopped before processing everything ({processed})"
+    );
+    // The marker is the other writer's, untouched by the stale one.
+    assert_eq!(
+        bucket.entry("partition.0").await.unwrap().unwrap().revision,
+        marker.revision + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same() {
+    let nats = NatsServer::start();
+    let mut config = support::config(&nats, None);
+    config.lifecycle.idle_timeout = Duration::from_secs(1);
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    // The first 300 messages start all three matches and end none.
+    publish_all(
+        &js,
+        &config.topology.events_subject,
+        scenario.messages[..300]
+            .iter()
+            .map(|m| m.payload.as_slice()),
+    )
+    .await;
+    service.wait_received(300).await;
+    wait_for("three idle matches ended", || {
+        service.counts().matches_completed == 3
+    })
+    .await;
+    let counts = service.counts();
+    assert_eq!((counts.idle_matches_ended, counts.matches_active), (3, 0));
+    let ids: Vec<String> = scenario.expected["matches"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let views = |base: String| {
+        let ids = ids.clone();
+        async move {
+            let mut out = Vec::new();
+            for id in ids {
+                let url = format!("{base}/api/v1/match-stats/matches/{id}");
+                wait_for_json(&url, |v| v["status"] == "completed").await;
+                out.push(
+                    reqwest::get(url)
+                        .await
+                        .unwrap()
+                        .json::<serde_json::Value>()
+                        .await
+                        .unwrap(),
+                );
+            }
+            out
+        }
+    };
+    let original = views(service.http.clone()).await;
+    for view in &original {
+        assert_eq!(
+            view["end_time"], view["last_update"],
+            "ended at its last event's time"
+        );
+    }
+
+    // The match_end events are in the events stream, with the reason.
+    let events = read_stream(&js, &config.topology.events_stream).await;
+    let ends: Vec<serde_json::Value> = events[300..]
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("JSON match_end"))
+        .collect();
+    assert_eq!(
+        ends.len(),
+        3,
+        "one match_end per idle match, published once"
+    );
+    for end in &ends {
+        assert_eq!(
+            (
+                end["event_type"].as_str(),
+                end["event_data"]["reason"].as_str()
+            ),
+            (Some("match_end"), Some("idle_timeout"))
+        );
+    }
+    service.stop().await;
+
+    // A fresh replay (no snapshot bucket carried over) ends them the same way.
+    let mut replay = config.clone();
+    replay.topology.snapshot_bucket = "match_stats_snapshots_replay".into();
+    replay.topology.consumer_name = "replay".into();
+    let service = Service::start(replay).await;
+    let counts = service.counts();
+    let applied_lines = scenario.messages[..300]
+        .iter()
+        .filter(|m| m.expect == "applied")
+        .count() as u64;
+    assert_eq!(
+        (counts.matches_completed, counts.applied),
+        (3, applied_lines + 3)
+    );
+    assert_eq!(
+        views(service.http.clone()).await,
+        original,
+        "the replay decides the same"
+    );
+    service.stop().await;
+}
+
+async fn wait_for_json(url: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(response) = reqwest::get(url).await
+            && let Ok(body) = response.json::<serde_json::Value>().await
+            && done(&body)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
