@@ -194,12 +194,18 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts the binary against `nats` and waits until `/ready` says ready.
     pub async fn start(nats: &NatsServer) -> ServiceProcess {
+        Self::start_with(nats, &[]).await
+    }
+
+    /// Same, with more environment variables.
+    pub async fn start_with(nats: &NatsServer, env: &[(&str, String)]) -> ServiceProcess {
         let port = match_stats_harness::free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_match-stats"))
             .env("NATS_URL", nats.url())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("LOG_LEVEL", "warn")
             .env("REDIS_ADDR", "")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("start match-stats");
@@ -220,6 +226,11 @@ impl ServiceProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The base URL of its HTTP server.
+    pub fn http(&self) -> &str {
+        &self.http
     }
 
     /// The counts `/ready` reports.
