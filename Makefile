@@ -12,7 +12,7 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server build run test bench load-test lint format ci clean
+.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test lint format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ test: deps ## Run every test (unit, property, contract, integration against real
 
 bench: ## Criterion benchmarks of decode and apply
 	cargo bench -p match-stats-commands --bench hot_path
+
+bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream, with and without snapshots
+	cargo bench --bench recovery
 
 load-test: ## End-to-end load test (arrives with issue #5)
 	@echo "load-test: not implemented yet (tracked in issue #5: loadgen and bare-relay baseline)" >&2; exit 2

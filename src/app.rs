@@ -142,6 +142,7 @@ impl App {
             api.model.clone(),
             dirty.clone(),
             config.batch_size as usize,
+            config.cache.completed_retention,
             token.clone(),
         ));
         if let Some(redis) = api.redis.clone() {

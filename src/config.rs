@@ -92,7 +92,7 @@ pub struct Lifecycle {
     pub snapshot_interval: Duration,
     /// A match with no event for this long is ended with a `match_end` (reason
     /// `idle_timeout`) published to the events stream (e.g. 30m).
-    #[arg(long, env = "MATCH_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long = "match-idle-timeout", env = "MATCH_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Completed matches leave the command side's memory this long after their last
     /// event (e.g. 24h).

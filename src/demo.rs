@@ -43,8 +43,8 @@ pub struct DemoArgs {
     pub forever: bool,
 }
 
-/// One simulated match.
-struct SimMatch {
+/// One simulated match: produces its events in order (also used by the benchmarks).
+pub struct SimMatch {
     id: String,
     players: Vec<(String, [f64; 3], bool)>,
     next_event: u64,
@@ -52,7 +52,8 @@ struct SimMatch {
 }
 
 impl SimMatch {
-    fn new(run: &str, n: u32, players: u32, events: u32) -> Self {
+    /// Match `demo-<run>-<n>` of `players` players, ending after `events` events.
+    pub fn new(run: &str, n: u32, players: u32, events: u32) -> Self {
         let id = format!("demo-{run}-{n:03}");
         let players = (0..players)
             .map(|p| (format!("{id}-p{p:02}"), [0.0; 3], false))
@@ -82,8 +83,14 @@ impl SimMatch {
         (event_id, payload)
     }
 
-    /// The next event of this match, or `None` once it has ended.
-    fn next(&mut self, rng: &mut impl rand::Rng) -> Option<(String, Vec<u8>)> {
+    /// The match id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next event of this match as `(event_id, MessagePack payload)`, or `None` once
+    /// it has ended.
+    pub fn next(&mut self, rng: &mut impl rand::Rng) -> Option<(String, Vec<u8>)> {
         if self.next_event == 0 {
             return Some(self.event(
                 "match_start",

@@ -18,6 +18,9 @@ use match_stats_queries::cache::{BreakerState, RedisCache};
 use match_stats_queries::{MatchBuilder, ReadModel};
 use tokio_util::sync::CancellationToken;
 
+/// How often the projector drops completed matches past their retention.
+pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Matches whose latest snapshot Redis has not seen yet.
 #[derive(Debug, Default)]
 pub struct Dirty(Mutex<BTreeSet<MatchId>>);
@@ -40,6 +43,7 @@ pub async fn run_projector(
     model: Arc<ReadModel>,
     dirty: Arc<Dirty>,
     batch_size: usize,
+    retention: Duration,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut stream = js.get_stream(&deltas_stream).await?;
@@ -54,10 +58,28 @@ pub async fn run_projector(
     }
     let mut messages = crate::streams::read_from(&stream, 0, batch_size).await?;
     let mut builders: HashMap<MatchId, MatchBuilder> = HashMap::new();
+    // When this replica saw each match complete; completed matches leave memory after
+    // `retention` (Redis and the key-value bucket keep them for the same time).
+    let mut completed_at: HashMap<MatchId, Instant> = HashMap::new();
+    let mut eviction = tokio::time::interval(EVICTION_INTERVAL);
     let started = Instant::now();
     loop {
         let chunk = tokio::select! {
             _ = token.cancelled() => break,
+            _ = eviction.tick() => {
+                let expired: Vec<MatchId> = completed_at
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() >= retention)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in &expired {
+                    completed_at.remove(id);
+                    builders.remove(id);
+                }
+                model.remove(&expired);
+                metrics::counter!("match_stats_read_model_evicted_total").increment(expired.len() as u64);
+                continue;
+            }
             chunk = messages.next() => match chunk {
                 Some(chunk) => chunk,
                 None => break,

@@ -100,6 +100,18 @@ impl ReadModel {
         self.matches.store(Arc::new(next));
     }
 
+    /// Removes matches (completed ones past their retention).
+    pub fn remove(&self, ids: &[MatchId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut next = (**self.matches.load()).clone();
+        for id in ids {
+            next.remove(id);
+        }
+        self.matches.store(Arc::new(next));
+    }
+
     /// Whether the projector has read the deltas stream up to where it was at start.
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
