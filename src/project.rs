@@ -18,6 +18,9 @@ use match_stats_queries::cache::{BreakerState, RedisCache};
 use match_stats_queries::{MatchBuilder, ReadModel};
 use tokio_util::sync::CancellationToken;
 
+/// While catching up, how often the projector builds and publishes snapshots.
+pub const CATCH_UP_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the projector drops completed matches past their retention.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,6 +65,8 @@ pub async fn run_projector(
     // `retention` (Redis and the key-value bucket keep them for the same time).
     let mut completed_at: HashMap<MatchId, Instant> = HashMap::new();
     let mut eviction = tokio::time::interval(EVICTION_INTERVAL);
+    let mut pending: BTreeSet<MatchId> = BTreeSet::new();
+    let mut last_publish = Instant::now();
     let started = Instant::now();
     loop {
         let chunk = tokio::select! {
@@ -120,14 +125,24 @@ pub async fn run_projector(
                 }
             }
         }
-        model.publish(
-            touched
+        // While catching up, nobody reads the snapshots yet: build them at most every
+        // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
+        pending.extend(touched);
+        let reached = last_sequence >= target;
+        if model.is_caught_up() || reached || last_publish.elapsed() >= CATCH_UP_PUBLISH_INTERVAL {
+            let snapshots: Vec<_> = pending
                 .iter()
-                .map(|id| builders.get_mut(id).expect("touched").snapshot()),
-        );
+                .map(|id| builders.get_mut(id).expect("touched").snapshot())
+                .collect();
+            for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
+                completed_at.entry(snapshot.summary.match_id).or_insert_with(Instant::now);
+            }
+            model.publish(snapshots);
+            dirty.extend(std::mem::take(&mut pending));
+            last_publish = Instant::now();
+        }
         metrics::gauge!("match_stats_read_model_matches").set(builders.len() as f64);
-        dirty.extend(touched);
-        if !model.is_caught_up() && last_sequence >= target {
+        if !model.is_caught_up() && reached {
             model.set_caught_up();
             tracing::info!(
                 matches = builders.len(),

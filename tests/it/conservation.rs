@@ -213,7 +213,10 @@ async fn nothing_lost_nothing_counted_twice_through_kills_and_server_restarts() 
         "the dead-letter stream holds each bad payload once"
     );
 
-    println!(
+    // Straight to stderr, so CI logs show it even when the test passes.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "conservation (seed {seed}): {kills} kill -9s, {nats_restarts} nats-server restart, {redis_restarts} redis-server kill+restart, \
          {publish_retries} publisher retries; checked {total} events ({} applied, {} duplicates of which {extra} extra copies, \
          {} dead letters), {} delta messages over {} matches, gapless and once each",
