@@ -58,11 +58,19 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
     let recovered = stats.ready.load(Ordering::Relaxed);
     let caught_up = state.api.model.is_caught_up();
-    let ready = connected && recovered && caught_up;
+    // While the read model catches up, the API answers from Redis (newer version wins):
+    // ready if Redis answers now (a bounded PING), else only once caught up.
+    let redis_answers = match (&state.api.redis, caught_up) {
+        (Some(redis), false) => redis.ping().await.is_ok(),
+        _ => false,
+    };
+    let ready = connected && recovered && (caught_up || redis_answers);
     let reason = if !connected {
         "not connected to NATS"
     } else if !recovered {
         "replaying the events stream"
+    } else if !caught_up && redis_answers {
+        "consuming live events; read model catching up, answering from Redis meanwhile"
     } else if !caught_up {
         "read model catching up on the deltas stream"
     } else {

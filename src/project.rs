@@ -135,7 +135,9 @@ pub async fn run_projector(
                 .map(|id| builders.get_mut(id).expect("touched").snapshot())
                 .collect();
             for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
-                completed_at.entry(snapshot.summary.match_id).or_insert_with(Instant::now);
+                completed_at
+                    .entry(snapshot.summary.match_id)
+                    .or_insert_with(Instant::now);
             }
             model.publish(snapshots);
             dirty.extend(std::mem::take(&mut pending));

@@ -135,6 +135,7 @@ async fn nothing_lost_nothing_counted_twice_through_kills_and_server_restarts() 
     }
     let publish_retries = publisher.await.expect("publisher");
     service.wait_received(total).await;
+    service.wait_read_model_caught_up().await;
     let counts = service.counts().await;
 
     // Counts.

@@ -261,6 +261,27 @@ impl ServiceProcess {
         }
     }
 
+    /// Waits until `/ready` says the read model has caught up.
+    pub async fn wait_read_model_caught_up(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let body: serde_json::Value = reqwest::get(format!("{}/ready", self.http))
+                .await
+                .expect("GET /ready")
+                .json()
+                .await
+                .expect("JSON");
+            if body["read_model_caught_up"] == true {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "read model did not catch up: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no flush, no final ack.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");
