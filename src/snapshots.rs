@@ -3,9 +3,9 @@
 //! One key per match (`match.<id>`: the aggregate, dedup window included, with the last
 //! stream sequence applied to it) and one marker per partition (`partition.0`: the
 //! sequence up to which every match's state is in the bucket, and the ingest counters).
-//! A snapshot writes the changed matches, then the marker with compare-and-swap on its
-//! revision: a writer whose marker revision is stale (another instance wrote since) fails
-//! with [`SnapshotError::Stale`] and must stop. Recovery replays the events stream from
+//! A snapshot writes the changed matches, then the marker, every key with compare-and-swap
+//! on the revision this writer last saw: a writer that another instance has overtaken
+//! fails with [`SnapshotError::Stale`] at the first key the other wrote, and must stop. Recovery replays the events stream from
 //! the marker's sequence + 1, skipping for each match what its own record already holds.
 
 use std::collections::HashMap;
@@ -58,12 +58,14 @@ pub struct Marker {
 /// Why a snapshot could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Another writer updated the marker since this one last did: this writer is stale.
+    /// Another writer wrote a key since this one last did: this writer is stale.
     #[error(
-        "stale writer: the snapshot marker was updated by another instance (expected revision {expected:?})"
+        "stale writer: snapshot key {key} was written by another instance (expected revision {expected:?})"
     )]
     Stale {
-        /// The revision this writer expected.
+        /// The key.
+        key: String,
+        /// The revision this writer expected (none: it expected no key).
         expected: Option<u64>,
     },
     /// The bucket could not be read or written (NATS unavailable...).
@@ -80,10 +82,11 @@ pub struct Restored {
     pub matches: HashMap<MatchId, Tracked>,
 }
 
-/// Reads and writes the snapshot bucket, remembering the marker revision it last saw.
+/// Reads and writes the snapshot bucket, remembering the revision of every key it last
+/// read or wrote: every write is a compare-and-swap on it.
 pub struct SnapshotStore {
     kv: kv::Store,
-    revision: Option<u64>,
+    revisions: HashMap<String, u64>,
 }
 
 fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
@@ -92,9 +95,8 @@ fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
-    let packed = lz4_flex::decompress_size_prepended(bytes)
-        .map_err(|e| SnapshotError::Bucket(e.to_string()))?;
-    rmp_serde::from_slice(&packed).map_err(|e| SnapshotError::Bucket(e.to_string()))
+    let packed = lz4_flex::decompress_size_prepended(bytes).map_err(bucket_error)?;
+    rmp_serde::from_slice(&packed).map_err(bucket_error)
 }
 
 fn bucket_error(e: impl std::fmt::Display) -> SnapshotError {
@@ -102,38 +104,44 @@ fn bucket_error(e: impl std::fmt::Display) -> SnapshotError {
 }
 
 impl SnapshotStore {
-    /// Loads the marker and every match record.
+    /// Loads the marker and every match record, with their revisions.
     pub async fn load(kv: kv::Store) -> Result<(SnapshotStore, Restored), SnapshotError> {
         let mut restored = Restored::default();
-        let mut revision = None;
-        if let Some(entry) = kv.entry(MARKER_KEY).await.map_err(bucket_error)?
-            && entry.operation == kv::Operation::Put
-        {
-            revision = Some(entry.revision);
-            restored.marker = Some(decode(&entry.value)?);
-        }
-        if restored.marker.is_some() {
-            let keys: Vec<String> = kv
-                .keys()
-                .await
-                .map_err(bucket_error)?
-                .try_collect()
-                .await
-                .map_err(bucket_error)?;
-            for key in keys.iter().filter(|k| k.starts_with(MATCH_PREFIX)) {
-                if let Some(value) = kv.get(key).await.map_err(bucket_error)? {
-                    let tracked: Tracked = decode(&value)?;
-                    restored
-                        .matches
-                        .insert(tracked.aggregate.match_id(), tracked);
-                }
+        let mut revisions = HashMap::new();
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(bucket_error)?
+            .try_collect()
+            .await
+            .map_err(bucket_error)?;
+        for key in keys {
+            let Some(entry) = kv.entry(key.as_str()).await.map_err(bucket_error)? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            revisions.insert(key.clone(), entry.revision);
+            if key == MARKER_KEY {
+                restored.marker = Some(decode(&entry.value)?);
+            } else if key.starts_with(MATCH_PREFIX) {
+                let tracked: Tracked = decode(&entry.value)?;
+                restored
+                    .matches
+                    .insert(tracked.aggregate.match_id(), tracked);
             }
         }
-        Ok((SnapshotStore { kv, revision }, restored))
+        if restored.marker.is_none() {
+            // Records written before any marker was: replay from the stream's start.
+            restored.matches.clear();
+        }
+        Ok((SnapshotStore { kv, revisions }, restored))
     }
 
-    /// Writes the given matches, then the marker (compare-and-swap). Returns how many
-    /// matches were written.
+    /// Writes the given matches, then the marker, each with compare-and-swap on the
+    /// revision this store last saw (create for a new key). Returns how many matches were
+    /// written.
     pub async fn write<'a>(
         &mut self,
         changed: impl IntoIterator<Item = &'a Tracked>,
@@ -142,42 +150,51 @@ impl SnapshotStore {
         let mut written = 0;
         for tracked in changed {
             let key = format!("{MATCH_PREFIX}{}", tracked.aggregate.match_id());
-            self.kv
-                .put(key, encode(tracked))
-                .await
-                .map_err(bucket_error)?;
+            self.swap(key, encode(tracked)).await?;
             written += 1;
         }
-        let value = encode(marker);
-        let revision = match self.revision {
+        self.swap(MARKER_KEY.to_owned(), encode(marker)).await?;
+        Ok(written)
+    }
+
+    async fn swap(&mut self, key: String, value: bytes::Bytes) -> Result<(), SnapshotError> {
+        let expected = self.revisions.get(&key).copied();
+        let stale = |key: &str| SnapshotError::Stale {
+            key: key.to_owned(),
+            expected,
+        };
+        let revision = match expected {
             None => self
                 .kv
-                .create(MARKER_KEY, value)
+                .create(&key, value)
                 .await
                 .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => SnapshotError::Stale { expected: None },
+                    kv::CreateErrorKind::AlreadyExists => stale(&key),
                     _ => bucket_error(e),
                 })?,
-            Some(expected) => {
+            Some(revision) => {
                 self.kv
-                    .update(MARKER_KEY, value, expected)
+                    .update(&key, value, revision)
                     .await
                     .map_err(|e| match e.kind() {
-                        kv::UpdateErrorKind::WrongLastRevision => SnapshotError::Stale {
-                            expected: Some(expected),
-                        },
+                        kv::UpdateErrorKind::WrongLastRevision => stale(&key),
                         _ => bucket_error(e),
                     })?
             }
         };
-        self.revision = Some(revision);
-        Ok(written)
+        self.revisions.insert(key, revision);
+        Ok(())
     }
 
-    /// Removes a match's record (after it left memory).
-    pub async fn forget(&self, id: &MatchId) -> Result<(), SnapshotError> {
+    /// Removes a match's record (after it left memory), if it is still the one this store
+    /// wrote.
+    pub async fn forget(&mut self, id: &MatchId) -> Result<(), SnapshotError> {
+        let key = format!("{MATCH_PREFIX}{id}");
+        let Some(revision) = self.revisions.remove(&key) else {
+            return Ok(());
+        };
         self.kv
-            .delete(format!("{MATCH_PREFIX}{id}"))
+            .delete_expect_revision(&key, Some(revision))
             .await
             .map_err(bucket_error)
     }

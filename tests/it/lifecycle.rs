@@ -93,6 +93,15 @@ async fn a_stale_writers_snapshot_is_refused_and_it_stops_processing() {
         .unwrap()
         .expect("marker written");
     let taken_over = bucket.put("partition.0", marker.value).await.unwrap();
+    let record_key = {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = bucket.keys().await.unwrap().try_collect().await.unwrap();
+        keys.into_iter()
+            .find(|k| k.starts_with("match."))
+            .expect("match records written")
+    };
+    let record = bucket.entry(record_key.as_str()).await.unwrap().unwrap();
+    let record_taken_over = bucket.put(record_key.as_str(), record.value).await.unwrap();
 
     publish_all(
         &js,
@@ -117,6 +126,16 @@ async fn a_stale_writers_snapshot_is_refused_and_it_stops_processing() {
     assert_eq!(
         bucket.entry("partition.0").await.unwrap().unwrap().revision,
         taken_over
+    );
+    assert_eq!(
+        bucket
+            .entry(record_key.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        record_taken_over,
+        "the stale writer did not overwrite the other's match record"
     );
 }
 
