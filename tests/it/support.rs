@@ -233,182 +233,6 @@ impl ServiceProcess {
         &self.http
     }
 
-    /// What `/ready` reports.
-    pub async fn ready(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/ready", self.http))
-            .await
-            .expect("GET /ready")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    /// The counts `/ready` reports.
-    pub async fn counts(&self) -> serde_json::Value {
-        self.ready().await["counts"].clone()
-    }
-
-    /// Waits until it has processed `n` messages.
-    pub async fn wait_received(&self, n: u64) {
-        wait_for(&format!("{n} messages processed"), || {
-            self.counts().received >= n
-        })
-        .await;
-        assert_eq!(
-            self.counts().received,
-            n,
-            "no more than {n} messages processed"
-        );
-    }
-
-    /// Graceful stop (SIGTERM's path).
-    pub async fn stop(self) {
-        self.token.cancel();
-        self.task
-            .await
-            .expect("service task")
-            .expect("service stops cleanly");
-    }
-}
-
-/// Polls `done` until it is true, or panics after [`WAIT`].
-pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The subject a game server would publish a payload to: `<prefix>.<match_id>`, read
-/// here with a plain MessagePack/JSON parser (or `unknown` when it has none).
-pub fn subject_for(prefix: &str, payload: &[u8]) -> String {
-    let match_id = if payload.trim_ascii_start().starts_with(b"{") {
-        serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| {
-                v.get("match_id")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_owned)
-            })
-    } else {
-        rmpv::decode::read_value(&mut &payload[..])
-            .ok()
-            .and_then(|v| {
-                v.as_map()?
-                    .iter()
-                    .find(|(k, _)| k.as_str() == Some("match_id"))
-                    .and_then(|(_, m)| m.as_str().map(str::to_owned))
-            })
-    };
-    let token = match_id
-        .filter(|m| {
-            !m.is_empty()
-                && m.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    format!("{prefix}.{token}")
-}
-
-/// Publishes payloads in order, without `Nats-Msg-Id`, waiting for every ack.
-pub async fn publish_all(
-    js: &jetstream::Context,
-    prefix: &str,
-    payloads: impl IntoIterator<Item = &[u8]>,
-) {
-    let mut acks = Vec::new();
-    for payload in payloads {
-        let message = PublishMessage::build().payload(payload.to_vec().into());
-        acks.push(
-            js.send_publish(subject_for(prefix, payload), message)
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("the events stream stores every message");
-    }
-}
-
-/// Every message of a stream, in order.
-pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<jetstream::Message> {
-    let mut stream = js.get_stream(name).await.expect("stream exists");
-    let count = stream.info().await.expect("stream info").state.messages as usize;
-    if count == 0 {
-        return Vec::new();
-    }
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer");
-    let messages = consumer.messages().await.expect("messages");
-    tokio::time::timeout(
-        WAIT,
-        messages
-            .take(count)
-            .map(|m| m.expect("message"))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .expect("stream read in time")
-}
-
-/// The `match-stats` binary as a child process, for real crashes (`kill -9`) and
-/// signals.
-pub struct ServiceProcess {
-    child: std::process::Child,
-    http: String,
-}
-
-impl ServiceProcess {
-    /// Starts the binary against `nats` and waits until `/ready` says ready.
-    pub async fn start(nats: &NatsServer) -> ServiceProcess {
-        Self::start_with(nats, &[]).await
-    }
-
-    /// Same, with more environment variables.
-    pub async fn start_with(nats: &NatsServer, env: &[(&str, String)]) -> ServiceProcess {
-        let port = match_stats_harness::free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_match-stats"))
-            .env("NATS_URL", nats.url())
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("LOG_LEVEL", "warn")
-            .env("REDIS_ADDR", "")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start match-stats");
-        let process = ServiceProcess {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(response) = reqwest::get(format!("{}/ready", process.http)).await
-                && response.status().is_success()
-            {
-                return process;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "match-stats did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The base URL of its HTTP server.
-    pub fn http(&self) -> &str {
-        &self.http
-    }
-
     /// The counts `/ready` reports.
     pub async fn counts(&self) -> serde_json::Value {
         let body: serde_json::Value = reqwest::get(format!("{}/ready", self.http))
@@ -441,7 +265,12 @@ impl ServiceProcess {
     pub async fn wait_read_model_caught_up(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let body = self.ready().await;
+            let body: serde_json::Value = reqwest::get(format!("{}/ready", self.http))
+                .await
+                .expect("GET /ready")
+                .json()
+                .await
+                .expect("JSON");
             if body["read_model_caught_up"] == true {
                 return;
             }
