@@ -233,15 +233,19 @@ impl ServiceProcess {
         &self.http
     }
 
-    /// The counts `/ready` reports.
-    pub async fn counts(&self) -> serde_json::Value {
-        let body: serde_json::Value = reqwest::get(format!("{}/ready", self.http))
+    /// What `/ready` reports.
+    pub async fn ready(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/ready", self.http))
             .await
             .expect("GET /ready")
             .json()
             .await
-            .expect("JSON");
-        body["counts"].clone()
+            .expect("JSON")
+    }
+
+    /// The counts `/ready` reports.
+    pub async fn counts(&self) -> serde_json::Value {
+        self.ready().await["counts"].clone()
     }
 
     /// Waits until it has processed `n` messages.
@@ -265,12 +269,7 @@ impl ServiceProcess {
     pub async fn wait_read_model_caught_up(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let body: serde_json::Value = reqwest::get(format!("{}/ready", self.http))
-                .await
-                .expect("GET /ready")
-                .json()
-                .await
-                .expect("JSON");
+            let body = self.ready().await;
             if body["read_model_caught_up"] == true {
                 return;
             }
