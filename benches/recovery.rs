@@ -73,10 +73,17 @@ async fn start_and_measure(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: then this is a
+    // quick smoke run that checks the benchmark works.
+    let default = if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        5_000
+    };
     let total: u64 = std::env::var("RECOVERY_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(default);
     let nats = NatsServer::start();
     let config = Cli::try_parse_from([
         "match-stats",
