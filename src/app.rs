@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings};
+use match_stats_queries::cache::{CacheError, CompletedStore, RedisCache, RedisSettings};
 use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -19,6 +19,48 @@ use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestStats};
 use crate::project::{self, Dirty};
 use crate::{streams, telemetry};
+
+/// Connects to NATS with the configured authentication and TLS; a refused or
+/// unreachable server is an error naming the URL and the cause (no silent retry loop).
+pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let auth = &config.nats_auth;
+    let mut options = async_nats::ConnectOptions::new().name("match-stats");
+    if let (Some(user), Some(password)) = (&auth.nats_user, &auth.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &auth.nats_token {
+        options = options.token(token.clone());
+    }
+    if let Some(creds) = &auth.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read NATS_CREDS {}", creds.display()))?;
+    }
+    if let Some(ca) = &auth.nats_tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&auth.nats_tls_cert, &auth.nats_tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if auth.nats_tls_required || auth.nats_tls_ca.is_some() || auth.nats_tls_cert.is_some() {
+        options = options.require_tls(true);
+    }
+    options
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))
+}
+
+/// Bound on the start-up check of Redis (connect and authenticate).
+pub const REDIS_STARTUP_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_auth_error(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+}
 
 /// A built service, connected and listening, not yet running.
 pub struct App {
@@ -38,11 +80,7 @@ impl App {
     /// the (lazily connected) Redis cache and binds HTTP. Fails fast with a message
     /// naming what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = async_nats::ConnectOptions::new()
-            .name("match-stats")
-            .connect(config.nats_url.as_str())
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+        let nats = connect_nats(&config).await?;
         let js = jetstream::new(nats.clone());
         let topology = streams::ensure(&js, &config).await?;
         let redis = match config.cache.redis_url() {
@@ -61,6 +99,20 @@ impl App {
                         config.cache.redis_addr
                     )
                 })?;
+                // Rejected credentials are a misconfiguration: stop. An unreachable Redis
+                // is not an outage: warn and run on the read models.
+                match cache.ping_within(REDIS_STARTUP_CHECK).await {
+                    Ok(()) => tracing::info!(addr = %config.cache.redis_addr, "redis connected"),
+                    Err(CacheError::Redis(e)) if is_auth_error(&e) => {
+                        anyhow::bail!(
+                            "redis at {} refused the credentials (REDIS_USERNAME/REDIS_PASSWORD): {e}",
+                            config.cache.redis_addr
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(addr = %config.cache.redis_addr, error = %e, "redis unreachable; serving from memory until it answers")
+                    }
+                }
                 Some(Arc::new(cache))
             }
         };

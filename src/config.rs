@@ -53,6 +53,10 @@ pub struct Config {
     pub nats_url: String,
 
     #[command(flatten)]
+    /// NATS authentication and TLS.
+    pub nats_auth: NatsAuth,
+
+    #[command(flatten)]
     /// Stream, subject and consumer names.
     pub topology: Topology,
 
@@ -109,6 +113,9 @@ pub struct CacheConfig {
     /// Redis host:port; empty runs on the in-process read model alone.
     #[arg(long, env = "REDIS_ADDR", default_value = "localhost:6379")]
     pub redis_addr: String,
+    /// Redis ACL user (with REDIS_PASSWORD); empty: the default user.
+    #[arg(long, env = "REDIS_USERNAME", default_value = "")]
+    pub redis_username: String,
     /// Redis password (never logged).
     #[arg(
         long,
@@ -147,13 +154,46 @@ impl CacheConfig {
         if addr.is_empty() {
             return None;
         }
-        let auth = if self.redis_password.is_empty() {
-            String::new()
-        } else {
-            format!(":{}@", self.redis_password)
+        let auth = match (self.redis_username.as_str(), self.redis_password.as_str()) {
+            ("", "") => String::new(),
+            (user, password) => format!("{user}:{password}@"),
         };
         Some(format!("redis://{auth}{addr}/{}", self.redis_db))
     }
+}
+
+/// How to authenticate to NATS and secure the connection. Secrets are never logged.
+#[derive(Debug, Clone, Args)]
+pub struct NatsAuth {
+    /// NATS user (with NATS_PASSWORD).
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password (with NATS_USER).
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_creds"])]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (NKey seed and user JWT, as `nsc` writes it).
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server with, instead of the system roots.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with NATS_TLS_KEY).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for mutual TLS (with NATS_TLS_CERT).
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long, env = "NATS_TLS_REQUIRED", default_value_t = false)]
+    pub nats_tls_required: bool,
 }
 
 /// Names of the streams, subjects and consumer (defaults match `nats/streams/*.json`).

@@ -156,9 +156,7 @@ impl SimMatch {
 
 /// Runs the feed until every match has ended (or forever, with `--forever`).
 pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
-    let nats = async_nats::connect(config.nats_url.as_str())
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let nats = crate::app::connect_nats(config).await?;
     let js = jetstream::new(nats.clone());
     let topology = config.topology.clone();
     let summaries = nats

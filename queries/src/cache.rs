@@ -319,9 +319,14 @@ impl RedisCache {
 
     /// Checks the connection (used to close the breaker when Redis returns).
     pub async fn ping(&self) -> Result<(), CacheError> {
+        self.ping_within(self.settings.timeout).await
+    }
+
+    /// Checks the connection within `timeout` (start-up: connect and authenticate).
+    pub async fn ping_within(&self, timeout: Duration) -> Result<(), CacheError> {
         let mut connection = self.connection.clone();
         self.breaker
-            .call(self.settings.timeout, async {
+            .call(timeout, async {
                 let _: String = redis::cmd("PING").query_async(&mut connection).await?;
                 Ok(())
             })

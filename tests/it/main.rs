@@ -5,4 +5,5 @@ mod command_side;
 mod conservation;
 mod lifecycle;
 mod query_side;
+mod security;
 mod support;

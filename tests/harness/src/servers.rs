@@ -61,16 +61,18 @@ fn wait_until_listening(port: u16, child: &mut Child, log: &Path, name: &str) {
     }
 }
 
-fn answers_ping(port: u16) -> bool {
+/// Whether our redis-server answers on `port` (with a password set, it answers NOAUTH).
+fn answers_ping(port: u16, auth: bool) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut reply = [0u8; 7];
+    let expected: &[u8; 7] = if auth { b"-NOAUTH" } else { b"+PONG\r\n" };
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+        && &reply == expected
 }
 
 /// A server process, killed on drop.
@@ -97,22 +99,41 @@ pub struct NatsServer {
     child: Process,
     port: u16,
     dir: TempDir,
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server on a port it picks itself (no race with other tests).
     pub fn start() -> Self {
+        Self::start_with(&[], None)
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `--user`, `--pass`) and,
+    /// if given, a configuration file with this text (e.g. a `tls {}` block).
+    pub fn start_with(args: &[&str], config: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("match-stats-nats-")
             .tempdir()
             .expect("temp dir");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(config) = config {
+            let file = dir.path().join("nats.conf");
+            std::fs::write(&file, config).expect("write nats.conf");
+            args.extend(["-c".to_owned(), file.display().to_string()]);
+        }
         let mut server = NatsServer {
             child: Process::default(),
             port: 0,
             dir,
+            args,
         };
         server.spawn();
         server
+    }
+
+    /// The server's temporary directory (for certificates and the like).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn spawn(&mut self) {
@@ -130,6 +151,7 @@ impl NatsServer {
         let mut child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.dir.path().join("jetstream"))
+            .args(&self.args)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .arg("-l")
@@ -190,11 +212,17 @@ pub struct RedisServer {
     child: Process,
     port: u16,
     dir: TempDir,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments (e.g. `--requirepass`).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("match-stats-redis-")
             .tempdir()
@@ -203,6 +231,7 @@ impl RedisServer {
             child: Process::default(),
             port: 0,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn_on_free_port();
         server
@@ -219,6 +248,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
+            .args(&self.args)
             .arg("--logfile")
             .arg(&log)
             .stdin(Stdio::null())
@@ -242,7 +272,7 @@ impl RedisServer {
                 .0
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-            if alive && answers_ping(self.port) {
+            if alive && answers_ping(self.port, self.args.iter().any(|a| a == "--requirepass")) {
                 return;
             }
             self.kill();

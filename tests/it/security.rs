@@ -1,0 +1,183 @@
+//! Connections secured as operators run them: NATS with user/password, with a token, and
+//! with mutual TLS (certificates generated here); Redis with a password. Right
+//! credentials work end to end; wrong ones stop start-up at once with a clear error.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use match_stats_harness::{NatsServer, RedisServer, contract};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use crate::support::{self, Service, publish_all};
+
+/// A refused start-up must say so quickly, not retry silently.
+const FAIL_FAST: Duration = Duration::from_secs(10);
+
+async fn build_error(config: match_stats::Config) -> String {
+    let started = Instant::now();
+    let error = match match_stats::App::build(config).await {
+        Ok(_) => panic!("start-up should have been refused"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        started.elapsed() < FAIL_FAST,
+        "refused after {:?}: {error}",
+        started.elapsed()
+    );
+    error
+}
+
+/// Publishes the first 20 scenario messages through `js` and checks the service took them.
+async fn flows(service: &Service, js: &jetstream::Context, config: &match_stats::Config) {
+    let scenario = contract::scenario("small");
+    publish_all(
+        js,
+        &config.topology.events_subject,
+        scenario.messages[..20].iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    service.wait_received(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_user_and_password_and_token() {
+    let nats = NatsServer::start_with(&["--user", "stats", "--pass", "s3cret"], None);
+    let mut config = support::config(&nats, None);
+    config.nats_auth.nats_user = Some("stats".into());
+    config.nats_auth.nats_password = Some("s3cret".into());
+    let service = Service::start(config.clone()).await;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("stats".into(), "s3cret".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    flows(&service, &jetstream::new(client), &config).await;
+    service.stop().await;
+
+    config.nats_auth.nats_password = Some("wrong".into());
+    let error = build_error(config).await;
+    assert!(
+        error.contains("cannot connect to NATS") && error.to_lowercase().contains("authorization"),
+        "{error}"
+    );
+
+    let nats = NatsServer::start_with(&["--auth", "t0ken"], None);
+    let mut config = support::config(&nats, None);
+    config.nats_auth.nats_token = Some("t0ken".into());
+    Service::start(config.clone()).await.stop().await;
+    config.nats_auth.nats_token = None;
+    let error = build_error(config).await;
+    assert!(error.to_lowercase().contains("authorization"), "{error}");
+}
+
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files.
+fn pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["match-stats".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_mutual_tls_with_a_custom_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let tls = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    let nats = NatsServer::start_with(&[], Some(&tls));
+    let mut config = support::config(&nats, None);
+    config.nats_auth.nats_tls_ca = Some(pki.ca.clone());
+    config.nats_auth.nats_tls_cert = Some(pki.client_cert.clone());
+    config.nats_auth.nats_tls_key = Some(pki.client_key.clone());
+    let service = Service::start(config.clone()).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca.clone())
+        .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    flows(&service, &jetstream::new(client), &config).await;
+    service.stop().await;
+
+    // Without the client certificate the server refuses; without the CA the client does.
+    let mut no_client_cert = config.clone();
+    no_client_cert.nats_auth.nats_tls_cert = None;
+    no_client_cert.nats_auth.nats_tls_key = None;
+    let error = build_error(no_client_cert).await;
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+    let mut no_ca = config;
+    no_ca.nats_auth.nats_tls_ca = None;
+    let error = build_error(no_ca).await;
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start_with(&["--requirepass", "r3dis"]);
+    let mut config = support::config(&nats, Some(&redis));
+    config.cache.redis_password = "r3dis".into();
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    flows(&service, &js, &config).await;
+    // Written through to the password-protected Redis.
+    let client =
+        redis::Client::open(format!("redis://:r3dis@127.0.0.1:{}/0", redis.port())).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("match_stats:match:*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing written to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.stop().await;
+
+    config.cache.redis_password = "wrong".into();
+    let error = build_error(config).await;
+    assert!(error.contains("refused the credentials"), "{error}");
+}
