@@ -187,6 +187,12 @@ impl App {
             stats: stats.clone(),
         };
         tasks.spawn(ingest.run(consumer, token.clone()));
+        let lag = tokio::spawn(crate::ingest::watch_lag(
+            js.clone(),
+            config.topology.clone(),
+            stats.clone(),
+            token.clone(),
+        ));
         let dirty = Arc::new(Dirty::default());
         tasks.spawn(project::run_projector(
             js.clone(),
@@ -219,6 +225,7 @@ impl App {
             topology: config.topology.clone(),
             api: api.clone(),
             started: Instant::now(),
+            ready_max_pending: config.ready_max_pending,
         };
         let routes = api::finish(api::router(api).merge(http::router(state)));
         let http_token = token.clone();
@@ -253,6 +260,7 @@ impl App {
             tracing::warn!(grace = ?config.shutdown_grace, "tasks did not stop within the grace period; unacked messages will be redelivered");
             tasks.abort_all();
         }
+        lag.abort();
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "flushing acks to NATS failed");
         }

@@ -72,6 +72,10 @@ pub struct Config {
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
 
+    /// `/ready` says not ready while more events than this wait in the consumer.
+    #[arg(long, env = "READY_MAX_PENDING", default_value_t = 10_000)]
+    pub ready_max_pending: u64,
+
     /// Grace period for in-flight work on SIGTERM/SIGINT (e.g. 10s).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

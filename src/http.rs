@@ -37,6 +37,8 @@ pub struct HttpState {
     pub api: ApiState,
     /// When the service started.
     pub started: Instant,
+    /// Not ready while more events than this wait in the consumer.
+    pub ready_max_pending: u64,
 }
 
 /// The operational routes; testable without a socket.
@@ -64,11 +66,15 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
         (Some(redis), false) => redis.ping().await.is_ok(),
         _ => false,
     };
-    let ready = connected && recovered && (caught_up || redis_answers);
+    let pending = stats.consumer_pending.load(Ordering::Relaxed);
+    let backlog = pending > state.ready_max_pending;
+    let ready = connected && recovered && !backlog && (caught_up || redis_answers);
     let reason = if !connected {
         "not connected to NATS"
     } else if !recovered {
         "replaying the events stream"
+    } else if backlog {
+        "too many events waiting in the consumer (READY_MAX_PENDING)"
     } else if !caught_up && redis_answers {
         "consuming live events; read model catching up, answering from Redis meanwhile"
     } else if !caught_up {
@@ -86,6 +92,8 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
         "reason": reason,
         "nats_connected": connected,
         "read_model_caught_up": caught_up,
+        "consumer_pending": pending,
+        "ready_max_pending": state.ready_max_pending,
         "recovery": {
             "replayed": stats.recovery_done.load(Ordering::Relaxed),
             "total": stats.recovery_total.load(Ordering::Relaxed),

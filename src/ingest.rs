@@ -72,6 +72,12 @@ pub struct IngestStats {
     pub snapshots_written: AtomicU64,
     /// `match_end` events published for idle matches.
     pub idle_matches_ended: AtomicU64,
+    /// Events waiting in the durable consumer (refreshed every few seconds).
+    pub consumer_pending: AtomicU64,
+    /// Messages waiting for an ack.
+    pub consumer_ack_pending: AtomicU64,
+    /// Messages redelivered at least once.
+    pub consumer_redelivered: AtomicU64,
     /// Messages replayed so far by recovery, and how many it has to replay.
     pub recovery_done: AtomicU64,
     /// See `recovery_done`.
@@ -639,5 +645,44 @@ impl Ingest {
                 Ok(())
             }
         }
+    }
+}
+
+/// How often the consumer's lag is read.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reads the durable consumer's pending, ack-pending and redelivered counts into `stats`
+/// and the metrics every [`LAG_INTERVAL`] until cancelled.
+pub async fn watch_lag(
+    js: jetstream::Context,
+    topology: Topology,
+    stats: Arc<IngestStats>,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let info = async {
+            let stream = js.get_stream(&topology.events_stream).await.ok()?;
+            stream.consumer_info(&topology.consumer_name).await.ok()
+        };
+        let Ok(Some(info)) = tokio::time::timeout(LAG_INTERVAL, info).await else {
+            continue;
+        };
+        stats
+            .consumer_pending
+            .store(info.num_pending, Ordering::Relaxed);
+        stats
+            .consumer_ack_pending
+            .store(info.num_ack_pending as u64, Ordering::Relaxed);
+        stats
+            .consumer_redelivered
+            .store(info.num_redelivered as u64, Ordering::Relaxed);
+        metrics::gauge!("match_stats_consumer_pending").set(info.num_pending as f64);
+        metrics::gauge!("match_stats_consumer_ack_pending").set(info.num_ack_pending as f64);
+        metrics::gauge!("match_stats_consumer_redelivered").set(info.num_redelivered as f64);
     }
 }

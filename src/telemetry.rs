@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Buckets of `match_stats_processing_latency` (seconds per batch).
+/// Buckets of `match_stats_processing_latency` (seconds per batch) and
+/// `match_stats_http_request_duration_seconds`.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -33,6 +34,11 @@ pub fn metrics() -> PrometheusHandle {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("match_stats_processing_latency".into()),
+                    &LATENCY_BUCKETS,
+                )
+                .expect("buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("match_stats_http_request_duration_seconds".into()),
                     &LATENCY_BUCKETS,
                 )
                 .expect("buckets are not empty")

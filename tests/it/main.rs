@@ -4,6 +4,7 @@
 mod command_side;
 mod conservation;
 mod lifecycle;
+mod operations;
 mod query_side;
 mod security;
 mod support;

@@ -1,0 +1,151 @@
+//! What operators see: `/metrics` after the small scenario (names, types and values, from
+//! a service process of its own so no other test's counts mix in) and `/ready`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use match_stats_harness::{NatsServer, contract};
+
+use crate::support::{ServiceProcess, WAIT, publish_all};
+
+/// The value of the sample `series` (name with labels, exactly as exported).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn metric_type<'a>(metrics: &'a str, name: &str) -> Option<&'a str> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("# TYPE {name} ")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values() {
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start(&nats).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    publish_all(
+        &js,
+        "match_stats.events",
+        scenario.messages.iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    service.wait_received(scenario.messages.len() as u64).await;
+    service.wait_read_model_caught_up().await;
+    let id = scenario.expected["matches"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap();
+    let url = format!("{}/api/v1/match-stats/matches/{id}", service.http());
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+
+    // Wait for the consumer-lag gauges (refreshed every 2 s) to see the drained consumer.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let metrics = reqwest::get(format!("{}/metrics", service.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&metrics, "match_stats_consumer_pending") == Some(0.0) {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer lag never exported:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let counts = &scenario.expected["counts"];
+    let count = |key: &str| counts[key].as_f64().unwrap();
+    let want = [
+        (
+            "match_stats_events_received_total",
+            "counter",
+            count("published"),
+        ),
+        (
+            "match_stats_events_processed_total",
+            "counter",
+            count("applied"),
+        ),
+        (
+            "match_stats_events_duplicate_total",
+            "counter",
+            count("duplicates"),
+        ),
+        (
+            "match_stats_deltas_published_total",
+            "counter",
+            count("applied"),
+        ),
+        ("match_stats_matches_active", "gauge", 0.0),
+        ("match_stats_matches_completed", "gauge", 3.0),
+        ("match_stats_consumer_pending", "gauge", 0.0),
+        ("match_stats_consumer_ack_pending", "gauge", 0.0),
+    ];
+    for (name, kind, value) in want {
+        assert_eq!(metric_type(&metrics, name), Some(kind), "{name} type");
+        assert_eq!(sample(&metrics, name), Some(value), "{name} value");
+    }
+    for (reason, n) in counts["rejected"].as_object().unwrap() {
+        let n = n.as_f64().unwrap();
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("match_stats_events_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            Some(n),
+            "{reason}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("match_stats_dead_letters_total{{reason=\"{reason}\"}}")
+            ),
+            Some(n),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        metric_type(&metrics, "match_stats_processing_latency"),
+        Some("histogram")
+    );
+    assert!(sample(&metrics, "match_stats_processing_latency_count").unwrap() > 0.0);
+    assert_eq!(
+        metric_type(&metrics, "match_stats_cache_hit_ratio"),
+        Some("gauge")
+    );
+    assert_eq!(
+        sample(&metrics, "match_stats_cache_hit_ratio{level=\"memory\"}"),
+        Some(1.0)
+    );
+    let route = "match_stats_http_requests_total{route=\"/api/v1/match-stats/matches/{match_id}\",method=\"GET\",status=\"200\"}";
+    assert_eq!(
+        sample(&metrics, route),
+        Some(1.0),
+        "requests by route template, not raw path"
+    );
+    assert_eq!(
+        metric_type(&metrics, "match_stats_http_request_duration_seconds"),
+        Some("histogram")
+    );
+    assert!(metrics.contains("match_stats_snapshot_age_seconds"));
+
+    let ready = service.ready().await;
+    assert_eq!(
+        (ready["ready"].as_bool(), ready["consumer_pending"].as_u64()),
+        (Some(true), Some(0)),
+        "{ready}"
+    );
+}
