@@ -31,6 +31,75 @@ pub enum Command {
     Serve,
     /// Publish simulated matches to the events stream, as game servers would.
     DemoFeed(crate::demo::DemoArgs),
+    /// Print the effective settings as JSON (each with its source; secrets redacted) and
+    /// exit.
+    Config,
+}
+
+/// One line naming the setting (its environment variable and flag) and the problem:
+/// every `'--flag <VALUE>'` clap mentions becomes `ENV_VAR (--flag)`.
+pub fn describe_error(error: &clap::Error) -> String {
+    use clap::CommandFactory;
+    let text = error.to_string();
+    let mut line = text
+        .lines()
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned();
+    for arg in Cli::command().get_arguments() {
+        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let env = env.to_string_lossy();
+        let value = arg
+            .get_value_names()
+            .and_then(|names| names.first().map(|n| n.to_string()))
+            .unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
+        let forms = [
+            format!("'--{long} <{value}>'"),
+            format!("--{long} <{value}>"),
+            format!("'--{long}'"),
+        ];
+        for quoted in forms {
+            line = line.replace(&quoted, &format!("{env} (--{long})"));
+        }
+    }
+    line
+}
+
+/// The effective settings: `{ENV_VAR: {"value", "source"}}`, where source is `default`,
+/// `env` or `flag`, and secrets show as `"***"`.
+pub fn effective(matches: &clap::ArgMatches) -> serde_json::Value {
+    use clap::CommandFactory;
+    use clap::parser::ValueSource;
+    let mut out = serde_json::Map::new();
+    for arg in Cli::command().get_arguments() {
+        let Some(env) = arg.get_env() else { continue };
+        let id = arg.get_id().as_str();
+        let value = matches
+            .get_raw(id)
+            .and_then(|mut v| v.next())
+            .map(|v| v.to_string_lossy().into_owned());
+        let source = match matches.value_source(id) {
+            Some(ValueSource::DefaultValue) => "default",
+            Some(ValueSource::EnvVariable) => "env",
+            Some(ValueSource::CommandLine) => "flag",
+            _ => "unset",
+        };
+        let value = match value {
+            Some(_) if arg.is_hide_env_values_set() => serde_json::json!("***"),
+            Some(v) => serde_json::json!(v),
+            None => serde_json::Value::Null,
+        };
+        out.insert(
+            env.to_string_lossy().into_owned(),
+            serde_json::json!({"value": value, "source": source}),
+        );
+    }
+    out.into()
 }
 
 /// The service's settings.
@@ -41,7 +110,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
     pub log_level: String,
 
     /// Log format.
@@ -255,6 +324,12 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     };
     s.parse()
         .map_err(|e| format!("{e} (expected host:port, e.g. 0.0.0.0:8080 or :8080)"))
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a log filter: {e} (e.g. info, debug, match_stats=debug,warn)"))
 }
 
 /// Durations like `500ms`, `30s`, `2m`, `1h`, `7d`.

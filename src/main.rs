@@ -1,24 +1,31 @@
 //! The `match-stats` binary: parses settings, then runs the service or the demo feed.
 
-use clap::Parser;
-use match_stats::config::{Cli, Command, EXIT_CONFIG};
+use clap::{CommandFactory, FromArgMatches};
+use match_stats::config::{Cli, Command, EXIT_CONFIG, describe_error, effective};
 use match_stats::{App, demo, telemetry};
 
 #[tokio::main]
 async fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
+    let (matches, cli) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) if error.use_stderr() => {
-            // One clear line naming the setting, and EX_USAGE.
-            let message = error.to_string();
+            // One clear line naming the variable and the problem, and EX_USAGE.
             eprintln!(
                 "match-stats: invalid configuration: {}",
-                message.lines().next().unwrap_or_default()
+                describe_error(&error)
             );
             std::process::exit(EXIT_CONFIG);
         }
         Err(help_or_version) => help_or_version.exit(),
     };
+    if matches!(cli.command, Some(Command::Config)) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{:#}", effective(&matches));
+        return;
+    }
     if let Err(error) = telemetry::init_logs(&cli.config.log_level, &cli.config.log_format) {
         eprintln!("match-stats: invalid configuration: {error}");
         std::process::exit(EXIT_CONFIG);
@@ -26,6 +33,7 @@ async fn main() {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::DemoFeed(args) => demo::run(&cli.config, args).await,
+        Command::Config => unreachable!("handled above"),
     };
     if let Err(error) = result {
         tracing::error!("{error:#}");

@@ -2,6 +2,7 @@
 //! modules; each test starts its own servers, so streams and keys never collide).
 
 mod command_side;
+mod config;
 mod conservation;
 mod lifecycle;
 mod operations;

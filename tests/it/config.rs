@@ -1,0 +1,297 @@
+//! Every environment variable, through the real binary: a valid value is taken (as
+//! `match-stats config` reports, with source `env`), an invalid one stops start-up with
+//! exit code 64 and one line naming the variable. The list is checked against the
+//! variables the binary declares, so a new setting without a case here fails.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use clap::CommandFactory;
+use match_stats::config::Cli;
+
+/// `(variable, valid value, invalid value and what the error must say)`.
+const CASES: &[(&str, &str, Option<(&str, &str)>)] = &[
+    (
+        "HTTP_ADDR",
+        ":9090",
+        Some(("nope", "invalid value 'nope' for HTTP_ADDR")),
+    ),
+    (
+        "LOG_LEVEL",
+        "debug",
+        Some(("=[", "invalid value '=[' for LOG_LEVEL")),
+    ),
+    (
+        "LOG_FORMAT",
+        "json",
+        Some(("xml", "invalid value 'xml' for LOG_FORMAT")),
+    ),
+    ("NATS_URL", "nats://10.0.0.1:4222", None),
+    (
+        "NATS_USER",
+        "stats",
+        Some(("stats", "NATS_PASSWORD (--nats-password)")),
+    ),
+    (
+        "NATS_PASSWORD",
+        "s3cret",
+        Some(("s3cret", "NATS_USER (--nats-user)")),
+    ),
+    ("NATS_TOKEN", "t0ken", None),
+    ("NATS_CREDS", "/etc/nats/user.creds", None),
+    ("NATS_TLS_CA", "/etc/nats/ca.pem", None),
+    (
+        "NATS_TLS_CERT",
+        "/etc/nats/client.pem",
+        Some(("/etc/nats/client.pem", "NATS_TLS_KEY (--nats-tls-key)")),
+    ),
+    (
+        "NATS_TLS_KEY",
+        "/etc/nats/client-key.pem",
+        Some((
+            "/etc/nats/client-key.pem",
+            "NATS_TLS_CERT (--nats-tls-cert)",
+        )),
+    ),
+    (
+        "NATS_TLS_REQUIRED",
+        "true",
+        Some(("maybe", "invalid value 'maybe' for NATS_TLS_REQUIRED")),
+    ),
+    (
+        "EVENTS_STREAM",
+        "EVENTS2",
+        Some(("a.b", "invalid value 'a.b' for EVENTS_STREAM")),
+    ),
+    (
+        "EVENTS_SUBJECT",
+        "game.events",
+        Some(("game.*", "invalid value 'game.*' for EVENTS_SUBJECT")),
+    ),
+    (
+        "EVENTS_DUPLICATE_WINDOW",
+        "5m",
+        Some(("5", "invalid value '5' for EVENTS_DUPLICATE_WINDOW")),
+    ),
+    (
+        "DELTAS_STREAM",
+        "DELTAS2",
+        Some(("a b", "invalid value 'a b' for DELTAS_STREAM")),
+    ),
+    (
+        "DELTAS_SUBJECT",
+        "game.deltas",
+        Some((
+            "game..deltas",
+            "invalid value 'game..deltas' for DELTAS_SUBJECT",
+        )),
+    ),
+    (
+        "DELTAS_DUPLICATE_WINDOW",
+        "2h",
+        Some(("soon", "invalid value 'soon' for DELTAS_DUPLICATE_WINDOW")),
+    ),
+    (
+        "DEAD_LETTER_STREAM",
+        "DLQ",
+        Some(("d*", "invalid value 'd*' for DEAD_LETTER_STREAM")),
+    ),
+    (
+        "DEAD_LETTER_SUBJECT",
+        "game.dlq",
+        Some(("game.>", "invalid value 'game.>' for DEAD_LETTER_SUBJECT")),
+    ),
+    (
+        "COMPLETED_BUCKET",
+        "completed2",
+        Some(("a.b", "invalid value 'a.b' for COMPLETED_BUCKET")),
+    ),
+    (
+        "SNAPSHOT_BUCKET",
+        "snapshots2",
+        Some(("a/b", "invalid value 'a/b' for SNAPSHOT_BUCKET")),
+    ),
+    (
+        "CONSUMER_NAME",
+        "stats-2",
+        Some(("a.b", "invalid value 'a.b' for CONSUMER_NAME")),
+    ),
+    (
+        "BATCH_SIZE",
+        "512",
+        Some(("0", "invalid value '0' for BATCH_SIZE")),
+    ),
+    (
+        "MAX_ACK_PENDING",
+        "500",
+        Some(("0", "invalid value '0' for MAX_ACK_PENDING")),
+    ),
+    (
+        "ACK_WAIT",
+        "45s",
+        Some(("45", "invalid value '45' for ACK_WAIT")),
+    ),
+    (
+        "READY_MAX_PENDING",
+        "100",
+        Some(("-1", "invalid value '-1' for READY_MAX_PENDING")),
+    ),
+    (
+        "SHUTDOWN_GRACE",
+        "20s",
+        Some(("1y", "invalid value '1y' for SHUTDOWN_GRACE")),
+    ),
+    ("REDIS_ADDR", "redis.local:6380", None),
+    ("REDIS_USERNAME", "stats", None),
+    ("REDIS_PASSWORD", "r3dis", None),
+    (
+        "REDIS_DB",
+        "3",
+        Some(("three", "invalid value 'three' for REDIS_DB")),
+    ),
+    ("REDIS_PREFIX", "ms:", None),
+    (
+        "REDIS_TIMEOUT",
+        "80ms",
+        Some(("fast", "invalid value 'fast' for REDIS_TIMEOUT")),
+    ),
+    (
+        "CACHE_TTL_ACTIVE",
+        "20m",
+        Some(("20", "invalid value '20' for CACHE_TTL_ACTIVE")),
+    ),
+    (
+        "COMPLETED_RETENTION",
+        "48h",
+        Some(("2days", "invalid value '2days' for COMPLETED_RETENTION")),
+    ),
+    (
+        "CACHE_WRITE_INTERVAL",
+        "250ms",
+        Some(("-1s", "invalid value '-1s' for CACHE_WRITE_INTERVAL")),
+    ),
+    (
+        "CACHE_RESYNC_INTERVAL",
+        "1m",
+        Some(("x", "invalid value 'x' for CACHE_RESYNC_INTERVAL")),
+    ),
+    (
+        "SNAPSHOT_EVERY_EVENTS",
+        "5000",
+        Some(("0", "invalid value '0' for SNAPSHOT_EVERY_EVENTS")),
+    ),
+    (
+        "SNAPSHOT_INTERVAL",
+        "10s",
+        Some(("10", "invalid value '10' for SNAPSHOT_INTERVAL")),
+    ),
+    (
+        "MATCH_IDLE_TIMEOUT",
+        "15m",
+        Some(("15", "invalid value '15' for MATCH_IDLE_TIMEOUT")),
+    ),
+    (
+        "COMPLETED_MEMORY_RETENTION",
+        "12h",
+        Some(("12", "invalid value '12' for COMPLETED_MEMORY_RETENTION")),
+    ),
+    (
+        "EVENTS_MAX_AGE",
+        "14d",
+        Some(("2w", "invalid value '2w' for EVENTS_MAX_AGE")),
+    ),
+];
+
+/// Companions a variable needs to be valid on its own (they are required together).
+fn companions(var: &str) -> &'static [(&'static str, &'static str)] {
+    match var {
+        "NATS_USER" => &[("NATS_PASSWORD", "s3cret")],
+        "NATS_PASSWORD" => &[("NATS_USER", "stats")],
+        "NATS_TLS_CERT" => &[("NATS_TLS_KEY", "/k.pem")],
+        "NATS_TLS_KEY" => &[("NATS_TLS_CERT", "/c.pem")],
+        _ => &[],
+    }
+}
+
+/// The binary with only `vars` set (nothing inherited from the test's environment).
+fn binary(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_match-stats"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .args(args)
+        .output()
+        .expect("run match-stats")
+}
+
+#[test]
+fn every_variable_has_a_case() {
+    let declared: BTreeSet<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    let tested: BTreeSet<String> = CASES.iter().map(|(v, _, _)| v.to_string()).collect();
+    assert_eq!(
+        declared, tested,
+        "every environment variable has a case here"
+    );
+}
+
+#[test]
+fn every_variable_parses_and_its_invalid_value_names_it() {
+    for (var, valid, invalid) in CASES {
+        let mut vars = vec![(*var, *valid)];
+        vars.extend(companions(var).iter().copied());
+        let out = binary(&vars, &["config"]);
+        assert!(
+            out.status.success(),
+            "{var}={valid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let settings: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("config prints JSON");
+        assert_eq!(settings[var]["source"], "env", "{var}");
+        let shown = settings[var]["value"].as_str().unwrap();
+        if *var == "REDIS_PASSWORD" || *var == "NATS_PASSWORD" || *var == "NATS_TOKEN" {
+            assert_eq!(shown, "***", "{var} is redacted");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains(valid),
+                "{var}'s value never printed"
+            );
+        } else {
+            assert_eq!(shown, *valid, "{var}");
+        }
+
+        if let Some((bad, message)) = invalid {
+            // Alone (without its companion) for the pairs; a bad value for the rest.
+            let out = binary(&[(*var, *bad)], &["config"]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{var}={bad}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{var}: one line: {stderr}");
+            assert!(
+                stderr.starts_with("match-stats: invalid configuration: ")
+                    && stderr.contains(message),
+                "{var}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flag_overrides_its_variable_and_help_lists_every_variable() {
+    let out = binary(&[("BATCH_SIZE", "512")], &["--batch-size", "64", "config"]);
+    let settings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            settings["BATCH_SIZE"]["value"].as_str(),
+            settings["BATCH_SIZE"]["source"].as_str()
+        ),
+        (Some("64"), Some("flag"))
+    );
+    let help = String::from_utf8(binary(&[], &["--help"]).stdout).unwrap();
+    for (var, _, _) in CASES {
+        assert!(
+            help.contains(&format!("[env: {var}")),
+            "--help documents {var}"
+        );
+    }
+}
