@@ -9,8 +9,11 @@ use std::process::Command;
 use clap::CommandFactory;
 use match_stats::config::Cli;
 
+/// An invalid value and what the error must say.
+type Invalid = Option<(&'static str, &'static str)>;
+
 /// `(variable, valid value, invalid value and what the error must say)`.
-const CASES: &[(&str, &str, Option<(&str, &str)>)] = &[
+const CASES: &[(&str, &str, Invalid)] = &[
     (
         "HTTP_ADDR",
         ":9090",
