@@ -28,6 +28,9 @@ use crate::cache::{CompletedStore, RedisCache};
 use crate::leaderboard::{Metric, Ranked};
 use crate::read_model::{MatchSnapshot, ReadModel};
 
+/// Longest accepted request target (path and query string), in bytes.
+pub const MAX_URI_BYTES: usize = 2048;
+
 /// Default and largest `limit` of the active-matches list.
 pub const ACTIVE_LIMIT: (usize, usize) = (100, 1000);
 /// Default and largest `limit` of a leaderboard.
@@ -179,7 +182,8 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Wraps a router with JSON 404/405 responses and request metrics by route template.
+/// Wraps a router with JSON 404/405 responses, a bound on the request target (414), and
+/// request metrics by route template. The API is read-only: no route takes a body.
 pub fn finish(router: Router) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -189,7 +193,24 @@ pub fn finish(router: Router) -> Router {
                 message: "method not allowed: the API is read-only (GET)".into(),
             }
         })
+        .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn(record_request))
+}
+
+/// Refuses over-long request targets before any routing or parsing.
+async fn limit_uri(request: Request, next: Next) -> Response {
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError {
+            status: StatusCode::URI_TOO_LONG,
+            message: format!("request target of {len} bytes is over the limit of {MAX_URI_BYTES}"),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn record_request(request: Request, next: Next) -> Response {

@@ -551,6 +551,11 @@ async fn every_error_is_json_with_the_right_status() {
             "invalid cursor",
         ),
         (format!("{PREFIX}/no/such/route"), 404, "no such route"),
+        (
+            format!("{PREFIX}/matches/active?cursor={}", "a".repeat(3000)),
+            414,
+            "over the limit of 2048",
+        ),
     ];
     for (path, status, message) in cases {
         let (got, body, _) = get(&service.http, &path).await;
