@@ -117,6 +117,11 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub log_format: String,
 
+    /// OTLP/HTTP endpoint to export traces to (e.g. http://otel-collector:4318); unset:
+    /// no export (trace context is still propagated from events to deltas).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,

@@ -514,8 +514,27 @@ impl Ingest {
                         stored_at_ms: stored_at_ms(&info),
                         subject: message.subject.as_str(),
                     };
-                    let (processed, new_effects) =
-                        side.process(&message.payload, source, &self.topology);
+                    // A `traceparent` on the event continues into this span and onto its delta.
+
+                    let span = crate::telemetry::event_span(
+                        message.headers.as_ref(),
+                        info.stream_sequence,
+                    );
+
+                    let (processed, mut new_effects) = match &span {
+                        Some(span) => {
+                            span.in_scope(|| side.process(&message.payload, source, &self.topology))
+                        }
+
+                        None => side.process(&message.payload, source, &self.topology),
+                    };
+
+                    if let Some(span) = &span {
+                        for effect in new_effects.iter_mut().filter(|e| e.delta_version.is_some()) {
+                            crate::telemetry::inject(span, &mut effect.headers);
+                        }
+                    }
+
                     effects.extend(new_effects);
                     outcomes.push(processed);
                 }

@@ -26,15 +26,25 @@ async fn main() {
         let _ = writeln!(std::io::stdout(), "{:#}", effective(&matches));
         return;
     }
-    if let Err(error) = telemetry::init_logs(&cli.config.log_level, &cli.config.log_format) {
-        eprintln!("match-stats: invalid configuration: {error}");
-        std::process::exit(EXIT_CONFIG);
-    }
+    let provider = match telemetry::init(
+        &cli.config.log_level,
+        &cli.config.log_format,
+        cli.config.otel_exporter_otlp_endpoint.as_deref(),
+    ) {
+        Ok(provider) => provider,
+        Err(error) => {
+            eprintln!("match-stats: invalid configuration: {error}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::DemoFeed(args) => demo::run(&cli.config, args).await,
         Command::Config => unreachable!("handled above"),
     };
+    if let Err(error) = provider.shutdown() {
+        tracing::debug!(%error, "trace provider shutdown");
+    }
     if let Err(error) = result {
         tracing::error!("{error:#}");
         eprintln!("match-stats: {error:#}");

@@ -1,8 +1,11 @@
-//! Logs (`tracing`, pretty or JSON) and the Prometheus metrics recorder.
+//! Logs (`tracing`, pretty or JSON), traces (OpenTelemetry, W3C trace context, OTLP
+//! export) and the Prometheus metrics recorder.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Buckets of `match_stats_processing_latency` (seconds per batch) and
@@ -11,19 +14,53 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Installs the log subscriber; `level` is a tracing filter, `format` `pretty` or `json`.
-pub fn init_logs(level: &str, format: &str) -> anyhow::Result<()> {
+/// Installs the log subscriber (`level` a tracing filter, `format` `pretty` or `json`)
+/// with an OpenTelemetry layer, and the W3C trace-context propagator. Spans are exported
+/// over OTLP/HTTP when `otlp_endpoint` is set; without it they still carry trace ids, so
+/// a `traceparent` on an incoming event continues onto the delta it publishes. Keep the
+/// returned provider alive and shut it down at exit to flush spans.
+pub fn init(
+    level: &str,
+    format: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut provider = SdkTracerProvider::builder();
+    if let Some(endpoint) = otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT {endpoint:?}: {e}"))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
     let filter = EnvFilter::try_new(level)
         .map_err(|e| anyhow::anyhow!("LOG_LEVEL {level:?} is not a log filter: {e}"))?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if format == "json" {
-        builder.json().try_init()
+    let logs = if format == "json" {
+        fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        builder.try_init()
+        fmt::layer().with_writer(std::io::stderr).boxed()
     };
+    // Logs follow LOG_LEVEL; traces take this service's spans whatever the log level.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("match-stats"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("match_stats", tracing::Level::INFO),
+        );
     // A second call (tests start several apps in one process) keeps the first subscriber.
-    drop(result);
-    Ok(())
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init();
+    Ok(provider)
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -46,4 +83,50 @@ pub fn metrics() -> PrometheusHandle {
                 .expect("the metrics recorder is installed once")
         })
         .clone()
+}
+
+/// W3C trace context read from NATS message headers.
+struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+/// W3C trace context written into NATS message headers.
+struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// A span for applying one event, continuing the event's `traceparent` if it has one
+/// (`None` otherwise: untraced events cost nothing).
+pub fn event_span(
+    headers: Option<&async_nats::HeaderMap>,
+    stream_sequence: u64,
+) -> Option<tracing::Span> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let headers = headers.filter(|h| h.get("traceparent").is_some())?;
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let span = tracing::info_span!("apply_event", stream_sequence);
+    let _ = span.set_parent(parent);
+    Some(span)
+}
+
+/// Sets `span`'s trace context (`traceparent`) on outgoing headers.
+pub fn inject(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut HeaderInjector(headers))
+    });
 }

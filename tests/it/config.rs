@@ -30,6 +30,7 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("xml", "invalid value 'xml' for LOG_FORMAT")),
     ),
     ("NATS_URL", "nats://10.0.0.1:4222", None),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318", None),
     (
         "NATS_USER",
         "stats",

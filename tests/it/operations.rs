@@ -149,3 +149,61 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
         "{ready}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_traceparent_continues_onto_its_delta() {
+    use async_nats::jetstream::message::PublishMessage;
+
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start(&nats).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let scenario = contract::scenario("small");
+    let first = &scenario.messages[0];
+    let (trace_id, parent_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traced = PublishMessage::build()
+        .payload(first.payload.clone().into())
+        .header(
+            "traceparent",
+            format!("00-{trace_id}-{parent_span}-01").as_str(),
+        );
+    js.send_publish(
+        crate::support::subject_for("match_stats.events", &first.payload),
+        traced,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // And one event without a trace: its delta carries none.
+    let second = &scenario.messages[1];
+    publish_all(&js, "match_stats.events", [second.payload.as_slice()]).await;
+    service.wait_received(2).await;
+
+    let deltas = crate::support::read_stream(&js, "MATCH_DELTAS").await;
+    assert_eq!(deltas.len(), 2);
+    let traceparent = deltas[0]
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.to_string())
+        .expect("the delta carries a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", trace_id, "01"),
+        "same trace, sampled: {traceparent}"
+    );
+    assert_ne!(
+        parts[2], parent_span,
+        "a span of its own, child of the event's"
+    );
+    assert!(
+        deltas[1]
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .is_none(),
+        "untraced event, untraced delta"
+    );
+}
