@@ -227,7 +227,7 @@ impl App {
             started: Instant::now(),
             ready_max_pending: config.ready_max_pending,
         };
-        let routes = api::finish(api::router(api).merge(http::router(state)));
+        let routes = api::finish(api::router(api).merge(http::router(state, config.pprof_enabled)));
         let http_token = token.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, routes)

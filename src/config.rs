@@ -146,6 +146,10 @@ pub struct Config {
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
 
+    /// Serve a CPU profile (pprof protobuf) at /debug/pprof/profile?seconds=N.
+    #[arg(long, env = "PPROF_ENABLED", default_value_t = false)]
+    pub pprof_enabled: bool,
+
     /// `/ready` says not ready while more events than this wait in the consumer.
     #[arg(long, env = "READY_MAX_PENDING", default_value_t = 10_000)]
     pub ready_max_pending: u64,

@@ -41,14 +41,70 @@ pub struct HttpState {
     pub ready_max_pending: u64,
 }
 
-/// The operational routes; testable without a socket.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
+/// The operational routes; testable without a socket. `/debug/pprof/profile` exists only
+/// when `PPROF_ENABLED`.
+pub fn router(state: HttpState, pprof: bool) -> Router {
+    let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/api/v1/match-stats/system/stats", get(system_stats))
-        .with_state(state)
+        .route("/api/v1/match-stats/system/stats", get(system_stats));
+    let router = if pprof {
+        router.route("/debug/pprof/profile", get(profile))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// Longest CPU profile one request may take.
+const MAX_PROFILE_SECONDS: u64 = 300;
+
+/// `GET /debug/pprof/profile?seconds=N` (default 30): samples the process at 100 Hz for N
+/// seconds and returns the profile in pprof's protobuf format, as Go's endpoint does
+/// (`go tool pprof http://host:8080/debug/pprof/profile`).
+async fn profile(
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let seconds = match params.get("seconds").map(|s| s.parse::<u64>()) {
+        None => 30,
+        Some(Ok(n)) if (1..=MAX_PROFILE_SECONDS).contains(&n) => n,
+        Some(_) => {
+            let error = format!("seconds must be an integer from 1 to {MAX_PROFILE_SECONDS}");
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": error, "status": 400})),
+            )
+                .into_response();
+        }
+    };
+    let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        use pprof::protos::Message as _;
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(100)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let report = guard.report().build().map_err(|e| e.to_string())?;
+        let profile = report.pprof().map_err(|e| e.to_string())?;
+        profile.write_to_bytes().map_err(|e| e.to_string())
+    })
+    .await;
+    match result {
+        Ok(Ok(bytes)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Ok(Err(error)) => {
+            let error = format!("profiling failed (one profile at a time): {error}");
+            (
+                StatusCode::CONFLICT,
+                Json(json!({"error": error, "status": 409})),
+            )
+                .into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }
 
 async fn health() -> Json<serde_json::Value> {

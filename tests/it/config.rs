@@ -15,6 +15,11 @@ type Invalid = Option<(&'static str, &'static str)>;
 /// `(variable, valid value, invalid value and what the error must say)`.
 const CASES: &[(&str, &str, Invalid)] = &[
     (
+        "PPROF_ENABLED",
+        "true",
+        Some(("yes please", "invalid value 'yes please' for PPROF_ENABLED")),
+    ),
+    (
         "HTTP_ADDR",
         ":9090",
         Some(("nope", "invalid value 'nope' for HTTP_ADDR")),

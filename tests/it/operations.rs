@@ -207,3 +207,32 @@ async fn an_events_traceparent_continues_onto_its_delta() {
         "untraced event, untraced delta"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_profile_is_served_in_pprof_format_only_when_enabled() {
+    use pprof::protos::Message as _;
+
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start_with(&nats, &[("PPROF_ENABLED", "true".to_owned())]).await;
+    let response = reqwest::get(format!("{}/debug/pprof/profile?seconds=1", service.http()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let profile = pprof::protos::Profile::parse_from_bytes(&bytes).expect("pprof protobuf");
+    assert!(
+        !profile.sample_type.is_empty() && !profile.string_table.is_empty(),
+        "a real profile"
+    );
+    let bad = reqwest::get(format!("{}/debug/pprof/profile?seconds=0", service.http()))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    drop(service);
+
+    let service = ServiceProcess::start(&nats).await;
+    let off = reqwest::get(format!("{}/debug/pprof/profile?seconds=1", service.http()))
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 404, "off unless PPROF_ENABLED");
+}
