@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use match_stats_queries::cache::{CacheError, CompletedStore, RedisCache, RedisSettings};
+use match_stats_queries::cache::{CacheError, CompletedStore, RedisCache, RedisSettings, RedisTls};
 use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -55,6 +55,28 @@ pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client>
 /// Bound on the start-up check of Redis (connect and authenticate).
 pub const REDIS_STARTUP_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Reads the Redis TLS files named by the settings.
+fn redis_tls(cache: &crate::config::CacheConfig) -> anyhow::Result<Option<RedisTls>> {
+    if !cache.uses_tls() {
+        return Ok(None);
+    }
+    let read = |var: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {var} {}", path.display()))
+    };
+    let ca = cache
+        .redis_tls_ca
+        .as_deref()
+        .map(|p| read("REDIS_TLS_CA", p))
+        .transpose()?;
+    let client = match (&cache.redis_tls_cert, &cache.redis_tls_key) {
+        (Some(cert), Some(key)) => {
+            Some((read("REDIS_TLS_CERT", cert)?, read("REDIS_TLS_KEY", key)?))
+        }
+        _ => None,
+    };
+    Ok(Some(RedisTls { ca, client }))
+}
+
 fn is_auth_error(e: &redis::RedisError) -> bool {
     let text = e.to_string();
     e.kind() == redis::ErrorKind::AuthenticationFailed
@@ -92,6 +114,7 @@ impl App {
                     timeout: config.cache.redis_timeout,
                     ttl_active: config.cache.ttl_active,
                     ttl_completed: config.cache.completed_retention,
+                    tls: redis_tls(&config.cache)?,
                 };
                 let cache = RedisCache::new(settings).map_err(|e| {
                     anyhow::anyhow!(

@@ -206,6 +206,18 @@ pub struct CacheConfig {
         hide_env_values = true
     )]
     pub redis_password: String,
+    /// Connect to Redis over TLS (any REDIS_TLS_* file implies it).
+    #[arg(long, env = "REDIS_TLS", default_value_t = false)]
+    pub redis_tls: bool,
+    /// CA certificate (PEM) to verify Redis with, instead of the system roots.
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for Redis (with REDIS_TLS_KEY).
+    #[arg(long, env = "REDIS_TLS_CERT", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for Redis (with REDIS_TLS_CERT).
+    #[arg(long, env = "REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<std::path::PathBuf>,
     /// Redis database number.
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
@@ -240,7 +252,13 @@ impl CacheConfig {
             ("", "") => String::new(),
             (user, password) => format!("{user}:{password}@"),
         };
-        Some(format!("redis://{auth}{addr}/{}", self.redis_db))
+        let scheme = if self.uses_tls() { "rediss" } else { "redis" };
+        Some(format!("{scheme}://{auth}{addr}/{}", self.redis_db))
+    }
+
+    /// Whether Redis is reached over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.redis_tls || self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some()
     }
 }
 

@@ -176,6 +176,17 @@ pub struct RedisSettings {
     pub ttl_active: Duration,
     /// TTL of a completed match's key.
     pub ttl_completed: Duration,
+    /// TLS (`rediss://` URLs): a custom CA and a client certificate, both optional.
+    pub tls: Option<RedisTls>,
+}
+
+/// Redis TLS material, PEM.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// CA certificate to verify the server with, instead of the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key, for servers that authenticate clients.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Writes the match object if its version is newer than the stored one; keeps the set
@@ -215,7 +226,21 @@ impl std::fmt::Debug for RedisCache {
 impl RedisCache {
     /// A cache that connects lazily (start-up never waits on Redis).
     pub fn new(settings: RedisSettings) -> Result<Self, CacheError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = match &settings.tls {
+            None => redis::Client::open(settings.url.as_str())?,
+            Some(tls) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            )?,
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

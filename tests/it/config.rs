@@ -15,6 +15,25 @@ type Invalid = Option<(&'static str, &'static str)>;
 /// `(variable, valid value, invalid value and what the error must say)`.
 const CASES: &[(&str, &str, Invalid)] = &[
     (
+        "REDIS_TLS",
+        "true",
+        Some(("sure", "invalid value 'sure' for REDIS_TLS")),
+    ),
+    ("REDIS_TLS_CA", "/etc/redis/ca.pem", None),
+    (
+        "REDIS_TLS_CERT",
+        "/etc/redis/client.pem",
+        Some(("/etc/redis/client.pem", "REDIS_TLS_KEY (--redis-tls-key)")),
+    ),
+    (
+        "REDIS_TLS_KEY",
+        "/etc/redis/client-key.pem",
+        Some((
+            "/etc/redis/client-key.pem",
+            "REDIS_TLS_CERT (--redis-tls-cert)",
+        )),
+    ),
+    (
         "PPROF_ENABLED",
         "true",
         Some(("yes please", "invalid value 'yes please' for PPROF_ENABLED")),
@@ -218,6 +237,8 @@ fn companions(var: &str) -> &'static [(&'static str, &'static str)] {
         "NATS_PASSWORD" => &[("NATS_USER", "stats")],
         "NATS_TLS_CERT" => &[("NATS_TLS_KEY", "/k.pem")],
         "NATS_TLS_KEY" => &[("NATS_TLS_CERT", "/c.pem")],
+        "REDIS_TLS_CERT" => &[("REDIS_TLS_KEY", "/k.pem")],
+        "REDIS_TLS_KEY" => &[("REDIS_TLS_CERT", "/c.pem")],
         _ => &[],
     }
 }

@@ -293,6 +293,7 @@ async fn cold_replica(
             timeout: config.cache.redis_timeout,
             ttl_active: config.cache.ttl_active,
             ttl_completed: config.cache.completed_retention,
+            tls: None,
         };
         std::sync::Arc::new(RedisCache::new(settings).unwrap())
     });

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use match_stats_harness::{NatsServer, RedisServer, contract};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
 
 use crate::support::{self, Service, publish_all};
 
@@ -81,7 +83,15 @@ struct Pki {
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files.
 fn pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    // Distinct subject names: with rcgen's default one everywhere, OpenSSL (Redis) takes
+    // a leaf for self-signed.
+    let named = |names: Vec<String>, cn: &str| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+    };
+    let mut ca_params = named(Vec::new(), "match-stats test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let write = |name: &str, pem: String| {
@@ -90,13 +100,14 @@ fn pki(dir: &Path) -> Pki {
         path
     };
     let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
+    let server = named(
+        vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        "127.0.0.1",
+    )
+    .signed_by(&server_key, &ca)
+    .unwrap();
     let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["match-stats".to_owned()])
-        .unwrap()
+    let client = named(vec!["match-stats".to_owned()], "match-stats")
         .signed_by(&client_key, &ca)
         .unwrap();
     Pki {
@@ -180,4 +191,51 @@ async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
     config.cache.redis_password = "wrong".into();
     let error = build_error(config).await;
     assert!(error.contains("refused the credentials"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let nats = NatsServer::start();
+    let redis = RedisServer::start_tls(&pki.server_cert, &pki.server_key, &pki.ca);
+    let mut config = support::config(&nats, Some(&redis));
+    config.cache.redis_tls_ca = Some(pki.ca.clone());
+    config.cache.redis_tls_cert = Some(pki.client_cert.clone());
+    config.cache.redis_tls_key = Some(pki.client_key.clone());
+    let service = Service::start(config.clone()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    flows(&service, &js, &config).await;
+
+    // Read back over TLS with the same client certificate.
+    let read = |path: &PathBuf| std::fs::read(path).unwrap();
+    let client = redis::Client::build_with_tls(
+        redis.url().as_str(),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&pki.client_cert),
+                client_key: read(&pki.client_key),
+            }),
+            root_cert: Some(read(&pki.ca)),
+        },
+    )
+    .unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("match_stats:match:*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing written to Redis over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.stop().await;
 }

@@ -213,6 +213,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -232,6 +233,42 @@ impl RedisServer {
             port: 0,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            tls: false,
+        };
+        server.spawn_on_free_port();
+        server
+    }
+
+    /// Starts a server that speaks only TLS on its port, with this server certificate
+    /// and key; clients must present a certificate signed by `ca`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let files = [cert, key, ca].map(|p| p.display().to_string());
+        let args = [
+            "--tls-cert-file",
+            &files[0],
+            "--tls-key-file",
+            &files[1],
+            "--tls-ca-cert-file",
+            &files[2],
+            "--tls-auth-clients",
+            "yes",
+        ];
+        let mut server = Self::start_with_tls(&args);
+        server.tls = true;
+        server
+    }
+
+    fn start_with_tls(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("match-stats-redis-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = RedisServer {
+            child: Process::default(),
+            port: 0,
+            dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            tls: true,
         };
         server.spawn_on_free_port();
         server
@@ -245,7 +282,17 @@ impl RedisServer {
         );
         let log = self.dir.path().join("redis.log");
         let mut child = Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(if self.tls {
+                vec![
+                    "--port".to_owned(),
+                    "0".to_owned(),
+                    "--tls-port".to_owned(),
+                    self.port.to_string(),
+                ]
+            } else {
+                vec!["--port".to_owned(), self.port.to_string()]
+            })
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .args(&self.args)
@@ -272,7 +319,10 @@ impl RedisServer {
                 .0
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-            if alive && answers_ping(self.port, self.args.iter().any(|a| a == "--requirepass")) {
+            if alive
+                && (self.tls
+                    || answers_ping(self.port, self.args.iter().any(|a| a == "--requirepass")))
+            {
                 return;
             }
             self.kill();
@@ -280,9 +330,10 @@ impl RedisServer {
         panic!("redis-server could not get a free port in 5 tries");
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.
