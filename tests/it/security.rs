@@ -186,6 +186,23 @@ async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The password appears nowhere operators look.
+    let stats = reqwest::get(format!("{}/api/v1/match-stats/system/stats", service.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready = reqwest::get(format!("{}/ready", service.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !stats.contains("r3dis") && !ready.contains("r3dis"),
+        "no secret in /system/stats or /ready"
+    );
     service.stop().await;
 
     config.cache.redis_password = "wrong".into();
