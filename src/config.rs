@@ -138,9 +138,14 @@ pub struct Config {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// Most unacknowledged messages the consumer hands out at once.
-    #[arg(long, env = "MAX_ACK_PENDING", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
-    pub max_ack_pending: i64,
+    /// Events in flight: delivered by the consumer and not yet acknowledged (its max ack
+    /// pending); the bound on the service's buffering.
+    #[arg(long, env = "BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub buffer_size: i64,
+
+    /// Worker threads of the async runtime.
+    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
 
     /// How long NATS waits for an ack before redelivering (e.g. 30s).
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]

@@ -4,8 +4,7 @@ use clap::{CommandFactory, FromArgMatches};
 use match_stats::config::{Cli, Command, EXIT_CONFIG, describe_error, effective};
 use match_stats::{App, demo, telemetry};
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
@@ -26,6 +25,15 @@ async fn main() {
         let _ = writeln!(std::io::stdout(), "{:#}", effective(&matches));
         return;
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.config.workers))
+        .enable_all()
+        .build()
+        .expect("the async runtime starts");
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
     let provider = match telemetry::init(
         &cli.config.log_level,
         &cli.config.log_format,

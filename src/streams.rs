@@ -70,7 +70,7 @@ pub fn ingest_consumer(config: &Config) -> consumer::pull::Config {
         .expect("nats/consumers/ingest.json is a consumer config");
     consumer.durable_name = Some(config.topology.consumer_name.clone());
     consumer.ack_wait = config.ack_wait;
-    consumer.max_ack_pending = config.max_ack_pending;
+    consumer.max_ack_pending = config.buffer_size;
     consumer
 }
 

@@ -14,6 +14,7 @@ type Invalid = Option<(&'static str, &'static str)>;
 
 /// `(variable, valid value, invalid value and what the error must say)`.
 const CASES: &[(&str, &str, Invalid)] = &[
+    ("WORKERS", "2", Some(("0", "invalid value '0' for WORKERS"))),
     (
         "REDIS_TLS",
         "true",
@@ -150,9 +151,9 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("0", "invalid value '0' for BATCH_SIZE")),
     ),
     (
-        "MAX_ACK_PENDING",
+        "BUFFER_SIZE",
         "500",
-        Some(("0", "invalid value '0' for MAX_ACK_PENDING")),
+        Some(("0", "invalid value '0' for BUFFER_SIZE")),
     ),
     (
         "ACK_WAIT",
