@@ -256,3 +256,94 @@ async fn redis_over_mutual_tls() {
     }
     service.stop().await;
 }
+
+/// An operator JWT (nats-jwt issues account and user JWTs, not operators').
+fn operator_jwt(operator: &nats_jwt::KeyPair) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("match-stats-test-{now}"),
+        "iat": now,
+        "iss": operator.public_key(),
+        "sub": operator.public_key(),
+        "name": "match-stats test operator",
+        "nats": {"type": "operator", "version": 2},
+    });
+    let claims = b64(claims.to_string().as_bytes());
+    let signature = operator
+        .sign(format!("{header}.{claims}").as_bytes())
+        .unwrap();
+    format!("{header}.{claims}.{}", b64(&signature))
+}
+
+fn creds_file(dir: &Path, name: &str, jwt: &str, seed: &str) -> PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_file_in_operator_mode() {
+    use nats_jwt::{KeyPair, Token};
+
+    let operator = KeyPair::new_operator();
+    let account = KeyPair::new_account();
+    let account_jwt = Token::new_account(account.public_key())
+        .name("stats")
+        .sign(&operator);
+    // JetStream in operator mode needs a system account.
+    let system = KeyPair::new_account();
+    let system_jwt = Token::new_account(system.public_key())
+        .name("SYS")
+        .sign(&operator);
+    let config = format!(
+        "operator: {}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n  {}: {}\n}}\n",
+        operator_jwt(&operator),
+        system.public_key(),
+        account.public_key(),
+        account_jwt,
+        system.public_key(),
+        system_jwt
+    );
+    let nats = NatsServer::start_with(&[], Some(&config));
+    let dir = tempfile::tempdir().unwrap();
+
+    let user = KeyPair::new_user();
+    let user_jwt = Token::new_user(account.public_key(), user.public_key())
+        .name("match-stats")
+        .sign(&account);
+    let mut settings = support::config(&nats, None);
+    settings.nats_auth.nats_creds = Some(creds_file(
+        dir.path(),
+        "user.creds",
+        &user_jwt,
+        &user.seed().unwrap(),
+    ));
+    let client = match_stats::app::connect_nats(&settings)
+        .await
+        .expect("connects with the credentials file");
+    client.flush().await.expect("the server accepted the user");
+
+    // A user signed by an account the server does not know is refused at once.
+    let stranger = KeyPair::new_account();
+    let intruder = KeyPair::new_user();
+    let intruder_jwt =
+        Token::new_user(stranger.public_key(), intruder.public_key()).sign(&stranger);
+    settings.nats_auth.nats_creds = Some(creds_file(
+        dir.path(),
+        "intruder.creds",
+        &intruder_jwt,
+        &intruder.seed().unwrap(),
+    ));
+    let error = build_error(settings).await;
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+}
