@@ -49,7 +49,7 @@ pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client>
     options
         .connect(config.nats_url.as_str())
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url_redacted()))
 }
 
 /// Bound on the start-up check of Redis (connect and authenticate).
@@ -198,7 +198,7 @@ impl App {
             api,
             token,
         } = self;
-        tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url, redis = api.redis.is_some(), "match-stats running");
+        tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url_redacted(), redis = api.redis.is_some(), "match-stats running");
 
         let mut tasks = JoinSet::new();
         let ingest = Ingest {

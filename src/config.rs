@@ -340,6 +340,22 @@ pub struct Topology {
     pub consumer_name: String,
 }
 
+impl Config {
+    /// `NATS_URL` with any `user:password@` replaced by `***@`, for logs and errors.
+    pub fn nats_url_redacted(&self) -> String {
+        self.nats_url
+            .split(',')
+            .map(|url| match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}***{}", &url[..scheme + 3], &url[at..])
+                }
+                _ => url.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl Topology {
     /// The events stream's subject filter.
     pub fn events_filter(&self) -> String {
@@ -414,6 +430,22 @@ fn parse_subject(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_nats_url_are_never_shown() {
+        let mut cli = Cli::try_parse_from([
+            "match-stats",
+            "--nats-url",
+            "nats://u:s3cret@a:4222,nats://b:4222",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.nats_url_redacted(),
+            "nats://***@a:4222,nats://b:4222"
+        );
+        cli.config.nats_url = "tls://token@c:4222".into();
+        assert_eq!(cli.config.nats_url_redacted(), "tls://***@c:4222");
+    }
 
     #[test]
     fn durations_take_the_usual_units() {

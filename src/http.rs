@@ -124,9 +124,13 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     };
     let pending = stats.consumer_pending.load(Ordering::Relaxed);
     let backlog = pending > state.ready_max_pending;
-    let ready = connected && recovered && !backlog && (caught_up || redis_answers);
+    let consumer_found = stats.consumer_found.load(Ordering::Relaxed);
+    let ready =
+        connected && consumer_found && recovered && !backlog && (caught_up || redis_answers);
     let reason = if !connected {
         "not connected to NATS"
+    } else if !consumer_found {
+        "the events stream or its durable consumer is missing (or not yet checked)"
     } else if !recovered {
         "replaying the events stream"
     } else if backlog {

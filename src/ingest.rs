@@ -78,6 +78,8 @@ pub struct IngestStats {
     pub consumer_ack_pending: AtomicU64,
     /// Messages redelivered at least once.
     pub consumer_redelivered: AtomicU64,
+    /// The events stream and durable consumer answered the last lag check.
+    pub consumer_found: AtomicBool,
     /// Messages replayed so far by recovery, and how many it has to replay.
     pub recovery_done: AtomicU64,
     /// See `recovery_done`.
@@ -487,7 +489,10 @@ impl Ingest {
                 }
                 chunk = messages.next() => match chunk {
                     Some(chunk) => chunk,
-                    None => return Ok(()),
+                    None => anyhow::bail!(
+                        "the events consumer {} ended (deleted?); stopping so that a restart recreates it",
+                        self.topology.consumer_name
+                    ),
                 },
             };
             let started = Instant::now();
@@ -689,8 +694,10 @@ pub async fn watch_lag(
             stream.consumer_info(&topology.consumer_name).await.ok()
         };
         let Ok(Some(info)) = tokio::time::timeout(LAG_INTERVAL, info).await else {
+            stats.consumer_found.store(false, Ordering::Relaxed);
             continue;
         };
+        stats.consumer_found.store(true, Ordering::Relaxed);
         stats
             .consumer_pending
             .store(info.num_pending, Ordering::Relaxed);

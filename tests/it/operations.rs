@@ -143,11 +143,43 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
     assert!(metrics.contains("match_stats_snapshot_age_seconds"));
 
     let ready = service.ready().await;
-    assert_eq!(
-        (ready["ready"].as_bool(), ready["consumer_pending"].as_u64()),
-        (Some(true), Some(0)),
-        "{ready}"
-    );
+    assert_eq!(ready["ready"].as_bool(), Some(true), "{ready}");
+    assert_eq!(ready["consumer_pending"].as_u64(), Some(0), "{ready}");
+
+    // The durable consumer deleted under the running service: /ready says so, or the
+    // service stops with an error so that a restart recreates it.
+    js.get_stream("MATCH_EVENTS")
+        .await
+        .unwrap()
+        .delete_consumer("match-stats")
+        .await
+        .unwrap();
+    let mut service = service;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = service.exited() {
+            assert!(!status.success(), "stopped with an error");
+            break;
+        }
+        if let Ok(response) = reqwest::get(format!("{}/ready", service.http())).await
+            && let Ok(ready) = response.json::<serde_json::Value>().await
+            && ready["ready"] == false
+        {
+            assert!(
+                ready["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("consumer is missing"),
+                "{ready}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready without its consumer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

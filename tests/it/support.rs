@@ -281,6 +281,11 @@ impl ServiceProcess {
         }
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// SIGKILL: no flush, no final ack.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");
