@@ -33,9 +33,16 @@ pub fn init(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut provider = SdkTracerProvider::builder();
     if let Some(endpoint) = otlp_endpoint {
+        // As the OpenTelemetry spec says of this variable: a base URL, the signal's path
+        // appended.
+        let traces_url = if endpoint.trim_end_matches('/').ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(endpoint)
+            .with_endpoint(traces_url)
             .build()
             .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT {endpoint:?}: {e}"))?;
         provider = provider.with_batch_exporter(exporter);

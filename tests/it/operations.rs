@@ -268,3 +268,61 @@ async fn the_cpu_profile_is_served_in_pprof_format_only_when_enabled() {
         .unwrap();
     assert_eq!(off.status(), 404, "off unless PPROF_ENABLED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_http_when_an_endpoint_is_set() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_nats::jetstream::message::PublishMessage;
+
+    // A stand-in collector: counts OTLP/HTTP trace exports.
+    let exports = Arc::new(AtomicUsize::new(0));
+    let seen = exports.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                if !body.is_empty() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let nats = NatsServer::start();
+    let service =
+        ServiceProcess::start_with(&nats, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let first = &contract::scenario("small").messages[0];
+    let traced = PublishMessage::build()
+        .payload(first.payload.clone().into())
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+    js.send_publish(
+        crate::support::subject_for("match_stats.events", &first.payload),
+        traced,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    service.wait_received(1).await;
+    // The batch exporter sends within its schedule (5 s) or at shutdown.
+    service.terminate();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while exports.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no OTLP export arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
