@@ -170,22 +170,7 @@ async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
     let client =
         redis::Client::open(format!("redis://:r3dis@127.0.0.1:{}/0", redis.port())).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("match_stats:match:*")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing written to Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_match_keys(&mut connection).await;
     // The password appears nowhere operators look.
     let stats = reqwest::get(format!("{}/api/v1/match-stats/system/stats", service.http))
         .await
@@ -238,22 +223,7 @@ async fn redis_over_mutual_tls() {
     )
     .unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("match_stats:match:*")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing written to Redis over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_match_keys(&mut connection).await;
     service.stop().await;
 }
 
@@ -346,4 +316,24 @@ async fn nats_credentials_file_in_operator_mode() {
     ));
     let error = build_error(settings).await;
     assert!(error.contains("cannot connect to NATS"), "{error}");
+}
+
+/// Waits until the service has written a match to Redis.
+async fn wait_for_match_keys(connection: &mut redis::aio::MultiplexedConnection) {
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("match_stats:match:*")
+            .query_async(connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing written to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -224,19 +224,7 @@ impl RedisServer {
 
     /// Starts a server with extra arguments (e.g. `--requirepass`).
     pub fn start_with(args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("match-stats-redis-")
-            .tempdir()
-            .expect("temp dir");
-        let mut server = RedisServer {
-            child: Process::default(),
-            port: 0,
-            dir,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            tls: false,
-        };
-        server.spawn_on_free_port();
-        server
+        Self::launch(args, false)
     }
 
     /// Starts a server that speaks only TLS on its port, with this server certificate
@@ -253,12 +241,10 @@ impl RedisServer {
             "--tls-auth-clients",
             "yes",
         ];
-        let mut server = Self::start_with_tls(&args);
-        server.tls = true;
-        server
+        Self::launch(&args, true)
     }
 
-    fn start_with_tls(args: &[&str]) -> Self {
+    fn launch(args: &[&str], tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("match-stats-redis-")
             .tempdir()
@@ -268,7 +254,7 @@ impl RedisServer {
             port: 0,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
-            tls: true,
+            tls,
         };
         server.spawn_on_free_port();
         server
