@@ -244,8 +244,6 @@ impl App {
             stats,
             metrics: telemetry::metrics(),
             nats: nats.clone(),
-            js,
-            topology: config.topology.clone(),
             api: api.clone(),
             started: Instant::now(),
             ready_max_pending: config.ready_max_pending,

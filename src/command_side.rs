@@ -39,19 +39,37 @@ pub enum Processed {
     AlreadyApplied,
 }
 
+/// What an [`Effect`] is, for counting it and for the checks specific to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EffectKind {
+    /// A stat delta: its match and last version (to skip what the stream already has).
+    Delta {
+        /// The match.
+        match_id: MatchId,
+        /// The delta's last version.
+        version: u64,
+    },
+    /// A completed match's final object, put into the completed-matches bucket.
+    CompletedMatch,
+    /// A rejected event, dead-lettered.
+    DeadLetter(Reason),
+    /// A `match_end` the service publishes to the events stream for an idle match.
+    IdleMatchEnd,
+}
+
 /// One message to publish as the effect of an event.
 #[derive(Debug)]
 pub struct Effect {
+    /// What it is.
+    pub kind: EffectKind,
     /// Subject.
     pub subject: String,
     /// `Nats-Msg-Id`.
     pub msg_id: String,
-    /// Headers (dead letters).
+    /// Headers (dead letters, trace context).
     pub headers: HeaderMap,
     /// Payload.
     pub payload: Bytes,
-    /// For a delta: its match and last version (to skip what the stream already has).
-    pub delta_version: Option<(MatchId, u64)>,
 }
 
 /// Where a message came from.
@@ -217,7 +235,10 @@ impl CommandSide {
                     payload: rmp_serde::to_vec_named(delta)
                         .expect("deltas serialize")
                         .into(),
-                    delta_version: Some((delta.match_id, version)),
+                    kind: EffectKind::Delta {
+                        match_id: delta.match_id,
+                        version,
+                    },
                 });
                 if let Some(view) = &delta.match_view {
                     // A key-value put is a publish to the bucket's subject.
@@ -227,7 +248,7 @@ impl CommandSide {
                         msg_id: format!("{}:final", delta.msg_id()),
                         headers: HeaderMap::new(),
                         payload: match_stats_queries::cache::encode(&json).into(),
-                        delta_version: None,
+                        kind: EffectKind::CompletedMatch,
                     });
                 }
             }
@@ -263,6 +284,6 @@ fn dead_letter(
         msg_id: format!("{}:{}", topology.events_stream, source.sequence),
         headers,
         payload: payload.clone(),
-        delta_version: None,
+        kind: EffectKind::DeadLetter(reason),
     }
 }

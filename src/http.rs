@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -17,9 +17,6 @@ use serde_json::json;
 
 use crate::ingest::IngestStats;
 
-/// Bound on the consumer-info call behind `/system/stats`.
-const CONSUMER_INFO_TIMEOUT: Duration = Duration::from_millis(200);
-
 /// What the routes read.
 #[derive(Clone)]
 pub struct HttpState {
@@ -29,10 +26,6 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// NATS connection, for readiness.
     pub nats: async_nats::Client,
-    /// JetStream, for the consumer's lag.
-    pub js: async_nats::jetstream::Context,
-    /// Events stream and consumer names.
-    pub topology: crate::config::Topology,
     /// The query side (read model, caches).
     pub api: ApiState,
     /// When the service started.
@@ -172,24 +165,16 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value> {
     let counts = state.stats.counts();
-    let consumer = async {
-        let stream = state
-            .js
-            .get_stream(&state.topology.events_stream)
-            .await
-            .ok()?;
-        stream
-            .consumer_info(&state.topology.consumer_name)
-            .await
-            .ok()
-    };
-    let consumer = match tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer).await {
-        Ok(Some(info)) => json!({
-            "pending": info.num_pending,
-            "ack_pending": info.num_ack_pending,
-            "redelivered": info.num_redelivered,
-        }),
-        _ => json!(null),
+    // As the lag watcher last read it (every few seconds): no NATS call per request.
+    let stats = &state.stats;
+    let consumer = if stats.consumer_found.load(Ordering::Relaxed) {
+        json!({
+            "pending": stats.consumer_pending.load(Ordering::Relaxed),
+            "ack_pending": stats.consumer_ack_pending.load(Ordering::Relaxed),
+            "redelivered": stats.consumer_redelivered.load(Ordering::Relaxed),
+        })
+    } else {
+        json!(null)
     };
     let redis = match &state.api.redis {
         None => json!({"configured": false, "healthy": false, "state": "disabled"}),

@@ -25,7 +25,7 @@ use match_stats_commands::{MatchId, Reason, StatDelta};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::command_side::{CommandSide, Effect, HEADER_REASON, Processed, Source};
+use crate::command_side::{CommandSide, Effect, EffectKind, Processed, Source};
 use crate::config::{Lifecycle, Topology};
 use crate::snapshots::{Counters, Marker, SnapshotError, SnapshotStore};
 
@@ -231,15 +231,25 @@ async fn publish(
         if ack.duplicate {
             stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("match_stats_effects_deduplicated_total").increment(1);
-        } else if effect.subject.starts_with("$KV.") {
-            metrics::counter!("match_stats_completed_matches_stored_total").increment(1);
-        } else if let Some(reason) = effect.headers.get(HEADER_REASON) {
-            stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("match_stats_dead_letters_total", "reason" => reason.to_string())
-                .increment(1);
-        } else {
-            stats.deltas_published.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("match_stats_deltas_published_total").increment(1);
+            continue;
+        }
+        match effect.kind {
+            EffectKind::Delta { .. } => {
+                stats.deltas_published.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("match_stats_deltas_published_total").increment(1);
+            }
+            EffectKind::CompletedMatch => {
+                metrics::counter!("match_stats_completed_matches_stored_total").increment(1);
+            }
+            EffectKind::DeadLetter(reason) => {
+                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("match_stats_dead_letters_total", "reason" => reason.as_str())
+                    .increment(1);
+            }
+            EffectKind::IdleMatchEnd => {
+                stats.idle_matches_ended.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("match_stats_idle_matches_ended_total").increment(1);
+            }
         }
     }
     true
@@ -348,8 +358,8 @@ pub async fn recover(
             };
             let (processed, new_effects) = side.process(&message.payload, source, topology);
             for effect in new_effects {
-                if let Some((id, version)) = effect.delta_version
-                    && version <= published.last(id).await?
+                if let EffectKind::Delta { match_id, version } = effect.kind
+                    && version <= published.last(match_id).await?
                 {
                     stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -535,7 +545,10 @@ impl Ingest {
                     };
 
                     if let Some(span) = &span {
-                        for effect in new_effects.iter_mut().filter(|e| e.delta_version.is_some()) {
+                        let deltas = new_effects
+                            .iter_mut()
+                            .filter(|e| matches!(e.kind, EffectKind::Delta { .. }));
+                        for effect in deltas {
                             crate::telemetry::inject(span, &mut effect.headers);
                         }
                     }
@@ -603,18 +616,13 @@ impl Ingest {
                 msg_id: event_id.clone(),
                 headers: Default::default(),
                 payload: serde_json::to_vec(&event).expect("events serialize").into(),
-                delta_version: None,
+                kind: EffectKind::IdleMatchEnd,
             });
         }
         if !effects.is_empty() {
             tracing::info!(matches = idle.len(), "ending idle matches");
-            if publish(&self.js, &effects, &IngestStats::default(), token).await {
-                self.stats
-                    .idle_matches_ended
-                    .fetch_add(idle.len() as u64, Ordering::Relaxed);
-                metrics::counter!("match_stats_idle_matches_ended_total")
-                    .increment(idle.len() as u64);
-            }
+            // Counted in `publish` once stored (not when NATS drops a re-publish).
+            publish(&self.js, &effects, &self.stats, token).await;
         }
         for id in
             side.evict_completed(now - self.lifecycle.completed_memory_retention.as_millis() as i64)
