@@ -89,7 +89,7 @@ pub struct App {
     config: Config,
     nats: async_nats::Client,
     js: jetstream::Context,
-    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    consumers: Vec<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>>,
     snapshots: jetstream::kv::Store,
     listener: TcpListener,
     stats: Arc<IngestStats>,
@@ -151,14 +151,15 @@ impl App {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+        let stats = Arc::new(IngestStats::new(config.topology.partitions));
         Ok(App {
             config,
             nats,
             js,
-            consumer: topology.consumer,
+            consumers: topology.consumers,
             snapshots: topology.snapshots,
             listener,
-            stats: Arc::new(IngestStats::default()),
+            stats,
             api,
             token: CancellationToken::new(),
         })
@@ -191,7 +192,7 @@ impl App {
             config,
             nats,
             js,
-            consumer,
+            consumers,
             snapshots,
             listener,
             stats,
@@ -209,13 +210,7 @@ impl App {
             batch_size: config.batch_size as usize,
             stats: stats.clone(),
         };
-        tasks.spawn(ingest.run(consumer, token.clone()));
-        let lag = tokio::spawn(crate::ingest::watch_lag(
-            js.clone(),
-            config.topology.clone(),
-            stats.clone(),
-            token.clone(),
-        ));
+        tasks.spawn(ingest.run(consumers, token.clone()));
         let dirty = Arc::new(Dirty::default());
         tasks.spawn(project::run_projector(
             js.clone(),
@@ -281,7 +276,6 @@ impl App {
             tracing::warn!(grace = ?config.shutdown_grace, "tasks did not stop within the grace period; unacked messages will be redelivered");
             tasks.abort_all();
         }
-        lag.abort();
         if let Err(error) = nats.flush().await {
             tracing::warn!(%error, "flushing acks to NATS failed");
         }

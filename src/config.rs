@@ -335,9 +335,22 @@ pub struct Topology {
     /// Key-value bucket holding the command side's snapshots.
     #[arg(long, env = "SNAPSHOT_BUCKET", default_value = "match_stats_snapshots", value_parser = parse_name)]
     pub snapshot_bucket: String,
-    /// Durable consumer name on the events stream.
+    /// Durable consumer name prefix on the events stream: partition `n` of `P` is consumed
+    /// by `<name>-<n>-of-<P>`.
     #[arg(long, env = "CONSUMER_NAME", default_value = "match-stats", value_parser = parse_name)]
     pub consumer_name: String,
+    /// Partitions of the events stream (P): each match maps to one by a hash of its id (a
+    /// stream subject transform), and each partition has one writer among the replicas.
+    /// Changing it needs a drain (see README, "Changing the partition count").
+    #[arg(long, env = "PARTITIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub partitions: u16,
+    /// How long a partition stays with a replica that stopped pulling (killed, cut off)
+    /// before NATS pins another one: the failover time (e.g. 10s).
+    #[arg(long, env = "PARTITION_PIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub pin_timeout: Duration,
+    /// Replicas of every stream and bucket in a NATS cluster (1, or 3 in production).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 impl Config {
@@ -357,9 +370,29 @@ impl Config {
 }
 
 impl Topology {
-    /// The events stream's subject filter.
+    /// The events stream's subject filter: what game servers publish to.
     pub fn events_filter(&self) -> String {
         format!("{}.*", self.events_subject)
+    }
+
+    /// Where the stream stores an event of partition `n`: `<prefix>.<P>.<n>.<match_id>`.
+    pub fn partition_filter(&self, n: u16) -> String {
+        format!("{}.{}.{n}.*", self.events_subject, self.partitions)
+    }
+
+    /// The stream's subject transform destination, mapping `<prefix>.<match_id>` to its
+    /// partition's subject.
+    pub fn partition_transform(&self) -> String {
+        let p = self.partitions;
+        format!(
+            "{}.{p}.{{{{partition({p},1)}}}}.{{{{wildcard(1)}}}}",
+            self.events_subject
+        )
+    }
+
+    /// The durable consumer of partition `n`.
+    pub fn partition_consumer(&self, n: u16) -> String {
+        format!("{}-{n}-of-{}", self.consumer_name, self.partitions)
     }
 }
 

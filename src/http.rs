@@ -115,15 +115,16 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
         (Some(redis), false) => redis.ping().await.is_ok(),
         _ => false,
     };
-    let pending = stats.consumer_pending.load(Ordering::Relaxed);
+    let lag = stats.consumer_lag();
+    let consumer_found = lag.is_some();
+    let pending = lag.map_or(0, |l| l.pending);
     let backlog = pending > state.ready_max_pending;
-    let consumer_found = stats.consumer_found.load(Ordering::Relaxed);
     let ready =
         connected && consumer_found && recovered && !backlog && (caught_up || redis_answers);
     let reason = if !connected {
         "not connected to NATS"
     } else if !consumer_found {
-        "the events stream or its durable consumer is missing (or not yet checked)"
+        "the events stream or a partition's durable consumer is missing (or not yet checked)"
     } else if !recovered {
         "replaying the events stream"
     } else if backlog {
@@ -165,17 +166,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value> {
     let counts = state.stats.counts();
-    // As the lag watcher last read it (every few seconds): no NATS call per request.
+    // As the partition loops last read it (every second): no NATS call per request.
     let stats = &state.stats;
-    let consumer = if stats.consumer_found.load(Ordering::Relaxed) {
-        json!({
-            "pending": stats.consumer_pending.load(Ordering::Relaxed),
-            "ack_pending": stats.consumer_ack_pending.load(Ordering::Relaxed),
-            "redelivered": stats.consumer_redelivered.load(Ordering::Relaxed),
-        })
-    } else {
-        json!(null)
-    };
+    let consumer = json!(stats.consumer_lag());
     let redis = match &state.api.redis {
         None => json!({"configured": false, "healthy": false, "state": "disabled"}),
         Some(redis) => {
@@ -194,6 +187,11 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             "rejected": counts.rejected,
         },
         "consumer_lag": consumer,
+        "partitions": {
+            "count": stats.partitions.len(),
+            "held": counts.partitions_held,
+            "writing": counts.partitions_writing,
+        },
         "cache": {
             "redis": redis,
             "read_model": {

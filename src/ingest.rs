@@ -1,20 +1,25 @@
-//! The command side's loop: events stream in, aggregates updated, deltas and dead
-//! letters out, then acknowledgements; snapshots, idle matches and eviction on the side.
+//! The command side's loops: one per partition of the events stream. Events stream in,
+//! aggregates are updated, deltas and dead letters go out, then acknowledgements;
+//! snapshots, idle matches and eviction on the side.
+//!
+//! Each partition has a durable pull consumer whose priority group pins one client: every
+//! replica pulls every partition, and NATS delivers a partition's events to one replica
+//! at a time (its writer), moving the pin to another when the writer stops pulling for
+//! `PARTITION_PIN_TIMEOUT`. A replica notices it became a partition's writer by the
+//! `Nats-Pin-Id` of the messages it receives, and then first catches up: from the
+//! partition's snapshot (if another replica wrote a newer one) and by replaying the
+//! partition's subjects to the end of the stream, so whatever the previous writer did
+//! or did not finish is decided again, identically. Snapshots compare-and-swap every key:
+//! a writer that was overtaken fails and gives the partition up.
 //!
 //! Per batch of messages, in stream order: each is decided by
 //! [`CommandSide::process`]; the effects are published and confirmed by JetStream,
 //! retrying until they are; only then are the messages acknowledged. Effects carry
-//! deterministic `Nats-Msg-Id`s, so a retry never stores one twice.
-//!
-//! On start, [`run`] restores the last snapshot and [`recover`] replays the events stream
-//! from just after it to its last message, re-publishing only the effects that the
-//! streams do not already hold. Every `SNAPSHOT_EVERY_EVENTS` events or
-//! `SNAPSHOT_INTERVAL`, and on shutdown, the changed matches are snapshotted; a stale
-//! writer's snapshot is refused and the loop stops with an error.
+//! deterministic `Nats-Msg-Id`s, so a retry (or a second writer) never stores one twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
@@ -33,8 +38,6 @@ use crate::snapshots::{Counters, Marker, SnapshotError, SnapshotStore};
 pub const PUBLISH_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How often recovery logs its progress.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(3);
-/// Idle heartbeat of the pull consumer (detects a lost server).
-pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the loop checks snapshot age, idle matches and retention when idle itself.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Fraction of the events stream's max age past which an old snapshot is a warning.
@@ -62,30 +65,58 @@ pub struct IngestStats {
     /// Effects published again that a stream already held (dropped by `Nats-Msg-Id`),
     /// or that recovery skipped because the deltas stream already had that version.
     pub effects_deduplicated: AtomicU64,
-    /// The last events stream sequence processed.
-    pub applied_sequence: AtomicU64,
-    /// Matches in memory that have not ended.
-    pub matches_active: AtomicU64,
-    /// Matches in memory that have ended.
-    pub matches_completed: AtomicU64,
+    /// Per partition: what this replica holds and how far it is.
+    pub partitions: Vec<PartitionStats>,
     /// Snapshots written.
     pub snapshots_written: AtomicU64,
     /// `match_end` events published for idle matches.
     pub idle_matches_ended: AtomicU64,
-    /// Events waiting in the durable consumer (refreshed every few seconds).
-    pub consumer_pending: AtomicU64,
-    /// Messages waiting for an ack.
-    pub consumer_ack_pending: AtomicU64,
-    /// Messages redelivered at least once.
-    pub consumer_redelivered: AtomicU64,
-    /// The events stream and durable consumer answered the last lag check.
-    pub consumer_found: AtomicBool,
     /// Messages replayed so far by recovery, and how many it has to replay.
     pub recovery_done: AtomicU64,
     /// See `recovery_done`.
     pub recovery_total: AtomicU64,
-    /// Recovery finished and live consumption started.
+    /// Partitions whose recovery at start-up is done.
+    pub partitions_started: AtomicUsize,
+    /// Every partition recovered at start-up, and live consumption started.
     pub ready: AtomicBool,
+    /// Times this replica became a partition's writer, or gave one up.
+    pub acquisitions: AtomicU64,
+    /// See `acquisitions`.
+    pub releases: AtomicU64,
+}
+
+/// One partition as this replica sees it. Consumer figures are refreshed every second.
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    /// Its matches are in this replica's memory.
+    pub held: AtomicBool,
+    /// This replica is its writer (NATS delivers its events here).
+    pub writing: AtomicBool,
+    /// Matches in memory that have not ended.
+    pub active: AtomicU64,
+    /// Matches in memory that have ended.
+    pub completed: AtomicU64,
+    /// The last events stream sequence processed.
+    pub applied_sequence: AtomicU64,
+    /// Events waiting in the partition's consumer.
+    pub pending: AtomicU64,
+    /// Messages delivered and waiting for an ack.
+    pub ack_pending: AtomicU64,
+    /// Messages redelivered at least once.
+    pub redelivered: AtomicU64,
+    /// The consumer answered the last check.
+    pub found: AtomicBool,
+}
+
+/// The partitions' consumers summed, as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConsumerLag {
+    /// Events waiting.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Redelivered at least once.
+    pub redelivered: u64,
 }
 
 /// A point-in-time copy of [`IngestStats`], as JSON.
@@ -105,15 +136,49 @@ pub struct IngestCounts {
     pub matches_completed: u64,
     pub snapshots_written: u64,
     pub idle_matches_ended: u64,
+    pub partitions_held: Vec<u16>,
+    pub partitions_writing: Vec<u16>,
 }
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+fn sum(slots: &[PartitionStats], field: impl Fn(&PartitionStats) -> &AtomicU64) -> u64 {
+    slots.iter().map(|s| get(field(s))).sum()
+}
+
+fn flagged(slots: &[PartitionStats], field: impl Fn(&PartitionStats) -> &AtomicBool) -> Vec<u16> {
+    (0..slots.len() as u16)
+        .filter(|&n| field(&slots[usize::from(n)]).load(Ordering::Relaxed))
+        .collect()
+}
+
 impl IngestStats {
+    /// Counters for `partitions` partitions.
+    pub fn new(partitions: u16) -> Self {
+        IngestStats {
+            partitions: (0..partitions).map(|_| PartitionStats::default()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The partitions' consumers summed; `None` until every one has answered.
+    pub fn consumer_lag(&self) -> Option<ConsumerLag> {
+        let slots = &self.partitions;
+        slots
+            .iter()
+            .all(|s| s.found.load(Ordering::Relaxed))
+            .then(|| ConsumerLag {
+                pending: sum(slots, |s| &s.pending),
+                ack_pending: sum(slots, |s| &s.ack_pending),
+                redelivered: sum(slots, |s| &s.redelivered),
+            })
+    }
+
     /// Reads every counter.
     pub fn counts(&self) -> IngestCounts {
+        let slots = &self.partitions;
         IngestCounts {
             received: get(&self.received),
             applied: get(&self.applied),
@@ -127,48 +192,57 @@ impl IngestStats {
             deltas_published: get(&self.deltas_published),
             dead_letters: get(&self.dead_letters),
             effects_deduplicated: get(&self.effects_deduplicated),
-            applied_sequence: get(&self.applied_sequence),
-            matches_active: get(&self.matches_active),
-            matches_completed: get(&self.matches_completed),
+            applied_sequence: slots
+                .iter()
+                .map(|s| get(&s.applied_sequence))
+                .max()
+                .unwrap_or(0),
+            matches_active: sum(slots, |s| &s.active),
+            matches_completed: sum(slots, |s| &s.completed),
             snapshots_written: get(&self.snapshots_written),
             idle_matches_ended: get(&self.idle_matches_ended),
+            partitions_held: flagged(slots, |s| &s.held),
+            partitions_writing: flagged(slots, |s| &s.writing),
         }
     }
 
-    fn counters(&self) -> Counters {
-        Counters {
-            received: get(&self.received),
-            applied: get(&self.applied),
-            duplicates: get(&self.duplicates),
-            rejected: std::array::from_fn(|i| get(&self.rejected[i])),
-        }
-    }
-
-    fn restore(&self, counters: &Counters) {
-        self.received.store(counters.received, Ordering::Relaxed);
-        self.applied.store(counters.applied, Ordering::Relaxed);
-        self.duplicates
-            .store(counters.duplicates, Ordering::Relaxed);
+    /// Adds (when a partition is taken) or subtracts (when it is given up) a partition's
+    /// persistent counters: the totals are those of the partitions this replica holds.
+    fn add(&self, counters: &Counters, add: bool) {
+        let apply = |slot: &AtomicU64, n: u64| {
+            if add {
+                slot.fetch_add(n, Ordering::Relaxed);
+            } else {
+                slot.fetch_sub(n, Ordering::Relaxed);
+            }
+        };
+        apply(&self.received, counters.received);
+        apply(&self.applied, counters.applied);
+        apply(&self.duplicates, counters.duplicates);
         for (slot, n) in self.rejected.iter().zip(counters.rejected) {
-            slot.store(n, Ordering::Relaxed);
+            apply(slot, n);
         }
     }
 
-    fn count(&self, outcome: &Processed) {
+    /// Counts one decision, in the totals and in the partition's own `counters`.
+    fn count(&self, outcome: &Processed, counters: &mut Counters) {
         if matches!(outcome, Processed::AlreadyApplied) {
             self.redelivered_skipped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("match_stats_redelivered_skipped_total").increment(1);
             return;
         }
         self.received.fetch_add(1, Ordering::Relaxed);
+        counters.received += 1;
         metrics::counter!("match_stats_events_received_total").increment(1);
         match outcome {
             Processed::Applied(_) => {
                 self.applied.fetch_add(1, Ordering::Relaxed);
+                counters.applied += 1;
                 metrics::counter!("match_stats_events_processed_total").increment(1);
             }
             Processed::Duplicate => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
+                counters.duplicates += 1;
                 metrics::counter!("match_stats_events_duplicate_total").increment(1);
             }
             Processed::Rejected { reason, .. } => {
@@ -177,6 +251,7 @@ impl IngestStats {
                     .position(|r| r == reason)
                     .expect("listed");
                 self.rejected[i].fetch_add(1, Ordering::Relaxed);
+                counters.rejected[i] += 1;
                 metrics::counter!("match_stats_events_rejected_total", "reason" => reason.as_str())
                     .increment(1);
             }
@@ -184,14 +259,19 @@ impl IngestStats {
         }
     }
 
-    fn publish_match_counts(&self, side: &CommandSide) {
-        let (active, completed) = side.match_counts();
-        self.matches_active.store(active, Ordering::Relaxed);
-        self.matches_completed.store(completed, Ordering::Relaxed);
-        self.applied_sequence
-            .store(side.applied_sequence(), Ordering::Relaxed);
-        metrics::gauge!("match_stats_matches_active").set(active as f64);
-        metrics::gauge!("match_stats_matches_completed").set(completed as f64);
+    /// Refreshes partition `n`'s match counts and sequence (and the gauges).
+    fn publish_match_counts(&self, n: u16, side: Option<&CommandSide>) {
+        let slot = &self.partitions[usize::from(n)];
+        let (active, completed) = side.map_or((0, 0), CommandSide::match_counts);
+        slot.active.store(active, Ordering::Relaxed);
+        slot.completed.store(completed, Ordering::Relaxed);
+        slot.applied_sequence.store(
+            side.map_or(0, CommandSide::applied_sequence),
+            Ordering::Relaxed,
+        );
+        let slots = &self.partitions;
+        metrics::gauge!("match_stats_matches_active").set(sum(slots, |s| &s.active) as f64);
+        metrics::gauge!("match_stats_matches_completed").set(sum(slots, |s| &s.completed) as f64);
     }
 }
 
@@ -304,24 +384,29 @@ impl PublishedVersions {
     }
 }
 
-/// Replays the events stream from `side`'s applied sequence + 1 to the last message stored
-/// when recovery starts. Effects are published again only where the streams lack them.
-#[tracing::instrument(skip_all, fields(stream = %topology.events_stream))]
+/// Replays partition `n` of the events stream from `side`'s applied sequence + 1 to the
+/// last message stored when recovery starts (or to `until`). Effects are published again
+/// only where the streams lack them.
+#[tracing::instrument(skip_all, fields(partition = n))]
 pub async fn recover(
     js: &jetstream::Context,
     topology: &Topology,
-    side: &mut CommandSide,
+    n: u16,
+    held: &mut Held,
+    until: Option<u64>,
     stats: &IngestStats,
     batch_size: usize,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let side = &mut held.side;
     let mut stream = js.get_stream(&topology.events_stream).await?;
     let state = stream.info().await?.state.clone();
-    let (from, last) = (side.applied_sequence() + 1, state.last_sequence);
+    let last = until.map_or(state.last_sequence, |u| u.min(state.last_sequence));
+    let from = side.applied_sequence() + 1;
     if state.messages == 0 || last < from {
         return Ok(());
     }
-    if state.first_sequence > from {
+    if state.first_sequence > from && from > 1 {
         tracing::error!(
             needed = from,
             first = state.first_sequence,
@@ -329,16 +414,23 @@ pub async fn recover(
         );
         metrics::counter!("match_stats_recovery_gaps_total").increment(1);
     }
-    stats
-        .recovery_total
-        .store(last + 1 - from, Ordering::Relaxed);
-    tracing::info!(from, last, "replaying the events stream after the snapshot");
+    let (total, mut messages) = crate::streams::read_from(
+        &stream,
+        from,
+        batch_size,
+        Some(topology.partition_filter(n)),
+    )
+    .await?;
+    if total == 0 {
+        return Ok(());
+    }
+    stats.recovery_total.fetch_add(total, Ordering::Relaxed);
+    tracing::debug!(from, last, total, "replaying the partition");
     let mut published = PublishedVersions {
         deltas: js.get_stream(&topology.deltas_stream).await?,
         subject: topology.deltas_subject.clone(),
         known: HashMap::new(),
     };
-    let mut messages = crate::streams::read_from(&stream, from, batch_size).await?;
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut done = 0u64;
@@ -356,6 +448,10 @@ pub async fn recover(
                 stored_at_ms: stored_at_ms(&info),
                 subject: message.subject.as_str(),
             };
+            if source.sequence > last {
+                finished = true;
+                break;
+            }
             let (processed, new_effects) = side.process(&message.payload, source, topology);
             for effect in new_effects {
                 if let EffectKind::Delta { match_id, version } = effect.kind
@@ -368,7 +464,7 @@ pub async fn recover(
             }
             outcomes.push(processed);
             done += 1;
-            if source.sequence >= last {
+            if source.sequence >= last || info.pending == 0 {
                 finished = true;
                 break;
             }
@@ -377,16 +473,18 @@ pub async fn recover(
             anyhow::bail!("stopped during recovery");
         }
         for outcome in &outcomes {
-            stats.count(outcome);
+            stats.count(outcome, &mut held.counters);
         }
-        stats.recovery_done.store(done, Ordering::Relaxed);
-        stats.publish_match_counts(side);
+        stats
+            .recovery_done
+            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        stats.publish_match_counts(n, Some(side));
         if last_log.elapsed() >= PROGRESS_INTERVAL {
             last_log = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64();
             tracing::info!(
                 replayed = done,
-                remaining = last.saturating_sub(side.applied_sequence()),
+                of = total,
                 rate = format!("{rate:.0}/s"),
                 "recovery progress"
             );
@@ -395,15 +493,34 @@ pub async fn recover(
             break;
         }
     }
-    tracing::info!(
+    tracing::debug!(
         replayed = done,
         seconds = started.elapsed().as_secs_f64(),
-        "recovery done"
+        "partition replayed"
     );
     Ok(())
 }
 
-/// What the loop needs besides the consumer.
+/// A partition's state in this replica's memory.
+pub struct Held {
+    /// Its matches.
+    side: CommandSide,
+    /// Its keys in the snapshot bucket.
+    store: SnapshotStore,
+    /// Its persistent counters (included in [`IngestStats`]'s totals while held).
+    counters: Counters,
+    /// The `Nats-Pin-Id` of the messages last processed: this replica is the writer while
+    /// NATS's pinned client for the partition is this one.
+    pin: Option<String>,
+    /// Another client NATS showed pinned at the last check (given up if it still is at the
+    /// next: a message with this replica's new pin would have arrived in between).
+    foreign_pin: Option<String>,
+    /// When to snapshot.
+    events_since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+/// What the loops need besides the consumers.
 pub struct Ingest {
     /// JetStream.
     pub js: jetstream::Context,
@@ -419,189 +536,409 @@ pub struct Ingest {
     pub stats: Arc<IngestStats>,
 }
 
-/// When to snapshot.
-struct Cadence {
-    events: u64,
-    last: Instant,
+/// Why a partition was given up.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// NATS pinned another replica.
+    PinnedElsewhere,
+    /// Another replica wrote the partition's snapshot.
+    StaleSnapshot,
+    /// This replica is stopping.
+    Shutdown,
+}
+
+impl Release {
+    fn as_str(self) -> &'static str {
+        match self {
+            Release::PinnedElsewhere => "pinned_elsewhere",
+            Release::StaleSnapshot => "stale_snapshot",
+            Release::Shutdown => "shutdown",
+        }
+    }
+}
+
+fn pin_of(message: &jetstream::Message) -> Option<String> {
+    message
+        .headers
+        .as_ref()?
+        .get_last(async_nats::header::NATS_PIN_ID)
+        .map(|v| v.as_str().to_owned())
 }
 
 impl Ingest {
-    /// Restores, recovers, then consumes live events until cancelled. A stale snapshot
-    /// write stops it with an error.
+    /// Runs one loop per partition until cancelled or one fails.
     pub async fn run(
         self,
+        consumers: Vec<consumer::Consumer<consumer::pull::Config>>,
+        token: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let mut loops = tokio::task::JoinSet::new();
+        for (n, consumer) in consumers.into_iter().enumerate() {
+            loops.spawn(this.clone().partition(n as u16, consumer, token.clone()));
+        }
+        while let Some(ended) = loops.join_next().await {
+            ended??;
+        }
+        Ok(())
+    }
+
+    /// Partition `n`'s loop: recover what the bucket and stream hold, then pull; process
+    /// while this replica is the writer, hand over on the way out.
+    async fn partition(
+        self: Arc<Self>,
+        n: u16,
         consumer: consumer::Consumer<consumer::pull::Config>,
         token: CancellationToken,
     ) -> anyhow::Result<()> {
-        let (mut store, restored) = SnapshotStore::load(self.snapshots.clone()).await?;
-        let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
-        if let Some(marker) = &restored.marker {
-            self.stats.restore(&marker.counters);
+        let mut held = Some(self.restore(n, &token).await?);
+        let started = self
+            .stats
+            .partitions_started
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if started == self.stats.partitions.len() {
+            self.stats.ready.store(true, Ordering::Relaxed);
             tracing::info!(
-                sequence = marker.sequence,
-                matches = restored.matches.len(),
-                "restored snapshot"
+                partitions = started,
+                applied_sequence = self.stats.counts().applied_sequence,
+                "recovered; consuming live events"
             );
         }
-        let mut side = CommandSide::restore(restored.matches, from);
-        recover(
-            &self.js,
-            &self.topology,
-            &mut side,
-            &self.stats,
-            self.batch_size,
-            &token,
-        )
-        .await?;
-        self.stats.publish_match_counts(&side);
-        self.stats.ready.store(true, Ordering::Relaxed);
-        tracing::info!(
-            applied_sequence = side.applied_sequence(),
-            "consuming live events"
-        );
-
-        let mut cadence = Cadence {
-            events: 0,
-            last: Instant::now(),
-        };
-        let result = self
-            .consume(consumer, &mut side, &mut store, &mut cadence, &token)
-            .await;
-        // Final snapshot on the way out (not after a stale-writer error).
-        if !matches!(&result, Err(e) if e.downcast_ref::<SnapshotError>().is_some()) {
-            self.snapshot(&mut side, &mut store, &mut cadence).await?;
-        }
-        result
-    }
-
-    async fn consume(
-        &self,
-        consumer: consumer::Consumer<consumer::pull::Config>,
-        side: &mut CommandSide,
-        store: &mut SnapshotStore,
-        cadence: &mut Cadence,
-        token: &CancellationToken,
-    ) -> anyhow::Result<()> {
+        // Pulls expire well within the pin timeout, so a live writer keeps its pin.
+        let expires = (self.topology.pin_timeout / 3).max(Duration::from_millis(300));
         let mut messages = consumer
             .stream()
+            .group(crate::streams::WRITER_GROUP)
             .max_messages_per_batch(self.batch_size)
-            .heartbeat(PULL_HEARTBEAT)
+            .expires(expires)
+            .heartbeat(expires / 3)
             .messages()
             .await?
             .ready_chunks(self.batch_size);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        loop {
+        let result = loop {
             let chunk = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => break Ok(()),
                 _ = housekeeping.tick() => {
-                    self.housekeeping(side, store, cadence, token).await?;
+                    if let Err(e) = self.housekeeping(n, &consumer, &mut held, &token).await {
+                        break Err(e);
+                    }
                     continue;
                 }
                 chunk = messages.next() => match chunk {
                     Some(chunk) => chunk,
-                    None => anyhow::bail!(
+                    None => break Err(anyhow::anyhow!(
                         "the events consumer {} ended (deleted?); stopping so that a restart recreates it",
-                        self.topology.consumer_name
-                    ),
+                        self.topology.partition_consumer(n)
+                    )),
                 },
             };
-            let started = Instant::now();
-            let mut effects = Vec::with_capacity(chunk.len());
-            let mut outcomes = Vec::with_capacity(chunk.len());
-            let mut acks = Vec::with_capacity(chunk.len());
-            for message in chunk {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(error) => {
-                        tracing::warn!(%error, "pull consumer error; continuing");
-                        continue;
-                    }
+            let chunk: Vec<jetstream::Message> = chunk
+                .into_iter()
+                .filter_map(|m| {
+                    m.map_err(|error| tracing::warn!(%error, "pull consumer error; continuing"))
+                        .ok()
+                })
+                .collect();
+            let Some(pin) = chunk.first().map(pin_of) else {
+                continue;
+            };
+            if held.as_ref().is_none_or(|h| h.pin != pin) {
+                let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
+                let acquired = match self.acquire(n, held.take(), pin, first, &token).await {
+                    Ok(h) => h,
+                    Err(e) => break Err(e),
                 };
-                let Ok(info) = message.info() else {
-                    tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
-                    continue;
-                };
-                if info.stream_sequence <= side.applied_sequence() {
-                    outcomes.push(Processed::AlreadyApplied);
-                } else {
-                    let source = Source {
-                        sequence: info.stream_sequence,
-                        stored_at_ms: stored_at_ms(&info),
-                        subject: message.subject.as_str(),
-                    };
-                    // A `traceparent` on the event continues into this span and onto its delta.
-
-                    let span = crate::telemetry::event_span(
-                        message.headers.as_ref(),
-                        info.stream_sequence,
-                    );
-
-                    let (processed, mut new_effects) = match &span {
-                        Some(span) => {
-                            span.in_scope(|| side.process(&message.payload, source, &self.topology))
-                        }
-
-                        None => side.process(&message.payload, source, &self.topology),
-                    };
-
-                    if let Some(span) = &span {
-                        let deltas = new_effects
-                            .iter_mut()
-                            .filter(|e| matches!(e.kind, EffectKind::Delta { .. }));
-                        for effect in deltas {
-                            crate::telemetry::inject(span, &mut effect.headers);
-                        }
-                    }
-
-                    effects.extend(new_effects);
-                    outcomes.push(processed);
-                }
-                acks.push(message);
+                held = Some(acquired);
             }
-            if !publish(&self.js, &effects, &self.stats, token).await {
-                tracing::info!(
-                    unacked = acks.len(),
-                    "stopped before effects were confirmed; NATS will redeliver"
-                );
-                return Ok(());
+            let h = held.as_mut().expect("acquired");
+            match self.process(n, h, chunk, &token).await {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            for message in &acks {
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(%error, "ack failed; the message will be redelivered and skipped");
-                }
+            if h.events_since_snapshot >= self.lifecycle.snapshot_every_events {
+                self.snapshot(n, &mut held).await?;
             }
-            for outcome in &outcomes {
-                self.stats.count(outcome);
+        };
+        // On the way out: a final snapshot, and the pin handed over at once.
+        if let Some(h) = held.as_ref()
+            && h.pin.is_some()
+            && result.is_ok()
+        {
+            let _ = self.snapshot(n, &mut held).await;
+            let name = self.topology.partition_consumer(n);
+            if let Ok(stream) = self.js.get_stream(&self.topology.events_stream).await
+                && let Err(error) = stream
+                    .unpin_consumer(&name, crate::streams::WRITER_GROUP)
+                    .await
+            {
+                tracing::debug!(%error, partition = n, "could not release the pin");
             }
-            self.stats.publish_match_counts(side);
-            metrics::histogram!("match_stats_processing_latency")
-                .record(started.elapsed().as_secs_f64());
-            cadence.events += outcomes.len() as u64;
-            if cadence.events >= self.lifecycle.snapshot_every_events {
-                self.snapshot(side, store, cadence).await?;
-            }
+        }
+        self.release(n, &mut held, Release::Shutdown);
+        result
+    }
+
+    /// Loads partition `n`'s snapshot and replays the partition after it.
+    async fn restore(&self, n: u16, token: &CancellationToken) -> anyhow::Result<Held> {
+        let partitions = self.topology.partitions;
+        let (store, restored) = SnapshotStore::load(self.snapshots.clone(), partitions, n, |id| {
+            crate::streams::partition_of(id, partitions) == n
+        })
+        .await?;
+        let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
+        let counters = restored
+            .marker
+            .as_ref()
+            .map(|m| m.counters.clone())
+            .unwrap_or_default();
+        self.stats.add(&counters, true);
+        let slot = &self.stats.partitions[usize::from(n)];
+        slot.held.store(true, Ordering::Relaxed);
+        let mut held = Held {
+            side: CommandSide::restore(restored.matches, from),
+            store,
+            counters,
+            pin: None,
+            foreign_pin: None,
+            events_since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        };
+        recover(
+            &self.js,
+            &self.topology,
+            n,
+            &mut held,
+            None,
+            &self.stats,
+            self.batch_size,
+            token,
+        )
+        .await?;
+        self.stats.publish_match_counts(n, Some(&held.side));
+        Ok(held)
+    }
+
+    /// This replica became partition `n`'s writer (messages with a new pin arrived, the
+    /// first at sequence `first`): catch up on what another writer may have done, from its
+    /// snapshot if it wrote one, then by replaying the partition up to `first`.
+    async fn acquire(
+        &self,
+        n: u16,
+        mut held: Option<Held>,
+        pin: Option<String>,
+        first: u64,
+        token: &CancellationToken,
+    ) -> anyhow::Result<Held> {
+        let current = match held.as_ref() {
+            Some(h) => h.store.is_current().await.unwrap_or(false),
+            None => false,
+        };
+        let mut h = if current {
+            let mut h = held.take().expect("held");
+            recover(
+                &self.js,
+                &self.topology,
+                n,
+                &mut h,
+                Some(first.saturating_sub(1)),
+                &self.stats,
+                self.batch_size,
+                token,
+            )
+            .await?;
+            h
+        } else {
+            self.release(n, &mut held, Release::StaleSnapshot);
+            self.restore(n, token).await?
+        };
+        h.foreign_pin = None;
+        h.pin = pin;
+        self.stats.partitions[usize::from(n)]
+            .writing
+            .store(true, Ordering::Relaxed);
+        self.stats.acquisitions.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("match_stats_partition_acquisitions_total").increment(1);
+        tracing::info!(
+            partition = n,
+            applied_sequence = h.side.applied_sequence(),
+            "writing partition"
+        );
+        Ok(h)
+    }
+
+    /// Drops partition `n`'s state from memory (and its counters from the totals).
+    fn release(&self, n: u16, held: &mut Option<Held>, why: Release) {
+        let Some(h) = held.take() else { return };
+        self.stats.add(&h.counters, false);
+        let slot = &self.stats.partitions[usize::from(n)];
+        slot.held.store(false, Ordering::Relaxed);
+        slot.writing.store(false, Ordering::Relaxed);
+        self.stats.publish_match_counts(n, None);
+        if h.pin.is_some() && !matches!(why, Release::Shutdown) {
+            self.stats.releases.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("match_stats_partition_releases_total", "reason" => why.as_str())
+                .increment(1);
+            tracing::info!(partition = n, reason = why.as_str(), "gave up partition");
         }
     }
 
-    /// Time-based work: snapshots, idle matches, eviction, snapshot-age warning.
+    /// Processes one batch of partition `n` in stream order; `false` if stopped before
+    /// its effects were confirmed (NATS redelivers it).
+    async fn process(
+        &self,
+        n: u16,
+        held: &mut Held,
+        chunk: Vec<jetstream::Message>,
+        token: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let side = &mut held.side;
+        let mut effects = Vec::with_capacity(chunk.len());
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        let mut acks = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            let Ok(info) = message.info() else {
+                tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
+                continue;
+            };
+            if info.stream_sequence <= side.applied_sequence() {
+                outcomes.push(Processed::AlreadyApplied);
+            } else {
+                let source = Source {
+                    sequence: info.stream_sequence,
+                    stored_at_ms: stored_at_ms(&info),
+                    subject: message.subject.as_str(),
+                };
+                // A `traceparent` on the event continues into this span and onto its delta.
+                let span =
+                    crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence);
+                let (processed, mut new_effects) = match &span {
+                    Some(span) => {
+                        span.in_scope(|| side.process(&message.payload, source, &self.topology))
+                    }
+                    None => side.process(&message.payload, source, &self.topology),
+                };
+                if let Some(span) = &span {
+                    let deltas = new_effects
+                        .iter_mut()
+                        .filter(|e| matches!(e.kind, EffectKind::Delta { .. }));
+                    for effect in deltas {
+                        crate::telemetry::inject(span, &mut effect.headers);
+                    }
+                }
+                effects.extend(new_effects);
+                outcomes.push(processed);
+            }
+            acks.push(message);
+        }
+        if !publish(&self.js, &effects, &self.stats, token).await {
+            tracing::info!(
+                unacked = acks.len(),
+                "stopped before effects were confirmed; NATS will redeliver"
+            );
+            return Ok(false);
+        }
+        for message in &acks {
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "ack failed; the message will be redelivered and skipped");
+            }
+        }
+        for outcome in &outcomes {
+            self.stats.count(outcome, &mut held.counters);
+        }
+        self.stats.publish_match_counts(n, Some(&held.side));
+        metrics::histogram!("match_stats_processing_latency")
+            .record(started.elapsed().as_secs_f64());
+        held.events_since_snapshot += outcomes.len() as u64;
+        Ok(true)
+    }
+
+    /// Reads partition `n`'s consumer (lag figures, and who NATS pins), gives the
+    /// partition up if another replica is pinned, and does the time-based work of a held
+    /// partition: snapshots, idle matches, eviction, snapshot-age warning.
     async fn housekeeping(
         &self,
-        side: &mut CommandSide,
-        store: &mut SnapshotStore,
-        cadence: &mut Cadence,
+        n: u16,
+        consumer: &consumer::Consumer<consumer::pull::Config>,
+        held: &mut Option<Held>,
         token: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let age = cadence.last.elapsed();
-        metrics::gauge!("match_stats_snapshot_age_seconds").set(age.as_secs_f64());
+        let slot = &self.stats.partitions[usize::from(n)];
+        let info = tokio::time::timeout(HOUSEKEEPING_INTERVAL, consumer.get_info()).await;
+        let pinned = match info {
+            Ok(Ok(info)) => {
+                slot.found.store(true, Ordering::Relaxed);
+                slot.pending.store(info.num_pending, Ordering::Relaxed);
+                slot.ack_pending
+                    .store(info.num_ack_pending as u64, Ordering::Relaxed);
+                slot.redelivered
+                    .store(info.num_redelivered as u64, Ordering::Relaxed);
+                if let Some(lag) = self.stats.consumer_lag() {
+                    metrics::gauge!("match_stats_consumer_pending").set(lag.pending as f64);
+                    metrics::gauge!("match_stats_consumer_ack_pending").set(lag.ack_pending as f64);
+                    metrics::gauge!("match_stats_consumer_redelivered").set(lag.redelivered as f64);
+                }
+                Some(
+                    info.priority_groups
+                        .into_iter()
+                        .find(|g| g.group == crate::streams::WRITER_GROUP)
+                        .and_then(|g| g.pinned_client_id),
+                )
+            }
+            _ => {
+                slot.found.store(false, Ordering::Relaxed);
+                None
+            }
+        };
+        if let Some(h) = held.as_mut() {
+            match &pinned {
+                Some(Some(pinned)) if h.pin.as_ref() != Some(pinned) => {
+                    if h.foreign_pin.as_ref() == Some(pinned) {
+                        self.release(n, held, Release::PinnedElsewhere);
+                    } else {
+                        h.foreign_pin = Some(pinned.clone());
+                    }
+                }
+                _ => h.foreign_pin = None,
+            }
+        }
+        let Some(h) = held.as_mut() else {
+            return Ok(());
+        };
+        let age = h.last_snapshot.elapsed();
+        if n == 0 {
+            metrics::gauge!("match_stats_snapshot_age_seconds").set(age.as_secs_f64());
+        }
         if age.as_secs_f64() > self.lifecycle.events_max_age.as_secs_f64() * SNAPSHOT_AGE_WARNING {
-            tracing::warn!(age = ?age, max_age = ?self.lifecycle.events_max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
+            tracing::warn!(partition = n, age = ?age, max_age = ?self.lifecycle.events_max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
         }
-        if age >= self.lifecycle.snapshot_interval && side.has_changes() {
-            self.snapshot(side, store, cadence).await?;
+        if age >= self.lifecycle.snapshot_interval
+            && h.side.has_changes()
+            && !self.snapshot(n, held).await?
+        {
+            return Ok(());
         }
+        let Some(h) = held.as_mut() else {
+            return Ok(());
+        };
+        // Idle matches are ended through the stream, so a replay decides the same; only
+        // the writer (or, with no writer pinned, any replica holding the same state: the
+        // `match_end`s carry the same ids) ends them.
+        let may_end = match &pinned {
+            Some(Some(pinned)) => h.pin.as_ref() == Some(pinned),
+            Some(None) => true,
+            None => false,
+        };
         let now = now_ms();
-        // Idle matches are ended through the stream, so a replay decides the same.
-        let idle = side.idle(now - self.lifecycle.idle_timeout.as_millis() as i64);
+        let idle = if may_end {
+            h.side
+                .idle(now - self.lifecycle.idle_timeout.as_millis() as i64)
+        } else {
+            Vec::new()
+        };
         let mut effects = Vec::new();
         for (id, event_id, last_update) in &idle {
             let event = serde_json::json!({
@@ -620,103 +957,65 @@ impl Ingest {
             });
         }
         if !effects.is_empty() {
-            tracing::info!(matches = idle.len(), "ending idle matches");
+            tracing::info!(partition = n, matches = idle.len(), "ending idle matches");
             // Counted in `publish` once stored (not when NATS drops a re-publish).
             publish(&self.js, &effects, &self.stats, token).await;
         }
-        for id in
-            side.evict_completed(now - self.lifecycle.completed_memory_retention.as_millis() as i64)
+        for id in h
+            .side
+            .evict_completed(now - self.lifecycle.completed_memory_retention.as_millis() as i64)
         {
             metrics::counter!("match_stats_matches_evicted_total").increment(1);
-            if let Err(error) = store.forget(&id).await {
+            if let Err(error) = h.store.forget(&id).await {
                 tracing::warn!(%error, match_id = %id, "could not remove an evicted match's snapshot");
             }
         }
+        self.stats.publish_match_counts(n, Some(&h.side));
         Ok(())
     }
 
-    /// Snapshots the changed matches. A bucket error is logged and retried later; a stale
-    /// writer is an error that stops the loop.
-    async fn snapshot(
-        &self,
-        side: &mut CommandSide,
-        store: &mut SnapshotStore,
-        cadence: &mut Cadence,
-    ) -> anyhow::Result<()> {
+    /// Snapshots partition `n`'s changed matches. A bucket error is logged and retried
+    /// later; when another replica wrote the partition's keys since (this one is stale),
+    /// the partition is given up: `false`.
+    async fn snapshot(&self, n: u16, held: &mut Option<Held>) -> anyhow::Result<bool> {
+        let Some(h) = held.as_mut() else {
+            return Ok(false);
+        };
         let marker = Marker {
-            sequence: side.applied_sequence(),
-            counters: self.stats.counters(),
+            sequence: h.side.applied_sequence(),
+            counters: h.counters.clone(),
             written_at_ms: now_ms(),
         };
-        let changed = side.take_changed();
+        let changed = h.side.take_changed();
         let records: Vec<&crate::snapshots::Tracked> =
-            changed.iter().filter_map(|id| side.tracked(id)).collect();
-        let result = store.write(records, &marker).await;
+            changed.iter().filter_map(|id| h.side.tracked(id)).collect();
+        let result = h.store.write(records, &marker).await;
         match result {
             Ok(written) => {
-                cadence.events = 0;
-                cadence.last = Instant::now();
+                h.events_since_snapshot = 0;
+                h.last_snapshot = Instant::now();
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("match_stats_snapshots_written_total").increment(1);
                 tracing::debug!(
+                    partition = n,
                     sequence = marker.sequence,
                     matches = written,
                     "snapshot written"
                 );
-                Ok(())
+                Ok(true)
             }
             Err(error @ SnapshotError::Stale { .. }) => {
                 metrics::counter!("match_stats_snapshot_stale_total").increment(1);
-                tracing::error!(%error, "another instance owns the snapshot; this writer stops");
-                Err(error.into())
+                tracing::warn!(partition = n, %error, "another replica wrote this partition's snapshot; giving it up");
+                self.release(n, held, Release::StaleSnapshot);
+                Ok(false)
             }
             Err(error) => {
-                side.mark_changed(changed);
+                h.side.mark_changed(changed);
                 metrics::counter!("match_stats_snapshot_errors_total").increment(1);
-                tracing::warn!(%error, "snapshot failed; will retry");
-                Ok(())
+                tracing::warn!(partition = n, %error, "snapshot failed; will retry");
+                Ok(true)
             }
         }
-    }
-}
-
-/// How often the consumer's lag is read.
-pub const LAG_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Reads the durable consumer's pending, ack-pending and redelivered counts into `stats`
-/// and the metrics every [`LAG_INTERVAL`] until cancelled.
-pub async fn watch_lag(
-    js: jetstream::Context,
-    topology: Topology,
-    stats: Arc<IngestStats>,
-    token: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let info = async {
-            let stream = js.get_stream(&topology.events_stream).await.ok()?;
-            stream.consumer_info(&topology.consumer_name).await.ok()
-        };
-        let Ok(Some(info)) = tokio::time::timeout(LAG_INTERVAL, info).await else {
-            stats.consumer_found.store(false, Ordering::Relaxed);
-            continue;
-        };
-        stats.consumer_found.store(true, Ordering::Relaxed);
-        stats
-            .consumer_pending
-            .store(info.num_pending, Ordering::Relaxed);
-        stats
-            .consumer_ack_pending
-            .store(info.num_ack_pending as u64, Ordering::Relaxed);
-        stats
-            .consumer_redelivered
-            .store(info.num_redelivered as u64, Ordering::Relaxed);
-        metrics::gauge!("match_stats_consumer_pending").set(info.num_pending as f64);
-        metrics::gauge!("match_stats_consumer_ack_pending").set(info.num_ack_pending as f64);
-        metrics::gauge!("match_stats_consumer_redelivered").set(info.num_redelivered as f64);
     }
 }

@@ -59,7 +59,7 @@ pub async fn run_projector(
     if target == 0 {
         model.set_caught_up();
     }
-    let mut messages = crate::streams::read_from(&stream, 0, batch_size).await?;
+    let (_, mut messages) = crate::streams::read_from(&stream, 0, batch_size, None).await?;
     let mut builders: HashMap<MatchId, MatchBuilder> = HashMap::new();
     // When this replica saw each match complete; completed matches leave memory after
     // `retention` (Redis and the key-value bucket keep them for the same time).

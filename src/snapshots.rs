@@ -1,12 +1,13 @@
 //! Snapshots of the command side in a JetStream key-value bucket.
 //!
 //! One key per match (`match.<id>`: the aggregate, dedup window included, with the last
-//! stream sequence applied to it) and one marker per partition (`partition.0`: the
-//! sequence up to which every match's state is in the bucket, and the ingest counters).
-//! A snapshot writes the changed matches, then the marker, every key with compare-and-swap
-//! on the revision this writer last saw: a writer that another instance has overtaken
-//! fails with [`SnapshotError::Stale`] at the first key the other wrote, and must stop. Recovery replays the events stream from
-//! the marker's sequence + 1, skipping for each match what its own record already holds.
+//! stream sequence applied to it) and one marker per partition (`partition.<P>.<n>`: the
+//! sequence up to which every match of partition `n` of `P` has its state in the bucket,
+//! and the partition's ingest counters). A snapshot writes the changed matches, then the
+//! marker, every key with compare-and-swap on the revision this writer last saw: a writer
+//! that another replica has overtaken fails with [`SnapshotError::Stale`] at the first key
+//! the other wrote, and gives the partition up. Recovery replays the partition from the
+//! marker's sequence + 1, skipping for each match what its own record already holds.
 
 use std::collections::HashMap;
 
@@ -15,10 +16,15 @@ use futures::TryStreamExt;
 use match_stats_commands::{Match, MatchId};
 use serde::{Deserialize, Serialize};
 
-/// The marker key of the (single, until partitioning) partition.
-pub const MARKER_KEY: &str = "partition.0";
 /// Prefix of per-match keys.
 pub const MATCH_PREFIX: &str = "match.";
+/// Prefix of partition markers.
+pub const MARKER_PREFIX: &str = "partition.";
+
+/// The marker key of partition `n` of `partitions`.
+pub fn marker_key(partitions: u16, n: u16) -> String {
+    format!("{MARKER_PREFIX}{partitions}.{n}")
+}
 
 /// One match in memory: its aggregate and where in the stream it stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,10 +88,11 @@ pub struct Restored {
     pub matches: HashMap<MatchId, Tracked>,
 }
 
-/// Reads and writes the snapshot bucket, remembering the revision of every key it last
-/// read or wrote: every write is a compare-and-swap on it.
+/// Reads and writes one partition's keys in the snapshot bucket, remembering the revision
+/// of every key it last read or wrote: every write is a compare-and-swap on it.
 pub struct SnapshotStore {
     kv: kv::Store,
+    marker_key: String,
     revisions: HashMap<String, u64>,
 }
 
@@ -104,8 +111,15 @@ fn bucket_error(e: impl std::fmt::Display) -> SnapshotError {
 }
 
 impl SnapshotStore {
-    /// Loads the marker and every match record, with their revisions.
-    pub async fn load(kv: kv::Store) -> Result<(SnapshotStore, Restored), SnapshotError> {
+    /// Loads partition `n`'s marker and the records of its matches (those `in_partition`
+    /// accepts), with their revisions.
+    pub async fn load(
+        kv: kv::Store,
+        partitions: u16,
+        n: u16,
+        in_partition: impl Fn(&str) -> bool,
+    ) -> Result<(SnapshotStore, Restored), SnapshotError> {
+        let marker_key = marker_key(partitions, n);
         let mut restored = Restored::default();
         let mut revisions = HashMap::new();
         let keys: Vec<String> = kv
@@ -115,7 +129,18 @@ impl SnapshotStore {
             .try_collect()
             .await
             .map_err(bucket_error)?;
+        let this_count = format!("{MARKER_PREFIX}{partitions}.");
+        let repartitioned = keys
+            .iter()
+            .any(|k| k.starts_with(MARKER_PREFIX) && !k.starts_with(&this_count));
         for key in keys {
+            let ours = key == marker_key
+                || key
+                    .strip_prefix(MATCH_PREFIX)
+                    .is_some_and(|id| in_partition(id));
+            if !ours {
+                continue;
+            }
             let Some(entry) = kv.entry(key.as_str()).await.map_err(bucket_error)? else {
                 continue;
             };
@@ -123,20 +148,42 @@ impl SnapshotStore {
                 continue;
             }
             revisions.insert(key.clone(), entry.revision);
-            if key == MARKER_KEY {
+            if key == marker_key {
                 restored.marker = Some(decode(&entry.value)?);
-            } else if key.starts_with(MATCH_PREFIX) {
+            } else {
                 let tracked: Tracked = decode(&entry.value)?;
                 restored
                     .matches
                     .insert(tracked.aggregate.match_id(), tracked);
             }
         }
-        if restored.marker.is_none() {
-            // Records written before any marker was: replay from the stream's start.
+        if restored.marker.is_none() && !repartitioned {
+            // Records written before any marker was: replay from the stream's start. (After
+            // a change of the partition count, the records are kept: each carries its own
+            // sequence, and the new partitions' subjects hold only newer events.)
             restored.matches.clear();
         }
-        Ok((SnapshotStore { kv, revisions }, restored))
+        Ok((
+            SnapshotStore {
+                kv,
+                marker_key,
+                revisions,
+            },
+            restored,
+        ))
+    }
+
+    /// Whether the partition's marker is still the one this store last read or wrote (no
+    /// other replica has snapshotted the partition since).
+    pub async fn is_current(&self) -> Result<bool, SnapshotError> {
+        let revision = self
+            .kv
+            .entry(self.marker_key.as_str())
+            .await
+            .map_err(bucket_error)?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| e.revision);
+        Ok(revision == self.revisions.get(&self.marker_key).copied())
     }
 
     /// Writes the given matches, then the marker, each with compare-and-swap on the
@@ -153,7 +200,7 @@ impl SnapshotStore {
             self.swap(key, encode(tracked)).await?;
             written += 1;
         }
-        self.swap(MARKER_KEY.to_owned(), encode(marker)).await?;
+        self.swap(self.marker_key.clone(), encode(marker)).await?;
         Ok(written)
     }
 

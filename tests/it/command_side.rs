@@ -15,14 +15,14 @@ use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
 
 /// Everything the deltas stream says, folded: the projections, each match's versions in
 /// stream order, and the last full match object per match.
-struct Deltas {
+pub(crate) struct Deltas {
     projections: BTreeMap<MatchId, MatchProjection>,
     versions: BTreeMap<MatchId, Vec<u64>>,
     final_views: BTreeMap<MatchId, Value>,
-    messages: usize,
+    pub(crate) messages: usize,
 }
 
-async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
+pub(crate) async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
     let mut deltas = Deltas {
         projections: BTreeMap::new(),
         versions: BTreeMap::new(),
@@ -55,7 +55,7 @@ async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
     deltas
 }
 
-fn assert_gapless(deltas: &Deltas) {
+pub(crate) fn assert_gapless(deltas: &Deltas) {
     for (id, versions) in &deltas.versions {
         let expected: Vec<u64> = (1..=versions.len() as u64).collect();
         assert_eq!(
@@ -65,7 +65,7 @@ fn assert_gapless(deltas: &Deltas) {
     }
 }
 
-fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
+pub(crate) fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
     let expected = expected["matches"].as_object().unwrap();
     assert_eq!(deltas.projections.len(), expected.len());
     for (id, projection) in &deltas.projections {
@@ -84,7 +84,7 @@ fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
     }
 }
 
-fn assert_counts(service: &Service, expected: &Value, times: u64) {
+pub(crate) fn assert_counts(service: &Service, expected: &Value, times: u64) {
     let counts = service.counts();
     let e = &expected["counts"];
     assert_eq!(counts.received, times * e["published"].as_u64().unwrap());
@@ -121,6 +121,25 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     service.wait_received(published).await;
     assert_counts(&service, &scenario.expected, 1);
 
+    // The stream stores each event on its partition's subject (`<prefix>.16.<n>.<match>`),
+    // the partition NATS computed being the one `partition_of` gives.
+    let events = read_stream(&js, &config.topology.events_stream).await;
+    let mut partitions = std::collections::BTreeSet::new();
+    for event in &events {
+        let tokens: Vec<&str> = event.subject.split('.').collect();
+        assert_eq!(tokens.len(), 5, "{}", event.subject);
+        let n: u16 = tokens[3].parse().unwrap();
+        assert_eq!(tokens[2], "16");
+        assert_eq!(
+            n,
+            match_stats::streams::partition_of(tokens[4], 16),
+            "{}",
+            event.subject
+        );
+        partitions.insert(n);
+    }
+    assert!(partitions.len() > 1, "matches spread over partitions");
+
     let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
     assert_eq!(
         deltas.messages as u64,
@@ -137,7 +156,15 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
         .iter()
         .filter(|m| m.expect != "applied" && m.expect != "duplicate")
         .collect();
-    let dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    // Partitions dead-letter independently: order by source sequence.
+    let mut dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    dead.sort_by_key(|letter| {
+        let headers = letter.headers.as_ref().expect("dead letters have headers");
+        let sequence = headers
+            .get(HEADER_SOURCE_SEQUENCE)
+            .expect("source sequence");
+        sequence.as_str().parse::<u64>().expect("a number")
+    });
     assert_eq!(dead.len(), rejected.len());
     for (letter, want) in dead.iter().zip(&rejected) {
         let headers = letter.headers.as_ref().expect("dead letters have headers");

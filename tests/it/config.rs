@@ -146,6 +146,21 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("a.b", "invalid value 'a.b' for CONSUMER_NAME")),
     ),
     (
+        "PARTITIONS",
+        "32",
+        Some(("0", "invalid value '0' for PARTITIONS")),
+    ),
+    (
+        "PARTITION_PIN_TIMEOUT",
+        "20s",
+        Some(("never", "invalid value 'never' for PARTITION_PIN_TIMEOUT")),
+    ),
+    (
+        "STREAM_REPLICAS",
+        "3",
+        Some(("6", "invalid value '6' for STREAM_REPLICAS")),
+    ),
+    (
         "BATCH_SIZE",
         "512",
         Some(("0", "invalid value '0' for BATCH_SIZE")),

@@ -151,7 +151,7 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
     js.get_stream("MATCH_EVENTS")
         .await
         .unwrap()
-        .delete_consumer("match-stats")
+        .delete_consumer("match-stats-0-of-16")
         .await
         .unwrap();
     let mut service = service;
@@ -211,8 +211,17 @@ async fn an_events_traceparent_continues_onto_its_delta() {
     publish_all(&js, "match_stats.events", [second.payload.as_slice()]).await;
     service.wait_received(2).await;
 
-    let deltas = crate::support::read_stream(&js, "MATCH_DELTAS").await;
+    let mut deltas = crate::support::read_stream(&js, "MATCH_DELTAS").await;
     assert_eq!(deltas.len(), 2);
+    // The two events may be in different partitions: put the traced one's delta first.
+    let first_id = rmpv::decode::read_value(&mut first.payload.as_slice()).unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    deltas.sort_by_key(|d| {
+        let delta: match_stats_commands::StatDelta = rmp_serde::from_slice(&d.payload).unwrap();
+        delta.entries[0].event_id.as_str() != first_id
+    });
     let traceparent = deltas[0]
         .headers
         .as_ref()
