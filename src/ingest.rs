@@ -384,123 +384,6 @@ impl PublishedVersions {
     }
 }
 
-/// Replays partition `n` of the events stream from `side`'s applied sequence + 1 to the
-/// last message stored when recovery starts (or to `until`). Effects are published again
-/// only where the streams lack them.
-#[tracing::instrument(skip_all, fields(partition = n))]
-pub async fn recover(
-    js: &jetstream::Context,
-    topology: &Topology,
-    n: u16,
-    held: &mut Held,
-    until: Option<u64>,
-    stats: &IngestStats,
-    batch_size: usize,
-    token: &CancellationToken,
-) -> anyhow::Result<()> {
-    let side = &mut held.side;
-    let mut stream = js.get_stream(&topology.events_stream).await?;
-    let state = stream.info().await?.state.clone();
-    let last = until.map_or(state.last_sequence, |u| u.min(state.last_sequence));
-    let from = side.applied_sequence() + 1;
-    if state.messages == 0 || last < from {
-        return Ok(());
-    }
-    if state.first_sequence > from && from > 1 {
-        tracing::error!(
-            needed = from,
-            first = state.first_sequence,
-            "events needed for recovery have aged out of the stream; statistics of matches they touched are incomplete"
-        );
-        metrics::counter!("match_stats_recovery_gaps_total").increment(1);
-    }
-    let (total, mut messages) = crate::streams::read_from(
-        &stream,
-        from,
-        batch_size,
-        Some(topology.partition_filter(n)),
-    )
-    .await?;
-    if total == 0 {
-        return Ok(());
-    }
-    stats.recovery_total.fetch_add(total, Ordering::Relaxed);
-    tracing::debug!(from, last, total, "replaying the partition");
-    let mut published = PublishedVersions {
-        deltas: js.get_stream(&topology.deltas_stream).await?,
-        subject: topology.deltas_subject.clone(),
-        known: HashMap::new(),
-    };
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    let mut done = 0u64;
-    while let Some(chunk) = messages.next().await {
-        let mut effects = Vec::new();
-        let mut outcomes = Vec::new();
-        let mut finished = false;
-        for message in chunk {
-            let message = message?;
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-            let source = Source {
-                sequence: info.stream_sequence,
-                stored_at_ms: stored_at_ms(&info),
-                subject: message.subject.as_str(),
-            };
-            if source.sequence > last {
-                finished = true;
-                break;
-            }
-            let (processed, new_effects) = side.process(&message.payload, source, topology);
-            for effect in new_effects {
-                if let EffectKind::Delta { match_id, version } = effect.kind
-                    && version <= published.last(match_id).await?
-                {
-                    stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                effects.push(effect);
-            }
-            outcomes.push(processed);
-            done += 1;
-            if source.sequence >= last || info.pending == 0 {
-                finished = true;
-                break;
-            }
-        }
-        if !publish(js, &effects, stats, token).await {
-            anyhow::bail!("stopped during recovery");
-        }
-        for outcome in &outcomes {
-            stats.count(outcome, &mut held.counters);
-        }
-        stats
-            .recovery_done
-            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        stats.publish_match_counts(n, Some(side));
-        if last_log.elapsed() >= PROGRESS_INTERVAL {
-            last_log = Instant::now();
-            let rate = done as f64 / started.elapsed().as_secs_f64();
-            tracing::info!(
-                replayed = done,
-                of = total,
-                rate = format!("{rate:.0}/s"),
-                "recovery progress"
-            );
-        }
-        if finished || token.is_cancelled() {
-            break;
-        }
-    }
-    tracing::debug!(
-        replayed = done,
-        seconds = started.elapsed().as_secs_f64(),
-        "partition replayed"
-    );
-    Ok(())
-}
-
 /// A partition's state in this replica's memory.
 pub struct Held {
     /// Its matches.
@@ -681,6 +564,121 @@ impl Ingest {
         result
     }
 
+    /// Replays partition `n` of the events stream from `side`'s applied sequence + 1 to the
+    /// last message stored when recovery starts (or to `until`). Effects are published again
+    /// only where the streams lack them.
+    #[tracing::instrument(skip_all, fields(partition = n))]
+    async fn recover(
+        &self,
+        n: u16,
+        held: &mut Held,
+        until: Option<u64>,
+        token: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (js, topology, stats) = (&self.js, &self.topology, &*self.stats);
+        let side = &mut held.side;
+        let mut stream = js.get_stream(&topology.events_stream).await?;
+        let state = stream.info().await?.state.clone();
+        let last = until.map_or(state.last_sequence, |u| u.min(state.last_sequence));
+        let from = side.applied_sequence() + 1;
+        if state.messages == 0 || last < from {
+            return Ok(());
+        }
+        if state.first_sequence > from && from > 1 {
+            tracing::error!(
+                needed = from,
+                first = state.first_sequence,
+                "events needed for recovery have aged out of the stream; statistics of matches they touched are incomplete"
+            );
+            metrics::counter!("match_stats_recovery_gaps_total").increment(1);
+        }
+        let (total, mut messages) = crate::streams::read_from(
+            &stream,
+            from,
+            self.batch_size,
+            Some(topology.partition_filter(n)),
+        )
+        .await?;
+        if total == 0 {
+            return Ok(());
+        }
+        stats.recovery_total.fetch_add(total, Ordering::Relaxed);
+        tracing::debug!(from, last, total, "replaying the partition");
+        let mut published = PublishedVersions {
+            deltas: js.get_stream(&topology.deltas_stream).await?,
+            subject: topology.deltas_subject.clone(),
+            known: HashMap::new(),
+        };
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut done = 0u64;
+        while let Some(chunk) = messages.next().await {
+            let mut effects = Vec::new();
+            let mut outcomes = Vec::new();
+            let mut finished = false;
+            for message in chunk {
+                let message = message?;
+                let info = message
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+                let source = Source {
+                    sequence: info.stream_sequence,
+                    stored_at_ms: stored_at_ms(&info),
+                    subject: message.subject.as_str(),
+                };
+                if source.sequence > last {
+                    finished = true;
+                    break;
+                }
+                let (processed, new_effects) = side.process(&message.payload, source, topology);
+                for effect in new_effects {
+                    if let EffectKind::Delta { match_id, version } = effect.kind
+                        && version <= published.last(match_id).await?
+                    {
+                        stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    effects.push(effect);
+                }
+                outcomes.push(processed);
+                done += 1;
+                if source.sequence >= last || info.pending == 0 {
+                    finished = true;
+                    break;
+                }
+            }
+            if !publish(js, &effects, stats, token).await {
+                anyhow::bail!("stopped during recovery");
+            }
+            for outcome in &outcomes {
+                stats.count(outcome, &mut held.counters);
+            }
+            stats
+                .recovery_done
+                .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+            stats.publish_match_counts(n, Some(side));
+            if last_log.elapsed() >= PROGRESS_INTERVAL {
+                last_log = Instant::now();
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                tracing::info!(
+                    replayed = done,
+                    of = total,
+                    rate = format!("{rate:.0}/s"),
+                    "recovery progress"
+                );
+            }
+            if finished || token.is_cancelled() {
+                break;
+            }
+        }
+        tracing::debug!(
+            replayed = done,
+            seconds = started.elapsed().as_secs_f64(),
+            "partition replayed"
+        );
+        Ok(())
+    }
+
     /// Loads partition `n`'s snapshot and replays the partition after it.
     async fn restore(&self, n: u16, token: &CancellationToken) -> anyhow::Result<Held> {
         let partitions = self.topology.partitions;
@@ -706,17 +704,7 @@ impl Ingest {
             events_since_snapshot: 0,
             last_snapshot: Instant::now(),
         };
-        recover(
-            &self.js,
-            &self.topology,
-            n,
-            &mut held,
-            None,
-            &self.stats,
-            self.batch_size,
-            token,
-        )
-        .await?;
+        self.recover(n, &mut held, None, token).await?;
         self.stats.publish_match_counts(n, Some(&held.side));
         Ok(held)
     }
@@ -738,17 +726,8 @@ impl Ingest {
         };
         let mut h = if current {
             let mut h = held.take().expect("held");
-            recover(
-                &self.js,
-                &self.topology,
-                n,
-                &mut h,
-                Some(first.saturating_sub(1)),
-                &self.stats,
-                self.batch_size,
-                token,
-            )
-            .await?;
+            self.recover(n, &mut h, Some(first.saturating_sub(1)), token)
+                .await?;
             h
         } else {
             self.release(n, &mut held, Release::StaleSnapshot);

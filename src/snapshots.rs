@@ -134,10 +134,8 @@ impl SnapshotStore {
             .iter()
             .any(|k| k.starts_with(MARKER_PREFIX) && !k.starts_with(&this_count));
         for key in keys {
-            let ours = key == marker_key
-                || key
-                    .strip_prefix(MATCH_PREFIX)
-                    .is_some_and(|id| in_partition(id));
+            let ours =
+                key == marker_key || key.strip_prefix(MATCH_PREFIX).is_some_and(&in_partition);
             if !ours {
                 continue;
             }
