@@ -46,8 +46,9 @@ pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client>
     if auth.nats_tls_required || auth.nats_tls_ca.is_some() || auth.nats_tls_cert.is_some() {
         options = options.require_tls(true);
     }
+    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
     options
-        .connect(config.nats_url.as_str())
+        .connect(servers)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url_redacted()))
 }
@@ -91,6 +92,7 @@ pub struct App {
     js: jetstream::Context,
     consumers: Vec<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>>,
     snapshots: jetstream::kv::Store,
+    replicas: jetstream::kv::Store,
     listener: TcpListener,
     stats: Arc<IngestStats>,
     api: ApiState,
@@ -158,6 +160,7 @@ impl App {
             js,
             consumers: topology.consumers,
             snapshots: topology.snapshots,
+            replicas: topology.replicas,
             listener,
             stats,
             api,
@@ -194,6 +197,7 @@ impl App {
             js,
             consumers,
             snapshots,
+            replicas,
             listener,
             stats,
             api,
@@ -207,6 +211,7 @@ impl App {
             topology: config.topology.clone(),
             lifecycle: config.lifecycle.clone(),
             snapshots,
+            replicas,
             batch_size: config.batch_size as usize,
             stats: stats.clone(),
         };

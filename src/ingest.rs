@@ -83,6 +83,8 @@ pub struct IngestStats {
     pub acquisitions: AtomicU64,
     /// See `acquisitions`.
     pub releases: AtomicU64,
+    /// Partitions per live replica, rounded up (0 until the balancer has counted).
+    pub share: AtomicUsize,
 }
 
 /// One partition as this replica sees it. Consumer figures are refreshed every second.
@@ -106,6 +108,8 @@ pub struct PartitionStats {
     pub redelivered: AtomicU64,
     /// The consumer answered the last check.
     pub found: AtomicBool,
+    /// The balancer asks this replica to hand the partition over to another.
+    pub hand_over: AtomicBool,
 }
 
 /// The partitions' consumers summed, as last read.
@@ -161,6 +165,13 @@ impl IngestStats {
             partitions: (0..partitions).map(|_| PartitionStats::default()).collect(),
             ..Default::default()
         }
+    }
+
+    /// Whether this replica writes its share of the partitions (or more): then it stops
+    /// waiting on the others, so that they go to replicas with room.
+    pub fn full(&self) -> bool {
+        let share = self.share.load(Ordering::Relaxed);
+        share > 0 && flagged(&self.partitions, |s| &s.writing).len() >= share
     }
 
     /// The partitions' consumers summed; `None` until every one has answered.
@@ -413,6 +424,8 @@ pub struct Ingest {
     pub lifecycle: Lifecycle,
     /// The snapshot bucket.
     pub snapshots: kv::Store,
+    /// The replicas bucket (for sharing the partitions).
+    pub replicas: kv::Store,
     /// Messages per batch.
     pub batch_size: usize,
     /// Counters.
@@ -428,6 +441,10 @@ enum Release {
     StaleSnapshot,
     /// This replica is stopping.
     Shutdown,
+    /// This replica wrote more than its share of the partitions.
+    Shared,
+    /// Restoring it failed (NATS unavailable...); it is restored again.
+    Failed,
 }
 
 impl Release {
@@ -436,8 +453,21 @@ impl Release {
             Release::PinnedElsewhere => "pinned_elsewhere",
             Release::StaleSnapshot => "stale_snapshot",
             Release::Shutdown => "shutdown",
+            Release::Shared => "shared",
+            Release::Failed => "failed",
         }
     }
+}
+
+/// This replica's name in the replicas bucket: the host name (the pod's, on Kubernetes)
+/// and a random suffix (a restarted process is a new replica).
+fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 fn pin_of(message: &jetstream::Message) -> Option<String> {
@@ -449,7 +479,7 @@ fn pin_of(message: &jetstream::Message) -> Option<String> {
 }
 
 impl Ingest {
-    /// Runs one loop per partition until cancelled or one fails.
+    /// Runs one loop per partition, and the balancer, until cancelled or one fails.
     pub async fn run(
         self,
         consumers: Vec<consumer::Consumer<consumer::pull::Config>>,
@@ -460,6 +490,7 @@ impl Ingest {
         for (n, consumer) in consumers.into_iter().enumerate() {
             loops.spawn(this.clone().partition(n as u16, consumer, token.clone()));
         }
+        loops.spawn(this.clone().balance(token.clone()));
         while let Some(ended) = loops.join_next().await {
             ended??;
         }
@@ -474,7 +505,10 @@ impl Ingest {
         consumer: consumer::Consumer<consumer::pull::Config>,
         token: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut held = Some(self.restore(n, &token).await?);
+        let mut held = None;
+        if !self.restore_retrying(n, &mut held, &token).await {
+            return Ok(());
+        }
         let started = self
             .stats
             .partitions_started
@@ -488,18 +522,12 @@ impl Ingest {
                 "recovered; consuming live events"
             );
         }
-        // Pulls expire well within the pin timeout, so a live writer keeps its pin.
-        let expires = (self.topology.pin_timeout / 3).max(Duration::from_millis(300));
-        let mut messages = consumer
-            .stream()
-            .group(crate::streams::WRITER_GROUP)
-            .max_messages_per_batch(self.batch_size)
-            .expires(expires)
-            .heartbeat(expires / 3)
-            .messages()
-            .await?
-            .ready_chunks(self.batch_size);
+        // Pull while writing the partition, or on standby while this replica writes less
+        // than its share; not for a pin timeout after handing the partition over.
+        let mut messages = Some(self.pull(&consumer).await?);
+        let mut resume_at = Instant::now();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let slot = &self.stats.partitions[usize::from(n)];
         let result = loop {
             let chunk = tokio::select! {
                 _ = token.cancelled() => break Ok(()),
@@ -507,9 +535,30 @@ impl Ingest {
                     if let Err(e) = self.housekeeping(n, &consumer, &mut held, &token).await {
                         break Err(e);
                     }
+                    let writing = held.as_ref().is_some_and(|h| h.pin.is_some());
+                    if slot.hand_over.swap(false, Ordering::Relaxed) && writing {
+                        // Stop pulling, snapshot, unpin: a waiting replica takes the pin.
+                        messages = None;
+                        self.snapshot(n, &mut held).await?;
+                        self.release(n, &mut held, Release::Shared);
+                        self.unpin(n).await;
+                        resume_at = Instant::now() + self.topology.pin_timeout;
+                    }
+                    let writing = held.as_ref().is_some_and(|h| h.pin.is_some());
+                    let pull = writing || (!self.stats.full() && Instant::now() >= resume_at);
+                    match (pull, messages.is_some()) {
+                        (true, false) => messages = Some(self.pull(&consumer).await?),
+                        (false, true) => messages = None,
+                        _ => {}
+                    }
                     continue;
                 }
-                chunk = messages.next() => match chunk {
+                chunk = async {
+                    match messages.as_mut() {
+                        Some(messages) => messages.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match chunk {
                     Some(chunk) => chunk,
                     None => break Err(anyhow::anyhow!(
                         "the events consumer {} ended (deleted?); stopping so that a restart recreates it",
@@ -529,11 +578,22 @@ impl Ingest {
             };
             if held.as_ref().is_none_or(|h| h.pin != pin) {
                 let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
-                let acquired = match self.acquire(n, held.take(), pin, first, &token).await {
-                    Ok(h) => h,
-                    Err(e) => break Err(e),
-                };
-                held = Some(acquired);
+                while let Err(error) = self.acquire(n, &mut held, pin.clone(), first, &token).await
+                {
+                    tracing::warn!(
+                        partition = n,
+                        error = format!("{error:#}"),
+                        "catching up on the partition failed; retrying"
+                    );
+                    metrics::counter!("match_stats_partition_restore_retries_total").increment(1);
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(PUBLISH_RETRY_BACKOFF) => {}
+                    }
+                }
+                if token.is_cancelled() {
+                    break Ok(());
+                }
             }
             let h = held.as_mut().expect("acquired");
             match self.process(n, h, chunk, &token).await {
@@ -551,17 +611,96 @@ impl Ingest {
             && result.is_ok()
         {
             let _ = self.snapshot(n, &mut held).await;
-            let name = self.topology.partition_consumer(n);
-            if let Ok(stream) = self.js.get_stream(&self.topology.events_stream).await
-                && let Err(error) = stream
-                    .unpin_consumer(&name, crate::streams::WRITER_GROUP)
-                    .await
-            {
-                tracing::debug!(%error, partition = n, "could not release the pin");
-            }
+            drop(messages);
+            self.unpin(n).await;
         }
         self.release(n, &mut held, Release::Shutdown);
         result
+    }
+
+    /// Pulls partition `n`'s consumer in its writer group, in chunks of up to a batch.
+    /// Pulls expire well within the pin timeout, so a live writer keeps its pin.
+    async fn pull(
+        &self,
+        consumer: &consumer::Consumer<consumer::pull::Config>,
+    ) -> anyhow::Result<futures::stream::ReadyChunks<consumer::pull::Stream>> {
+        let expires = (self.topology.pin_timeout / 3).max(Duration::from_millis(300));
+        Ok(consumer
+            .stream()
+            .group(crate::streams::WRITER_GROUP)
+            .max_messages_per_batch(self.batch_size)
+            .expires(expires)
+            .heartbeat(expires / 3)
+            .messages()
+            .await?
+            .ready_chunks(self.batch_size))
+    }
+
+    /// Releases partition `n`'s pin, so that a waiting replica takes it at once.
+    async fn unpin(&self, n: u16) {
+        let name = self.topology.partition_consumer(n);
+        if let Ok(stream) = self.js.get_stream(&self.topology.events_stream).await
+            && let Err(error) = stream
+                .unpin_consumer(&name, crate::streams::WRITER_GROUP)
+                .await
+        {
+            tracing::debug!(%error, partition = n, "could not release the pin");
+        }
+    }
+
+    /// Shares the partitions among the live replicas. Every third of the pin timeout it
+    /// refreshes this replica's key in the replicas bucket (which expires keys after the
+    /// pin timeout) and counts the live replicas' keys; a replica writing more than its
+    /// share (P / replicas, rounded up) hands one partition over. Which replica takes it
+    /// is NATS's choice among those waiting on the partition.
+    async fn balance(self: Arc<Self>, token: CancellationToken) -> anyhow::Result<()> {
+        use futures::TryStreamExt;
+        let prefix = format!("{}.", self.topology.consumer_name);
+        let key = format!("{prefix}{}", replica_id());
+        let mut tick =
+            tokio::time::interval((self.topology.pin_timeout / 3).max(Duration::from_millis(300)));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if self.replicas.put(&key, Default::default()).await.is_err() {
+                continue;
+            }
+            let Ok(keys) = self.replicas.keys().await else {
+                continue;
+            };
+            let Ok(keys) = keys.try_collect::<Vec<String>>().await else {
+                continue;
+            };
+            let live = keys
+                .iter()
+                .filter(|k| k.starts_with(&prefix))
+                .count()
+                .max(1);
+            metrics::gauge!("match_stats_replicas_live").set(live as f64);
+            let slots = &self.stats.partitions;
+            let writing = flagged(slots, |s| &s.writing);
+            let share = slots.len().div_ceil(live);
+            self.stats.share.store(share, Ordering::Relaxed);
+            let handing_over = slots.iter().any(|s| s.hand_over.load(Ordering::Relaxed));
+            if writing.len() > share && !handing_over {
+                let n = *writing.last().expect("writes some");
+                tracing::info!(
+                    partition = n,
+                    writing = writing.len(),
+                    share,
+                    live,
+                    "handing a partition over to share the load"
+                );
+                slots[usize::from(n)]
+                    .hand_over
+                    .store(true, Ordering::Relaxed);
+            }
+        }
+        // Leave at once: the others' share grows at their next count.
+        let _ = self.replicas.delete(&key).await;
+        Ok(())
     }
 
     /// Replays partition `n` of the events stream from `side`'s applied sequence + 1 to the
@@ -679,8 +818,15 @@ impl Ingest {
         Ok(())
     }
 
-    /// Loads partition `n`'s snapshot and replays the partition after it.
-    async fn restore(&self, n: u16, token: &CancellationToken) -> anyhow::Result<Held> {
+    /// Loads partition `n`'s snapshot into `held` and replays the partition after it (up
+    /// to `until`). On an error, `held` is left empty.
+    async fn restore(
+        &self,
+        n: u16,
+        held: &mut Option<Held>,
+        until: Option<u64>,
+        token: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let partitions = self.topology.partitions;
         let (store, restored) = SnapshotStore::load(self.snapshots.clone(), partitions, n, |id| {
             crate::streams::partition_of(id, partitions) == n
@@ -693,9 +839,10 @@ impl Ingest {
             .map(|m| m.counters.clone())
             .unwrap_or_default();
         self.stats.add(&counters, true);
-        let slot = &self.stats.partitions[usize::from(n)];
-        slot.held.store(true, Ordering::Relaxed);
-        let mut held = Held {
+        self.stats.partitions[usize::from(n)]
+            .held
+            .store(true, Ordering::Relaxed);
+        let h = held.insert(Held {
             side: CommandSide::restore(restored.matches, from),
             store,
             counters,
@@ -703,36 +850,69 @@ impl Ingest {
             foreign_pin: None,
             events_since_snapshot: 0,
             last_snapshot: Instant::now(),
-        };
-        self.recover(n, &mut held, None, token).await?;
-        self.stats.publish_match_counts(n, Some(&held.side));
-        Ok(held)
+        });
+        if let Err(error) = self.recover(n, h, until, token).await {
+            self.release(n, held, Release::Failed);
+            return Err(error);
+        }
+        self.stats
+            .publish_match_counts(n, held.as_ref().map(|h| &h.side));
+        Ok(())
+    }
+
+    /// Retries `restore` (NATS unavailable, a leader election...) until it succeeds;
+    /// `false` if cancelled first.
+    async fn restore_retrying(
+        &self,
+        n: u16,
+        held: &mut Option<Held>,
+        token: &CancellationToken,
+    ) -> bool {
+        loop {
+            match self.restore(n, held, None, token).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(
+                        partition = n,
+                        error = format!("{error:#}"),
+                        "restoring the partition failed; retrying"
+                    );
+                    metrics::counter!("match_stats_partition_restore_retries_total").increment(1);
+                }
+            }
+            tokio::select! {
+                _ = token.cancelled() => return false,
+                _ = tokio::time::sleep(PUBLISH_RETRY_BACKOFF) => {}
+            }
+        }
     }
 
     /// This replica became partition `n`'s writer (messages with a new pin arrived, the
     /// first at sequence `first`): catch up on what another writer may have done, from its
-    /// snapshot if it wrote one, then by replaying the partition up to `first`.
+    /// snapshot if it wrote one, then by replaying the partition up to `first`. On an
+    /// error, `held` is consistent (caught up part of the way, or empty) and the call can
+    /// be repeated.
     async fn acquire(
         &self,
         n: u16,
-        mut held: Option<Held>,
+        held: &mut Option<Held>,
         pin: Option<String>,
         first: u64,
         token: &CancellationToken,
-    ) -> anyhow::Result<Held> {
+    ) -> anyhow::Result<()> {
+        let until = Some(first.saturating_sub(1));
         let current = match held.as_ref() {
-            Some(h) => h.store.is_current().await.unwrap_or(false),
+            Some(h) => h.store.is_current().await?,
             None => false,
         };
-        let mut h = if current {
-            let mut h = held.take().expect("held");
-            self.recover(n, &mut h, Some(first.saturating_sub(1)), token)
-                .await?;
-            h
+        if current {
+            let h = held.as_mut().expect("held");
+            self.recover(n, h, until, token).await?;
         } else {
-            self.release(n, &mut held, Release::StaleSnapshot);
-            self.restore(n, token).await?
-        };
+            self.release(n, held, Release::StaleSnapshot);
+            self.restore(n, held, until, token).await?;
+        }
+        let h = held.as_mut().expect("restored");
         h.foreign_pin = None;
         h.pin = pin;
         self.stats.partitions[usize::from(n)]
@@ -745,7 +925,7 @@ impl Ingest {
             applied_sequence = h.side.applied_sequence(),
             "writing partition"
         );
-        Ok(h)
+        Ok(())
     }
 
     /// Drops partition `n`'s state from memory (and its counters from the totals).

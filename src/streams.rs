@@ -111,6 +111,24 @@ pub fn snapshot_bucket(config: &Config) -> kv::Config {
     }
 }
 
+/// The replicas bucket: each replica's key (`<consumer name>.<replica id>`), refreshed
+/// every third of the pin timeout and expiring after it, so the live replicas can be
+/// counted to share the partitions.
+pub fn replicas_bucket(config: &Config) -> kv::Config {
+    kv::Config {
+        bucket: format!("{}_replicas", config.topology.snapshot_bucket),
+        description: "Live match-stats replicas, for sharing the partitions".into(),
+        history: 1,
+        max_age: config
+            .topology
+            .pin_timeout
+            .max(std::time::Duration::from_secs(1)),
+        storage: stream::StorageType::Memory,
+        num_replicas: config.topology.stream_replicas.into(),
+        ..Default::default()
+    }
+}
+
 /// The completed-matches bucket: one value per match, kept for the completed retention.
 pub fn completed_bucket(config: &Config) -> kv::Config {
     kv::Config {
@@ -134,6 +152,8 @@ pub struct Topology {
     pub completed: kv::Store,
     /// The snapshot bucket.
     pub snapshots: kv::Store,
+    /// The replicas bucket.
+    pub replicas: kv::Store,
 }
 
 /// The partition count of an existing events stream (from its subject transform), if
@@ -232,6 +252,10 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
                 topology.snapshot_bucket
             )
         })?;
+    let replicas = js
+        .create_or_update_key_value(replicas_bucket(config))
+        .await
+        .context("cannot create or update the replicas key-value bucket")?;
     let events: stream::Stream = events.expect("events stream was created");
     if let Some(old) = replaced {
         let old_topology = Names {
@@ -262,6 +286,7 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         consumers,
         completed,
         snapshots,
+        replicas,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the service against real `nats-server` processes (one binary, many
 //! modules; each test starts its own servers, so streams and keys never collide).
 
+mod cluster;
 mod command_side;
 mod config;
 mod conservation;

@@ -3,6 +3,7 @@
 //! - [`NatsServer`] and [`RedisServer`] start real `nats-server` (with JetStream) and
 //!   `redis-server` processes on free loopback ports with temporary directories, and
 //!   kill them on drop. A missing binary panics with the command that installs it.
+//!   [`NatsCluster`] runs three clustered nodes from `nats/cluster/node.conf`.
 //! - [`contract`] reads `../shared/contract` (vectors, scenarios, expected results).
 //! - [`json`] compares JSON documents with the contract's float tolerance.
 
@@ -10,4 +11,4 @@ pub mod contract;
 pub mod json;
 mod servers;
 
-pub use servers::{NatsServer, RedisServer, free_port};
+pub use servers::{NatsCluster, NatsServer, RedisServer, free_port};

@@ -100,6 +100,7 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -126,6 +127,7 @@ impl NatsServer {
             port: 0,
             dir,
             args,
+            env: Vec::new(),
         };
         server.spawn();
         server
@@ -148,14 +150,19 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-            .arg(self.dir.path().join("jetstream"))
+        let mut command = Command::new(bin);
+        command.args(["-a", "127.0.0.1", "-p", &port, "-js"]);
+        if self.env.is_empty() {
+            // (cluster nodes name their store in the configuration)
+            command.arg("-sd").arg(self.dir.path().join("jetstream"));
+        }
+        let mut child = command
             .args(&self.args)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .arg("-l")
             .arg(&log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -204,6 +211,63 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+}
+
+/// Three `nats-server`s forming a JetStream cluster on loopback, each configured by the
+/// repository's `nats/cluster/node.conf`.
+pub struct NatsCluster {
+    /// The nodes, in order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes on free loopback ports (they elect a JetStream leader shortly
+    /// after; clients should retry their first JetStream call).
+    pub fn start() -> Self {
+        let config = repo_root().join("nats/cluster/node.conf");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let route = |i: usize| format!("nats-route://127.0.0.1:{}", ports[i].1);
+        let mut nodes: Vec<NatsServer> = (0..3)
+            .map(|i| {
+                let dir = tempfile::Builder::new()
+                    .prefix("match-stats-nats-cluster-")
+                    .tempdir()
+                    .expect("temp dir");
+                let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+                let env = vec![
+                    ("NODE_NAME".to_owned(), format!("n{}", i + 1)),
+                    ("CLIENT_PORT".to_owned(), ports[i].0.to_string()),
+                    ("CLUSTER_PORT".to_owned(), ports[i].1.to_string()),
+                    (
+                        "STORE_DIR".to_owned(),
+                        dir.path().join("jetstream").display().to_string(),
+                    ),
+                    ("ROUTE_A".to_owned(), route(others[0])),
+                    ("ROUTE_B".to_owned(), route(others[1])),
+                ];
+                NatsServer {
+                    child: Process::default(),
+                    port: ports[i].0,
+                    dir,
+                    args: vec!["-c".to_owned(), config.display().to_string()],
+                    env,
+                }
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        NatsCluster { nodes }
+    }
+
+    /// Every node's URL, comma-separated (what a client's `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -1,0 +1,349 @@
+//! Scale-out: three service replicas on a three-node NATS cluster (streams, consumers and
+//! buckets at replicas 3), through a replica's `kill -9` and a NATS node's crash.
+//!
+//! The workload is the small scenario eight times over, each copy with its own match ids
+//! (same length, so every payload keeps its size), interleaved so that the 24 matches
+//! spread over the 16 partitions and the replicas. Its expected results are the
+//! contract's `expected.json`, renamed per copy. Phases: a third published with all up;
+//! the replica writing the most partitions killed, a third published (failover measured:
+//! from the kill until every one of its partitions is written by a survivor); a NATS node
+//! killed, the last third published; both brought back. Then: every match's deltas are
+//! gapless and stored once, fold into the expected objects, the dead-letter stream holds
+//! every bad payload once, and every replica's REST answers equal the expected objects.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use match_stats_harness::{NatsCluster, contract, json};
+use serde_json::Value;
+
+use crate::command_side::{assert_gapless, assert_matches_expected, fold_deltas};
+use crate::support::{ServiceProcess, WAIT, read_stream, subject_for};
+
+/// Copies of the scenario.
+const COPIES: usize = 8;
+/// The partition count (the default).
+const PARTITIONS: u16 = 16;
+/// Pin timeout in this test: the failover time it allows.
+const PIN_TIMEOUT: &str = "2s";
+
+/// Copy `c` of a match id: its first character replaced (same length).
+fn renamed(id: &str, c: usize) -> String {
+    format!("{}{}", (b'a' + c as u8) as char, &id[1..])
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in `bytes`.
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The workload, in publishing order, and its expected results.
+fn workload() -> (Vec<(String, Vec<u8>)>, Value, u64) {
+    let scenario = contract::scenario("small");
+    let ids: Vec<String> = scenario.expected["matches"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut lines = Vec::new();
+    for (i, message) in scenario.messages.iter().enumerate() {
+        for c in 0..COPIES {
+            let mut payload = message.payload.clone();
+            for id in &ids {
+                payload = replace_all(&payload, id.as_bytes(), renamed(id, c).as_bytes());
+            }
+            lines.push((format!("copy{c}-line{i}"), payload));
+        }
+    }
+    let mut matches = serde_json::Map::new();
+    for c in 0..COPIES {
+        for id in &ids {
+            let mut want = scenario.expected["matches"][id].clone();
+            want["match_id"] = Value::String(renamed(id, c));
+            matches.insert(renamed(id, c), want);
+        }
+    }
+    let rejected: u64 = scenario.expected["counts"]["rejected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    (
+        lines,
+        serde_json::json!({ "matches": matches }),
+        rejected * COPIES as u64,
+    )
+}
+
+/// Publishes lines in order with their `Nats-Msg-Id`, 100 at a time; after a failure,
+/// again one by one from the first unconfirmed line (the ids drop what was stored).
+async fn publish(js: &jetstream::Context, lines: &[(String, Vec<u8>)]) {
+    for chunk in lines.chunks(100) {
+        let mut acks = Vec::new();
+        for (id, payload) in chunk {
+            let message = PublishMessage::build()
+                .payload(payload.clone().into())
+                .message_id(id);
+            acks.push(
+                js.send_publish(subject_for("match_stats.events", payload), message)
+                    .await,
+            );
+        }
+        let mut first_failed = None;
+        for (i, ack) in acks.into_iter().enumerate() {
+            let stored = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored && first_failed.is_none() {
+                first_failed = Some(i);
+            }
+        }
+        let Some(first) = first_failed else { continue };
+        for (id, payload) in &chunk[first..] {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let message = PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(id);
+                if let Ok(ack) = js
+                    .send_publish(subject_for("match_stats.events", payload), message)
+                    .await
+                    && ack.await.is_ok()
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster stores {id}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Waits until JetStream answers (a meta leader is elected), with the stream at R3.
+async fn jetstream_ready(url: &str) -> jetstream::Context {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let servers: Vec<&str> = url.split(',').collect();
+        if let Ok(client) = async_nats::connect(servers).await {
+            let js = jetstream::new(client);
+            if js.query_account().await.is_ok() {
+                return js;
+            }
+        }
+        assert!(Instant::now() < deadline, "the cluster elects a leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Events waiting or unacknowledged in all partitions' consumers.
+async fn backlog(js: &jetstream::Context) -> Option<u64> {
+    let stream = js.get_stream("MATCH_EVENTS").await.ok()?;
+    let mut waiting = 0;
+    for n in 0..PARTITIONS {
+        let info = stream
+            .consumer_info(format!("match-stats-{n}-of-{PARTITIONS}"))
+            .await
+            .ok()?;
+        waiting += info.num_pending + info.num_ack_pending as u64;
+    }
+    Some(waiting)
+}
+
+async fn wait_drained(js: &jetstream::Context, what: &str) {
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        if backlog(js).await == Some(0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions drained {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The partitions a replica writes, per its `/system/stats`.
+async fn writing(replica: &ServiceProcess) -> Vec<u16> {
+    let stats: Value = match reqwest::get(format!(
+        "{}/api/v1/match-stats/system/stats",
+        replica.http()
+    ))
+    .await
+    {
+        Ok(response) => response.json().await.unwrap_or_default(),
+        Err(_) => return Vec::new(),
+    };
+    stats["partitions"]["writing"]
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_u64().unwrap() as u16).collect())
+        .unwrap_or_default()
+}
+
+async fn start_replica(cluster: &NatsCluster) -> ServiceProcess {
+    ServiceProcess::start_with(
+        &cluster.nodes[0],
+        &[
+            ("NATS_URL", cluster.url()),
+            ("STREAM_REPLICAS", "3".into()),
+            ("PARTITION_PIN_TIMEOUT", PIN_TIMEOUT.into()),
+            ("SNAPSHOT_EVERY_EVENTS", "500".into()),
+            ("SNAPSHOT_INTERVAL", "2s".into()),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_node_crash() {
+    let mut cluster = NatsCluster::start();
+    let js = jetstream_ready(&cluster.url()).await;
+    let (lines, expected, dead_letters) = workload();
+    let applied: u64 = expected["matches"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|m| m["event_count"].as_u64().unwrap())
+        .sum();
+
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_replica(&cluster).await);
+    }
+    let third = lines.len() / 3;
+
+    // 1. All up: the replicas share the partitions (none writes more than 16 / 3,
+    // rounded up, once the balancer has run), then more events flow.
+    let share = usize::from(PARTITIONS).div_ceil(3);
+    publish(&js, &lines[..third / 2]).await;
+    wait_drained(&js, "with every replica up").await;
+    let balancing = Instant::now();
+    loop {
+        let mut most = 0;
+        for replica in &replicas {
+            most = most.max(writing(replica).await.len());
+        }
+        if most <= share {
+            break;
+        }
+        assert!(balancing.elapsed() < WAIT, "partitions shared out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let balanced = balancing.elapsed();
+    publish(&js, &lines[third / 2..third]).await;
+    wait_drained(&js, "with every replica up").await;
+    let mut writers = Vec::new();
+    for replica in &replicas {
+        writers.push(writing(replica).await);
+    }
+    assert!(
+        writers.iter().all(|w| w.len() <= share),
+        "shared: {writers:?}"
+    );
+    assert!(
+        writers.iter().filter(|w| !w.is_empty()).count() >= 2,
+        "more than one replica writes: {writers:?}"
+    );
+
+    // 2. The replica writing the most partitions is killed while events keep coming.
+    let victim = (0..3).max_by_key(|&i| writers[i].len()).unwrap();
+    let orphaned = writers[victim].clone();
+    replicas.remove(victim).kill9();
+    let killed = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        let lines = lines[third..2 * third].to_vec();
+        tokio::spawn(async move { publish(&js, &lines).await })
+    };
+    let failover = loop {
+        let mut taken = Vec::new();
+        for replica in &replicas {
+            taken.extend(writing(replica).await);
+        }
+        if orphaned.iter().all(|n| taken.contains(n)) {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < WAIT,
+            "partitions {orphaned:?} taken over (now written: {taken:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    publisher.await.unwrap();
+    wait_drained(&js, "after the replica's kill").await;
+
+    // 3. A NATS node crashes (not the last); the last third is published meanwhile.
+    cluster.nodes[2].kill();
+    let node_killed = Instant::now();
+    publish(&js, &lines[2 * third..]).await;
+    wait_drained(&js, "with a NATS node down").await;
+    let with_node_down = node_killed.elapsed();
+
+    // 4. Both come back.
+    cluster.nodes[2].restart();
+    replicas.push(start_replica(&cluster).await);
+
+    // Every match's deltas gapless and stored once, folding into the expected objects.
+    let deadline = Instant::now() + WAIT;
+    let deltas = loop {
+        let deltas = fold_deltas(&js, "MATCH_DELTAS").await;
+        if deltas.messages as u64 >= applied || Instant::now() > deadline {
+            break deltas;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        deltas.messages as u64, applied,
+        "one delta per applied event"
+    );
+    assert_gapless(&deltas);
+    assert_matches_expected(&deltas, &expected);
+    let dead = read_stream(&js, "MATCH_DEAD_LETTERS").await;
+    assert_eq!(dead.len() as u64, dead_letters, "each bad payload once");
+
+    // Any replica answers for any match, the same.
+    let ids: Vec<&String> = expected["matches"].as_object().unwrap().keys().collect();
+    for replica in &replicas {
+        replica.wait_read_model_caught_up().await;
+        for id in &ids {
+            let url = format!("{}/api/v1/match-stats/matches/{id}", replica.http());
+            let deadline = Instant::now() + WAIT;
+            let body = loop {
+                let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+                if body["event_count"] == expected["matches"][id.as_str()]["event_count"]
+                    || Instant::now() > deadline
+                {
+                    break body;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            json::assert_close(&body, &expected["matches"][id.as_str()], &url);
+        }
+    }
+    eprintln!(
+        "cluster: 3 nats-servers (R3, sync_interval always), 3 replicas, {PARTITIONS} partitions \
+         shared out within {:.1} s (written per replica: {writers:?}); \
+         replica killed while writing partitions {orphaned:?}: failover (kill to every one written \
+         by a survivor) {:.2} s with PARTITION_PIN_TIMEOUT={PIN_TIMEOUT}; a NATS node down for {:.1} s; \
+         checked {} events ({applied} applied, {dead_letters} dead letters), {} delta messages over \
+         {} matches, gapless and once each; {} replicas x {} matches answered over REST",
+        balanced.as_secs_f64(),
+        failover.as_secs_f64(),
+        with_node_down.as_secs_f64(),
+        lines.len(),
+        deltas.messages,
+        ids.len(),
+        replicas.len(),
+        ids.len(),
+    );
+}
