@@ -89,6 +89,7 @@ lint-deploy: lint-tools nats-server ## Validate k8s manifests (Kubernetes 1.37 s
 	PYTHONPATH=$(LINT_TOOLS) $(LINT_TOOLS)/bin/kubernetes-validate --strict --quiet k8s/match-stats.yaml k8s/redis.yaml
 	PYTHONPATH=$(LINT_TOOLS) python3 -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' k8s/nats-values.yaml
 	$(LINT_TOOLS)/bin/hadolint Dockerfile
+	.ci/dockerfile-deps-stage
 	nats-server -t -c nats/server.conf
 	NODE_NAME=n1 CLIENT_PORT=4222 CLUSTER_PORT=6222 STORE_DIR=/tmp/nats-lint ROUTE_A=nats-route://n2:6222 ROUTE_B=nats-route://n3:6222 \
 		nats-server -t -c nats/cluster/node.conf
