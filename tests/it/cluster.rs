@@ -347,3 +347,58 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
         ids.len(),
     );
 }
+
+/// Publishes `count` 200-byte events to an R3 stream, 256 in flight, and returns events/s.
+async fn publish_rate(cluster: &NatsCluster, count: usize) -> f64 {
+    let js = jetstream_ready(&cluster.url()).await;
+    js.create_stream(jetstream::stream::Config {
+        name: "RATE".into(),
+        subjects: vec!["rate.*".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("R3 stream");
+    let payload = bytes::Bytes::from(vec![b'x'; 200]);
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    for i in 0..count {
+        acks.push_back(
+            js.publish(format!("rate.{}", i % 64), payload.clone())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() >= 256 {
+            acks.pop_front().unwrap().await.expect("stored");
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The cost of `sync_interval: always` (BENCHMARKS.md, "Cluster publishing"):
+/// `cargo test --release --test it -- --ignored --nocapture sync_interval_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run by hand"]
+async fn sync_interval_cost() {
+    const EVENTS: usize = 50_000;
+    let always = NatsCluster::start();
+    let synced = publish_rate(&always, EVENTS).await;
+    drop(always);
+    let relaxed_conf = tempfile::NamedTempFile::new().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/cluster/node.conf"),
+    )
+    .unwrap()
+    .replace("sync_interval: always", "");
+    std::fs::write(relaxed_conf.path(), text).unwrap();
+    let relaxed = NatsCluster::start_with(relaxed_conf.path());
+    let default = publish_rate(&relaxed, EVENTS).await;
+    println!(
+        "3-node cluster on loopback, R3 stream, {EVENTS} events of 200 bytes, 256 in flight: \
+         sync_interval always {synced:.0} events/s, default (2 min) {default:.0} events/s ({:.2}x)",
+        synced / default
+    );
+}

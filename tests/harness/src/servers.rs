@@ -225,7 +225,11 @@ impl NatsCluster {
     /// Starts three nodes on free loopback ports (they elect a JetStream leader shortly
     /// after; clients should retry their first JetStream call).
     pub fn start() -> Self {
-        let config = repo_root().join("nats/cluster/node.conf");
+        Self::start_with(&repo_root().join("nats/cluster/node.conf"))
+    }
+
+    /// Same, with another node configuration file (same variables).
+    pub fn start_with(config: &Path) -> Self {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let route = |i: usize| format!("nats-route://127.0.0.1:{}", ports[i].1);
         let mut nodes: Vec<NatsServer> = (0..3)
