@@ -66,14 +66,15 @@ run: nats-server build ## Start local NATS and Redis under .run/, the service an
 test: deps ## Run every test (unit, property, contract, integration against real servers)
 	cargo test --workspace --all-targets
 
-bench: ## Criterion benchmarks of decode and apply
+bench: ## Criterion benchmarks of decode and apply, and heap allocations per event
 	cargo bench -p match-stats-commands --bench hot_path
+	cargo test --release -p match-stats-commands --test allocations -- --nocapture
 
 bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream, with and without snapshots
 	cargo bench --bench recovery
 
-load-test: ## End-to-end load test (arrives with issue #5)
-	@echo "load-test: not implemented yet (tracked in issue #5: loadgen and bare-relay baseline)" >&2; exit 2
+load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
+	cargo bench --bench load
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check

@@ -31,6 +31,9 @@ pub enum Command {
     Serve,
     /// Publish simulated matches to the events stream, as game servers would.
     DemoFeed(crate::demo::DemoArgs),
+    /// Publish N matches of P players flat out or at a rate, and measure freshness
+    /// (publish to delta, optionally publish to visible over REST).
+    Loadgen(crate::loadgen::LoadArgs),
     /// Print the effective settings as JSON (each with its source; secrets redacted) and
     /// exit.
     Config,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
+pub mod loadgen;
 pub mod project;
 pub mod snapshots;
 pub mod streams;

@@ -2,7 +2,7 @@
 
 use clap::{CommandFactory, FromArgMatches};
 use match_stats::config::{Cli, Command, EXIT_CONFIG, describe_error, effective};
-use match_stats::{App, demo, telemetry};
+use match_stats::{App, demo, loadgen, telemetry};
 
 fn main() {
     let parsed = Cli::command()
@@ -48,6 +48,7 @@ async fn run(cli: Cli) {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::DemoFeed(args) => demo::run(&cli.config, args).await,
+        Command::Loadgen(args) => loadgen::main(&cli.config, args).await,
         Command::Config => unreachable!("handled above"),
     };
     if let Err(error) = provider.shutdown() {

@@ -136,7 +136,11 @@ impl Match {
     fn apply(&mut self, event: &Event) -> Vec<Change> {
         let t = event.timestamp_ms;
         let late = self.stats.status == MatchStatus::Completed;
-        let mut rec = Recorder::default();
+        // One allocation per applied event: room for the most changes one event makes
+        // (a kill with assists and a multi-kill), so pushes never reallocate.
+        let mut rec = Recorder {
+            changes: Vec::with_capacity(CHANGES_CAPACITY),
+        };
         let Match {
             stats,
             players,
@@ -460,8 +464,11 @@ fn counted_death(rec: &mut Recorder, stats: &mut MatchStats, id: PlayerId, p: &m
     p.hits_taken.clear();
 }
 
+/// Changes recorded without reallocating (more than any event but the largest kills
+/// makes).
+const CHANGES_CAPACITY: usize = 24;
+
 /// Records each stored field's change as it is made.
-#[derive(Default)]
 struct Recorder {
     changes: Vec<Change>,
 }

@@ -1,0 +1,518 @@
+//! `make load-test`: the service's throughput, freshness, query speed and memory, each
+//! next to a baseline measured in the same run on the same machine.
+//!
+//! 1. Catch-up: LOAD_EVENTS (1,000,000) events of 1,000 matches x 64 players published
+//!    first, then the service (release binary, a child process) started: events/s until
+//!    every partition's consumer is drained. Baseline: a bare relay (pull-consume the same
+//!    stream, republish one message per event to a stream, await the acks, ack).
+//! 2. Memory: the service's RSS with those 1,000 live matches of 64 players, less an idle
+//!    service's.
+//! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9); the
+//!    relay's publish to copy at the same rates.
+//! 4. REST: `GET match` (64 players) and a leaderboard from 64 connections while 10k
+//!    events/s are ingested; baseline: a bare axum handler returning static bodies of the
+//!    same sizes.
+//!
+//! Under `cargo test` (no `--bench`), a smoke run with small numbers.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use match_stats::config::{Cli, Config};
+use match_stats::loadgen::{self, LoadArgs, Watch};
+use match_stats_harness::{NatsServer, RedisServer, free_port};
+
+struct Sizes {
+    events: u64,
+    rates: Vec<u32>,
+    live_seconds: u64,
+    rest_seconds: u64,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            events: std::env::var("LOAD_EVENTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000),
+            rates: vec![5_000, 20_000, 40_000],
+            live_seconds: 10,
+            rest_seconds: 10,
+        }
+    } else {
+        Sizes {
+            events: 3_000,
+            rates: vec![500],
+            live_seconds: 1,
+            rest_seconds: 1,
+        }
+    }
+}
+
+const MATCHES: u32 = 1000;
+const PLAYERS: u32 = 64;
+const CONNECTIONS: usize = 64;
+const REST_RATE: u32 = 10_000;
+
+fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
+    let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
+    Cli::try_parse_from([
+        "match-stats",
+        "--nats-url",
+        &nats.url(),
+        "--redis-addr",
+        &redis,
+        "--log-level",
+        "warn",
+    ])
+    .expect("settings")
+    .config
+}
+
+fn load(events: u64, rate: u32, seconds: Option<u64>, freshness: bool) -> LoadArgs {
+    LoadArgs {
+        matches: MATCHES,
+        players: PLAYERS,
+        rate,
+        events,
+        duration: seconds.map(Duration::from_secs),
+        events_per_match: 10_000_000,
+        no_freshness: !freshness,
+        rest: None,
+        json: false,
+    }
+}
+
+/// The service binary as a child process.
+struct Service {
+    child: Child,
+    http: String,
+}
+
+impl Service {
+    async fn start(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_match-stats"))
+            .env("NATS_URL", nats.url())
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "REDIS_ADDR",
+                redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port())),
+            )
+            .env("LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start match-stats");
+        let service = Service {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..600 {
+            if reqwest::get(format!("{}/health", service.http))
+                .await
+                .is_ok()
+            {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("match-stats did not start");
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events waiting or unacknowledged in the service's partition consumers.
+async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
+    let Ok(stream) = js.get_stream(&config.topology.events_stream).await else {
+        return u64::MAX;
+    };
+    let mut waiting = 0;
+    for n in 0..config.topology.partitions {
+        match stream
+            .consumer_info(config.topology.partition_consumer(n))
+            .await
+        {
+            Ok(info) => waiting += info.num_pending + info.num_ack_pending as u64,
+            Err(_) => return u64::MAX,
+        }
+    }
+    waiting
+}
+
+/// A minimal relay: pull-consumes the events stream, republishes each event (with its
+/// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch. Counts
+/// what it relayed until `stop`.
+async fn relay(
+    js: jetstream::Context,
+    events_stream: String,
+    deliver: consumer::DeliverPolicy,
+    relayed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    js.create_or_update_stream(stream::Config {
+        name: "RELAY".into(),
+        subjects: vec!["relay.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let name = format!("relay-{}", rand::random::<u32>());
+    let consumer = js
+        .get_stream(&events_stream)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name),
+            deliver_policy: deliver,
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await?
+        .ready_chunks(256);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+        else {
+            continue;
+        };
+        let mut acks = Vec::with_capacity(chunk.len());
+        let mut batch = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            let message = message?;
+            let mut copy = PublishMessage::build().payload(message.payload.clone());
+            if let Some(id) = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            {
+                copy = copy.message_id(id.as_str());
+            }
+            acks.push(js.send_publish("relay.events", copy).await?);
+            batch.push(message);
+        }
+        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+            ack?;
+        }
+        for message in &batch {
+            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+struct RestResult {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// `CONNECTIONS` clients, each alternating GETs of `urls`, for `seconds`.
+async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (client, urls) = (client.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut errors = 0u64;
+            let mut i = c;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match client.get(&urls[i % urls.len()]).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        h.saturating_record(started.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+                i += 1;
+            }
+            (h, errors)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await.expect("client task");
+        all.add(h).expect("same bounds");
+        errors += e;
+    }
+    RestResult {
+        requests_per_second: all.len() as f64 / seconds as f64,
+        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    }
+}
+
+fn fresh(report: &loadgen::Report) -> String {
+    match report.freshness {
+        Some(l) => format!(
+            "{:.0}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            report.events_per_second, l.p50_ms, l.p99_ms, l.p999_ms
+        ),
+        None => "no samples".into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sizes = sizes();
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let config = config(&nats, Some(&redis));
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    match_stats::streams::ensure(&js, &config).await?;
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // 1. Catch-up.
+    eprintln!(
+        "load-test: publishing {} events of {MATCHES} matches x {PLAYERS} players...",
+        sizes.events
+    );
+    let published = loadgen::run(&config, &load(sizes.events, 0, None, false)).await?;
+    eprintln!(
+        "load-test: published at {:.0} events/s; starting the service",
+        published.events_per_second
+    );
+    let started = Instant::now();
+    let service = Service::start(&nats, Some(&redis)).await;
+    let mut last = Instant::now();
+    loop {
+        let waiting = backlog(&js, &config).await;
+        if waiting == 0 {
+            break;
+        }
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            eprintln!(
+                "load-test: catch-up: {waiting} events left after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let catch_up = sizes.events as f64 / started.elapsed().as_secs_f64();
+    let rss_loaded = service.rss_bytes();
+
+    // 3. Live freshness, service.
+    let mut service_live = Vec::new();
+    for &rate in &sizes.rates {
+        eprintln!("load-test: service live at {rate} events/s...");
+        let report = loadgen::run(&config, &load(0, rate, Some(sizes.live_seconds), true)).await?;
+        service_live.push(report);
+    }
+
+    // 4. REST while ingesting 10k events/s.
+    let active: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/match-stats/matches/active?limit=1",
+        service.http
+    ))
+    .await?
+    .json()
+    .await?;
+    let id = active["matches"][0]["match_id"]
+        .as_str()
+        .expect("an active match")
+        .to_owned();
+    let urls = vec![
+        format!("{}/api/v1/match-stats/matches/{id}", service.http),
+        format!(
+            "{}/api/v1/match-stats/matches/{id}/leaderboard/kills",
+            service.http
+        ),
+    ];
+    let mut bodies = Vec::new();
+    for url in &urls {
+        bodies.push(reqwest::get(url).await?.bytes().await?);
+    }
+    eprintln!(
+        "load-test: REST at {CONNECTIONS} connections while ingesting {REST_RATE} events/s..."
+    );
+    let background = {
+        let config = config.clone();
+        let seconds = sizes.rest_seconds + 1;
+        tokio::spawn(async move {
+            loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await
+        })
+    };
+    let service_rest = hammer(urls, sizes.rest_seconds).await;
+    background.await??;
+    drop(service);
+
+    // 2. Memory: an idle service on an empty NATS.
+    let idle_nats = NatsServer::start();
+    let idle = Service::start(&idle_nats, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = idle.rss_bytes();
+    drop(idle);
+
+    // 1'. The bare relay, catching up on the same stream.
+    eprintln!("load-test: bare relay catching up on the same stream...");
+    let relayed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stored = js
+        .get_stream(&config.topology.events_stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    let started = Instant::now();
+    let task = tokio::spawn(relay(
+        js.clone(),
+        config.topology.events_stream.clone(),
+        consumer::DeliverPolicy::All,
+        relayed.clone(),
+        stop.clone(),
+    ));
+    while relayed.load(Ordering::Relaxed) < stored {
+        anyhow::ensure!(!task.is_finished(), "the relay stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay_catch_up = stored as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    task.await??;
+
+    // 3'. The relay live.
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(relay(
+        js.clone(),
+        config.topology.events_stream.clone(),
+        consumer::DeliverPolicy::New,
+        Arc::new(AtomicU64::new(0)),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut relay_live = Vec::new();
+    for &rate in &sizes.rates {
+        eprintln!("load-test: relay live at {rate} events/s...");
+        let report = loadgen::run_watching(
+            &config,
+            &load(0, rate, Some(sizes.live_seconds), true),
+            Watch::MessageIds("relay.events".into()),
+        )
+        .await?;
+        relay_live.push(report);
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await??;
+
+    // 4'. The bare axum handler with bodies of the same sizes.
+    let bare = axum::Router::new()
+        .route(
+            "/match",
+            axum::routing::get({
+                let body = bodies[0].clone();
+                move || async move { body }
+            }),
+        )
+        .route(
+            "/leaderboard",
+            axum::routing::get({
+                let body = bodies[1].clone();
+                move || async move { body }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, bare).await });
+    let bare_rest = hammer(
+        vec![
+            format!("http://{addr}/match"),
+            format!("http://{addr}/leaderboard"),
+        ],
+        sizes.rest_seconds,
+    )
+    .await;
+    server.abort();
+
+    // The table.
+    rows.push((
+        format!("catch-up, {} events pre-published", sizes.events),
+        format!("{catch_up:.0} events/s"),
+        format!(
+            "{relay_catch_up:.0} events/s ({:.2}x)",
+            catch_up / relay_catch_up
+        ),
+    ));
+    for ((rate, service), relay) in sizes.rates.iter().zip(&service_live).zip(&relay_live) {
+        rows.push((
+            format!("live at {rate} events/s: publish to delta / to copy"),
+            fresh(service),
+            fresh(relay),
+        ));
+    }
+    rows.push((
+        format!(
+            "REST, {CONNECTIONS} connections, match ({} B) + leaderboard ({} B), ingesting {REST_RATE} events/s",
+            bodies[0].len(),
+            bodies[1].len()
+        ),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            service_rest.requests_per_second, service_rest.p50_ms, service_rest.p99_ms, service_rest.errors
+        ),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({:.2}x)",
+            bare_rest.requests_per_second,
+            bare_rest.p50_ms,
+            bare_rest.p99_ms,
+            service_rest.requests_per_second / bare_rest.requests_per_second
+        ),
+    ));
+    let matches_rss = rss_loaded.saturating_sub(rss_idle);
+    rows.push((
+        format!("memory, {MATCHES} live matches x {PLAYERS} players"),
+        format!(
+            "RSS {:.0} MiB ({:.0} MiB idle): {:.1} KiB per match, {:.2} KiB per player",
+            rss_loaded as f64 / 1048576.0,
+            rss_idle as f64 / 1048576.0,
+            matches_rss as f64 / 1024.0 / f64::from(MATCHES),
+            matches_rss as f64 / 1024.0 / f64::from(MATCHES * PLAYERS)
+        ),
+        "-".into(),
+    ));
+    println!("| measurement | match-stats | baseline (bare relay / bare axum) |");
+    println!("|---|---|---|");
+    for (what, ours, baseline) in rows {
+        println!("| {what} | {ours} | {baseline} |");
+    }
+    Ok(())
+}
