@@ -330,7 +330,10 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
             json::assert_close(&body, &expected["matches"][id.as_str()], &url);
         }
     }
-    eprintln!(
+    // Straight to stderr (not captured by the test harness): CI's log shows it.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "cluster: 3 nats-servers (R3, sync_interval always), 3 replicas, {PARTITIONS} partitions \
          shared out within {:.1} s (written per replica: {writers:?}); \
          replica killed while writing partitions {orphaned:?}: failover (kill to every one written \
