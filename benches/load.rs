@@ -165,7 +165,8 @@ async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
 }
 
 /// A minimal relay: pull-consumes the events stream, republishes each event (with its
-/// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch. Counts
+/// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch (one
+/// ack-all, like the service). Counts
 /// what it relayed until `stop`.
 async fn relay(
     js: jetstream::Context,
@@ -188,7 +189,7 @@ async fn relay(
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name),
             deliver_policy: deliver,
-            ack_policy: consumer::AckPolicy::Explicit,
+            ack_policy: consumer::AckPolicy::All,
             max_ack_pending: 10_000,
             ..Default::default()
         })
@@ -223,8 +224,9 @@ async fn relay(
         for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
             ack?;
         }
-        for message in &batch {
-            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        // (ack all: the batch's last message acknowledges the batch, as the service does)
+        if let Some(last) = batch.last() {
+            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }

@@ -506,7 +506,7 @@ impl Ingest {
         token: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut held = None;
-        if !self.restore_retrying(n, &mut held, &token).await {
+        if !self.restore_retrying(n, &consumer, &mut held, &token).await {
             return Ok(());
         }
         let started = self
@@ -860,16 +860,26 @@ impl Ingest {
         Ok(())
     }
 
-    /// Retries `restore` (NATS unavailable, a leader election...) until it succeeds;
-    /// `false` if cancelled first.
+    /// At start: restores partition `n` and replays it up to its consumer's ack floor
+    /// (what was processed and acknowledged, perhaps after the snapshot); what follows, the
+    /// consumer delivers. Retries (NATS unavailable, a leader election...) until it
+    /// succeeds; `false` if cancelled first.
     async fn restore_retrying(
         &self,
         n: u16,
+        consumer: &consumer::Consumer<consumer::pull::Config>,
         held: &mut Option<Held>,
         token: &CancellationToken,
     ) -> bool {
         loop {
-            match self.restore(n, held, None, token).await {
+            let restored = match consumer.get_info().await {
+                Ok(info) => {
+                    self.restore(n, held, Some(info.ack_floor.stream_sequence), token)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match restored {
                 Ok(()) => return true,
                 Err(error) => {
                     tracing::warn!(
@@ -1000,10 +1010,11 @@ impl Ingest {
             );
             return Ok(false);
         }
-        for message in &acks {
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, "ack failed; the message will be redelivered and skipped");
-            }
+        // The consumer acknowledges all: the batch's last message acks the whole batch.
+        if let Some(last) = acks.last()
+            && let Err(error) = last.ack().await
+        {
+            tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
         }
         for outcome in &outcomes {
             self.stats.count(outcome, &mut held.counters);
@@ -1027,8 +1038,13 @@ impl Ingest {
     ) -> anyhow::Result<()> {
         let slot = &self.stats.partitions[usize::from(n)];
         let info = tokio::time::timeout(HOUSEKEEPING_INTERVAL, consumer.get_info()).await;
+        // Settled: nothing waits in the consumer and nothing is in flight.
+        let mut settled_at = None;
         let pinned = match info {
             Ok(Ok(info)) => {
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    settled_at = Some(info.ack_floor.stream_sequence);
+                }
                 slot.found.store(true, Ordering::Relaxed);
                 slot.pending.store(info.num_pending, Ordering::Relaxed);
                 slot.ack_pending
@@ -1086,9 +1102,11 @@ impl Ingest {
         // Idle matches are ended through the stream, so a replay decides the same; only
         // the writer (or, with no writer pinned, any replica holding the same state: the
         // `match_end`s carry the same ids) ends them.
+        // With no writer pinned, a replica whose state covers everything the consumer
+        // has settled may end them (the same `match_end`s, by id, from any such replica).
         let may_end = match &pinned {
             Some(Some(pinned)) => h.pin.as_ref() == Some(pinned),
-            Some(None) => true,
+            Some(None) => settled_at.is_some_and(|floor| h.side.applied_sequence() >= floor),
             None => false,
         };
         let now = now_ms();

@@ -294,6 +294,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
     replicas.push(start_replica(&cluster).await);
 
     // Every match's deltas gapless and stored once, folding into the expected objects.
+    wait_drained(&js, "after both came back").await;
     let deadline = Instant::now() + WAIT;
     let deltas = loop {
         let deltas = fold_deltas(&js, "MATCH_DELTAS").await;

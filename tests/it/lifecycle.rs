@@ -233,11 +233,16 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
     replay.topology.snapshot_bucket = "match_stats_snapshots_replay".into();
     replay.topology.consumer_name = "replay".into();
     let service = Service::start(replay).await;
-    let counts = service.counts();
     let applied_lines = scenario.messages[..300]
         .iter()
         .filter(|m| m.expect == "applied")
         .count() as u64;
+    // (a new consumer delivers the whole stream)
+    wait_for("the replay processed the stream", || {
+        service.counts().applied >= applied_lines + 3
+    })
+    .await;
+    let counts = service.counts();
     assert_eq!(
         (counts.matches_completed, counts.applied),
         (3, applied_lines + 3)
