@@ -217,8 +217,15 @@ impl App {
         };
         tasks.spawn(ingest.run(consumers, token.clone()));
         let dirty = Arc::new(Dirty::default());
+        // The query side reads the deltas on a connection of its own: one connection's
+        // reader task would otherwise carry events, acks and deltas alike.
+        let query_js = jetstream::new(
+            connect_nats(&config)
+                .await
+                .context("the query side's NATS connection")?,
+        );
         tasks.spawn(project::run_projector(
-            js.clone(),
+            query_js,
             config.topology.deltas_stream.clone(),
             api.model.clone(),
             dirty.clone(),

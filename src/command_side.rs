@@ -24,8 +24,8 @@ pub const HEADER_SOURCE_SUBJECT: &str = "Match-Stats-Source-Subject";
 /// What processing one message decided.
 #[derive(Debug)]
 pub enum Processed {
-    /// Applied; what changed.
-    Applied(StatDelta),
+    /// Applied (its delta is returned beside the decision).
+    Applied,
     /// A duplicate `event_id`.
     Duplicate,
     /// Rejected (contract section 3).
@@ -48,6 +48,8 @@ pub enum EffectKind {
         match_id: MatchId,
         /// The delta's last version.
         version: u64,
+        /// Its entries (applied events).
+        entries: u64,
     },
     /// A completed match's final object, put into the completed-matches bucket.
     CompletedMatch,
@@ -175,16 +177,16 @@ impl CommandSide {
         old
     }
 
-    /// Decides and applies one message; returns the decision and its effects: a delta
-    /// (plus the final object for the completed-matches bucket once the match has
-    /// ended), a dead letter, or nothing.
+    /// Decides and applies one message; returns the decision, an applied event's delta
+    /// (to coalesce in a [`DeltaBatch`]) or a rejected one's dead letter.
     pub fn process(
         &mut self,
         payload: &Bytes,
         source: Source<'_>,
         topology: &Topology,
-    ) -> (Processed, Vec<Effect>) {
+    ) -> Decision {
         self.applied_sequence = self.applied_sequence.max(source.sequence);
+        let mut delta = None;
         let processed = match decode(payload, source.stored_at_ms) {
             Err(rejection) => Processed::Rejected {
                 reason: rejection.reason,
@@ -209,11 +211,12 @@ impl CommandSide {
                             self.changed.insert(event.match_id);
                             let completed =
                                 tracked.aggregate.stats().status == MatchStatus::Completed;
-                            Processed::Applied(StatDelta {
+                            delta = Some(StatDelta {
                                 match_id: event.match_id,
                                 entries: vec![entry],
                                 match_view: completed.then(|| Box::new(tracked.aggregate.view())),
-                            })
+                            });
+                            Processed::Applied
                         }
                         Outcome::Duplicate => Processed::Duplicate,
                         Outcome::Rejected(rejection) => Processed::Rejected {
@@ -224,40 +227,103 @@ impl CommandSide {
                 }
             }
         };
-        let mut effects = Vec::new();
-        match &processed {
-            Processed::Applied(delta) => {
-                let version = delta.entries.last().map_or(0, |e| e.version);
-                effects.push(Effect {
-                    subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
-                    msg_id: delta.msg_id(),
-                    headers: HeaderMap::new(),
-                    payload: rmp_serde::to_vec_named(delta)
-                        .expect("deltas serialize")
-                        .into(),
-                    kind: EffectKind::Delta {
-                        match_id: delta.match_id,
-                        version,
-                    },
-                });
-                if let Some(view) = &delta.match_view {
-                    // A key-value put is a publish to the bucket's subject.
-                    let json = serde_json::to_vec(view).expect("views serialize");
-                    effects.push(Effect {
-                        subject: format!("$KV.{}.{}", topology.completed_bucket, delta.match_id),
-                        msg_id: format!("{}:final", delta.msg_id()),
-                        headers: HeaderMap::new(),
-                        payload: match_stats_queries::cache::encode(&json).into(),
-                        kind: EffectKind::CompletedMatch,
-                    });
-                }
-            }
+        let dead_letter = match &processed {
             Processed::Rejected { reason, detail } => {
-                effects.push(dead_letter(payload, source, *reason, detail, topology));
+                Some(dead_letter(payload, source, *reason, detail, topology))
             }
-            Processed::Duplicate | Processed::AlreadyApplied => {}
+            _ => None,
+        };
+        Decision {
+            processed,
+            delta,
+            dead_letter,
         }
-        (processed, effects)
+    }
+}
+
+/// What [`CommandSide::process`] decided for one message.
+#[derive(Debug)]
+pub struct Decision {
+    /// The decision.
+    pub processed: Processed,
+    /// An applied event's delta.
+    pub delta: Option<StatDelta>,
+    /// A rejected event's dead letter.
+    pub dead_letter: Option<Effect>,
+}
+
+/// The deltas of one batch, coalesced: one delta message per match with every entry the
+/// batch applied to it, in version order. An event that carries a trace context gets a
+/// delta of its own, which carries the context on.
+#[derive(Debug, Default)]
+pub struct DeltaBatch {
+    segments: Vec<(StatDelta, HeaderMap)>,
+    open: HashMap<MatchId, usize>,
+}
+
+impl DeltaBatch {
+    /// Adds an applied event's delta (`headers`: its trace context, if any).
+    pub fn push(&mut self, delta: StatDelta, headers: Option<HeaderMap>) {
+        let id = delta.match_id;
+        match (headers, self.open.get(&id)) {
+            (None, Some(&i)) => {
+                let (open, _) = &mut self.segments[i];
+                open.entries.extend(delta.entries);
+                open.match_view = delta.match_view;
+            }
+            (None, None) => {
+                self.open.insert(id, self.segments.len());
+                self.segments.push((delta, HeaderMap::new()));
+            }
+            (Some(headers), _) => {
+                self.open.remove(&id);
+                self.segments.push((delta, headers));
+            }
+        }
+    }
+
+    /// The deltas, in order, to trim before publishing (a replay drops what the stream
+    /// already holds).
+    pub fn deltas_mut(&mut self) -> impl Iterator<Item = &mut StatDelta> {
+        self.segments.iter_mut().map(|(delta, _)| delta)
+    }
+
+    /// The messages to publish: each delta, and for a match that ended, its final object
+    /// for the completed-matches bucket.
+    pub fn into_effects(self, topology: &Topology) -> Vec<Effect> {
+        let mut effects = Vec::with_capacity(self.segments.len());
+        for (delta, headers) in self.segments {
+            if let Some(view) = &delta.match_view {
+                // A key-value put is a publish to the bucket's subject. (Also when a
+                // replay trimmed the delta itself: the put may be what was missing.)
+                let json = serde_json::to_vec(view).expect("views serialize");
+                effects.push(Effect {
+                    subject: format!("$KV.{}.{}", topology.completed_bucket, delta.match_id),
+                    msg_id: format!("{}:{}:final", delta.match_id, view.event_count),
+                    headers: HeaderMap::new(),
+                    payload: match_stats_queries::cache::encode(&json).into(),
+                    kind: EffectKind::CompletedMatch,
+                });
+            }
+            let Some(last) = delta.entries.last() else {
+                continue;
+            };
+            let version = last.version;
+            effects.push(Effect {
+                subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
+                msg_id: delta.msg_id(),
+                headers,
+                payload: rmp_serde::to_vec_named(&delta)
+                    .expect("deltas serialize")
+                    .into(),
+                kind: EffectKind::Delta {
+                    match_id: delta.match_id,
+                    version,
+                    entries: delta.entries.len() as u64,
+                },
+            });
+        }
+        effects
     }
 }
 

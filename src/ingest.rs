@@ -30,7 +30,7 @@ use match_stats_commands::{MatchId, Reason, StatDelta};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::command_side::{CommandSide, Effect, EffectKind, Processed, Source};
+use crate::command_side::{CommandSide, DeltaBatch, Effect, EffectKind, Processed, Source};
 use crate::config::{Lifecycle, Topology};
 use crate::snapshots::{Counters, Marker, SnapshotError, SnapshotStore};
 
@@ -58,8 +58,11 @@ pub struct IngestStats {
     pub rejected: [AtomicU64; 7],
     /// Redelivered or replayed messages already applied, acknowledged without effect.
     pub redelivered_skipped: AtomicU64,
-    /// Delta messages stored by the deltas stream.
+    /// Delta messages stored by the deltas stream (each coalesces a batch's entries for
+    /// one match).
     pub deltas_published: AtomicU64,
+    /// Delta entries (applied events) in those messages.
+    pub delta_entries_published: AtomicU64,
     /// Dead letters stored by the dead-letter stream.
     pub dead_letters: AtomicU64,
     /// Effects published again that a stream already held (dropped by `Nats-Msg-Id`),
@@ -133,6 +136,7 @@ pub struct IngestCounts {
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
     pub redelivered_skipped: u64,
     pub deltas_published: u64,
+    pub delta_entries_published: u64,
     pub dead_letters: u64,
     pub effects_deduplicated: u64,
     pub applied_sequence: u64,
@@ -201,6 +205,7 @@ impl IngestStats {
                 .collect(),
             redelivered_skipped: get(&self.redelivered_skipped),
             deltas_published: get(&self.deltas_published),
+            delta_entries_published: get(&self.delta_entries_published),
             dead_letters: get(&self.dead_letters),
             effects_deduplicated: get(&self.effects_deduplicated),
             applied_sequence: slots
@@ -246,7 +251,7 @@ impl IngestStats {
         counters.received += 1;
         metrics::counter!("match_stats_events_received_total").increment(1);
         match outcome {
-            Processed::Applied(_) => {
+            Processed::Applied => {
                 self.applied.fetch_add(1, Ordering::Relaxed);
                 counters.applied += 1;
                 metrics::counter!("match_stats_events_processed_total").increment(1);
@@ -325,9 +330,13 @@ async fn publish(
             continue;
         }
         match effect.kind {
-            EffectKind::Delta { .. } => {
+            EffectKind::Delta { entries, .. } => {
                 stats.deltas_published.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .delta_entries_published
+                    .fetch_add(entries, Ordering::Relaxed);
                 metrics::counter!("match_stats_deltas_published_total").increment(1);
+                metrics::counter!("match_stats_delta_entries_published_total").increment(entries);
             }
             EffectKind::CompletedMatch => {
                 metrics::counter!("match_stats_completed_matches_stored_total").increment(1);
@@ -365,36 +374,6 @@ async fn try_publish(
     Ok(acks)
 }
 
-/// The last version the deltas stream holds per match, looked up once per match during
-/// recovery, so a replay re-publishes no delta however long ago it was first published.
-struct PublishedVersions {
-    deltas: jetstream::stream::Stream,
-    subject: String,
-    known: HashMap<MatchId, u64>,
-}
-
-impl PublishedVersions {
-    async fn last(&mut self, id: MatchId) -> anyhow::Result<u64> {
-        if let Some(v) = self.known.get(&id) {
-            return Ok(*v);
-        }
-        let version = match self
-            .deltas
-            .direct_get_last_for_subject(format!("{}.{id}", self.subject))
-            .await
-        {
-            Ok(message) => rmp_serde::from_slice::<StatDelta>(&message.payload)?
-                .entries
-                .last()
-                .map_or(0, |e| e.version),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        self.known.insert(id, version);
-        Ok(version)
-    }
-}
-
 /// A partition's state in this replica's memory.
 pub struct Held {
     /// Its matches.
@@ -403,6 +382,9 @@ pub struct Held {
     store: SnapshotStore,
     /// Its persistent counters (included in [`IngestStats`]'s totals while held).
     counters: Counters,
+    /// Per match, the last version the deltas stream holds: looked up once per match
+    /// while this replica holds the partition, then kept up by its own publishes.
+    published: HashMap<MatchId, u64>,
     /// The `Nats-Pin-Id` of the messages last processed: this replica is the writer while
     /// NATS's pinned client for the partition is this one.
     pin: Option<String>,
@@ -598,7 +580,11 @@ impl Ingest {
             let h = held.as_mut().expect("acquired");
             match self.process(n, h, chunk, &token).await {
                 Ok(true) => {}
-                Ok(false) => break Ok(()),
+                Ok(false) => {
+                    // Applied but not confirmed: this state must not be snapshotted.
+                    self.release(n, &mut held, Release::Shutdown);
+                    break Ok(());
+                }
                 Err(e) => break Err(e),
             }
             if h.events_since_snapshot >= self.lifecycle.snapshot_every_events {
@@ -616,6 +602,54 @@ impl Ingest {
         }
         self.release(n, &mut held, Release::Shutdown);
         result
+    }
+
+    /// Drops from `batch` the entries the deltas stream already holds, per `published`
+    /// (a match not in it is looked up: the last delta stored on its subject). Returns each
+    /// match's last version in the trimmed batch, to note once it is published.
+    async fn trim(
+        &self,
+        published: &mut HashMap<MatchId, u64>,
+        batch: &mut DeltaBatch,
+    ) -> anyhow::Result<Vec<(MatchId, u64)>> {
+        let mut stream = None;
+        let mut last = Vec::new();
+        for delta in batch.deltas_mut() {
+            let id = delta.match_id;
+            let stored = match published.get(&id) {
+                Some(v) => *v,
+                None => {
+                    let deltas = match &stream {
+                        Some(s) => s,
+                        None => {
+                            stream.insert(self.js.get_stream(&self.topology.deltas_stream).await?)
+                        }
+                    };
+                    let subject = format!("{}.{id}", self.topology.deltas_subject);
+                    let version = match deltas.direct_get_last_for_subject(subject).await {
+                        Ok(message) => rmp_serde::from_slice::<StatDelta>(&message.payload)?
+                            .entries
+                            .last()
+                            .map_or(0, |e| e.version),
+                        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
+                        Err(e) => return Err(e.into()),
+                    };
+                    published.insert(id, version);
+                    version
+                }
+            };
+            let before = delta.entries.len();
+            delta.entries.retain(|e| e.version > stored);
+            if delta.entries.len() < before {
+                self.stats
+                    .effects_deduplicated
+                    .fetch_add((before - delta.entries.len()) as u64, Ordering::Relaxed);
+            }
+            if let Some(entry) = delta.entries.last() {
+                last.push((id, entry.version));
+            }
+        }
+        Ok(last)
     }
 
     /// Pulls partition `n`'s consumer in its writer group, in chunks of up to a batch.
@@ -743,16 +777,12 @@ impl Ingest {
         }
         stats.recovery_total.fetch_add(total, Ordering::Relaxed);
         tracing::debug!(from, last, total, "replaying the partition");
-        let mut published = PublishedVersions {
-            deltas: js.get_stream(&topology.deltas_stream).await?,
-            subject: topology.deltas_subject.clone(),
-            known: HashMap::new(),
-        };
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut done = 0u64;
         while let Some(chunk) = messages.next().await {
             let mut effects = Vec::new();
+            let mut deltas = DeltaBatch::default();
             let mut outcomes = Vec::new();
             let mut finished = false;
             for message in chunk {
@@ -769,26 +799,25 @@ impl Ingest {
                     finished = true;
                     break;
                 }
-                let (processed, new_effects) = side.process(&message.payload, source, topology);
-                for effect in new_effects {
-                    if let EffectKind::Delta { match_id, version } = effect.kind
-                        && version <= published.last(match_id).await?
-                    {
-                        stats.effects_deduplicated.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    effects.push(effect);
+                let decision = side.process(&message.payload, source, topology);
+                if let Some(delta) = decision.delta {
+                    deltas.push(delta, None);
                 }
-                outcomes.push(processed);
+                effects.extend(decision.dead_letter);
+                outcomes.push(decision.processed);
                 done += 1;
                 if source.sequence >= last || info.pending == 0 {
                     finished = true;
                     break;
                 }
             }
+            // Only what the deltas stream lacks is published again.
+            let last = self.trim(&mut held.published, &mut deltas).await?;
+            effects.extend(deltas.into_effects(topology));
             if !publish(js, &effects, stats, token).await {
                 anyhow::bail!("stopped during recovery");
             }
+            held.published.extend(last);
             for outcome in &outcomes {
                 stats.count(outcome, &mut held.counters);
             }
@@ -846,6 +875,7 @@ impl Ingest {
             side: CommandSide::restore(restored.matches, from),
             store,
             counters,
+            published: HashMap::new(),
             pin: None,
             foreign_pin: None,
             events_since_snapshot: 0,
@@ -965,7 +995,8 @@ impl Ingest {
     ) -> anyhow::Result<bool> {
         let started = Instant::now();
         let side = &mut held.side;
-        let mut effects = Vec::with_capacity(chunk.len());
+        let mut effects = Vec::new();
+        let mut deltas = DeltaBatch::default();
         let mut outcomes = Vec::with_capacity(chunk.len());
         let mut acks = Vec::with_capacity(chunk.len());
         for message in chunk {
@@ -984,25 +1015,40 @@ impl Ingest {
                 // A `traceparent` on the event continues into this span and onto its delta.
                 let span =
                     crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence);
-                let (processed, mut new_effects) = match &span {
+                let decision = match &span {
                     Some(span) => {
                         span.in_scope(|| side.process(&message.payload, source, &self.topology))
                     }
                     None => side.process(&message.payload, source, &self.topology),
                 };
-                if let Some(span) = &span {
-                    let deltas = new_effects
-                        .iter_mut()
-                        .filter(|e| matches!(e.kind, EffectKind::Delta { .. }));
-                    for effect in deltas {
-                        crate::telemetry::inject(span, &mut effect.headers);
-                    }
+                if let Some(delta) = decision.delta {
+                    let headers = span.as_ref().map(|span| {
+                        let mut headers = async_nats::HeaderMap::new();
+                        crate::telemetry::inject(span, &mut headers);
+                        headers
+                    });
+                    deltas.push(delta, headers);
                 }
-                effects.extend(new_effects);
-                outcomes.push(processed);
+                effects.extend(decision.dead_letter);
+                outcomes.push(decision.processed);
             }
             acks.push(message);
         }
+        // A redelivery after a crash may be batched differently than what the crashed
+        // writer published: only what the deltas stream lacks goes out.
+        let last = loop {
+            match self.trim(&mut held.published, &mut deltas).await {
+                Ok(last) => break last,
+                Err(error) => {
+                    tracing::warn!(%error, "looking up published versions failed; retrying");
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(PUBLISH_RETRY_BACKOFF) => {}
+                    }
+                }
+            }
+        };
+        effects.extend(deltas.into_effects(&self.topology));
         if !publish(&self.js, &effects, &self.stats, token).await {
             tracing::info!(
                 unacked = acks.len(),
@@ -1010,6 +1056,7 @@ impl Ingest {
             );
             return Ok(false);
         }
+        held.published.extend(last);
         // The consumer acknowledges all: the batch's last message acks the whole batch.
         if let Some(last) = acks.last()
             && let Err(error) = last.ack().await

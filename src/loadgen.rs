@@ -244,6 +244,8 @@ pub async fn run_watching(
 ) -> anyhow::Result<Report> {
     let nats = crate::app::connect_nats(config).await?;
     let js = jetstream::new(nats.clone());
+    // The streams exist before the service first starts (idempotent).
+    crate::streams::ensure(&js, config).await?;
     let topology = &config.topology;
     let freshness = Arc::new(Freshness::default());
     let watcher = match (args.no_freshness, watch) {

@@ -1,6 +1,12 @@
 //! The `match-stats` binary: parses settings, then runs the service or the demo feed.
 
 use clap::{CommandFactory, FromArgMatches};
+
+/// mimalloc: the service allocates many small, short-lived blocks across threads (decoded
+/// events, deltas, read-model nodes), where glibc's allocator spent about a third of the
+/// CPU in the catch-up profile (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use match_stats::config::{Cli, Command, EXIT_CONFIG, describe_error, effective};
 use match_stats::{App, demo, loadgen, telemetry};
 

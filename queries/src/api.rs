@@ -429,9 +429,9 @@ async fn leaderboard(
     let around = params.get("around").map(|p| player_id(p)).transpose()?;
     let snapshot = find(&state, &id).await?;
     let ranked: Vec<Ranked> = match around {
-        None => snapshot.leaderboards.ranked(metric).take(limit).collect(),
+        None => snapshot.ranked(metric).take(limit).collect(),
         Some(pid) => {
-            let all: Vec<Ranked> = snapshot.leaderboards.ranked(metric).collect();
+            let all: Vec<Ranked> = snapshot.ranked(metric).collect();
             let at = all
                 .iter()
                 .position(|r| r.standing.player_id == pid)

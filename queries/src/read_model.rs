@@ -14,7 +14,7 @@ use match_stats_commands::delta::Field;
 use match_stats_commands::{MatchId, MatchStatus, MatchView, PlayerId, PlayerView, StatDelta};
 use serde::Serialize;
 
-use crate::leaderboard::Leaderboards;
+use crate::leaderboard::{Leaderboards, Metric, Ranked};
 use crate::projection::{MatchProjection, ProjectionError};
 
 /// One match as of one version: what every route reads.
@@ -26,8 +26,8 @@ pub struct MatchSnapshot {
     pub summary: MatchView,
     /// Players by id.
     pub players: OrdMap<PlayerId, Arc<PlayerView>>,
-    /// Ordered standings per metric.
-    pub leaderboards: Leaderboards,
+    /// Standings per metric, sorted on first use.
+    leaderboards: Leaderboards,
     body: OnceLock<Bytes>,
 }
 
@@ -42,18 +42,22 @@ impl MatchSnapshot {
     /// A snapshot of a whole match object (from Redis or the key-value bucket).
     pub fn from_view(mut view: MatchView) -> Self {
         let mut players = OrdMap::new();
-        let mut leaderboards = Leaderboards::default();
         for p in view.player_stats.take().unwrap_or_default() {
-            leaderboards.update(None, &p);
             players.insert(p.player_id, Arc::new(p));
         }
         MatchSnapshot {
             version: view.event_count,
             summary: view,
             players,
-            leaderboards,
+            leaderboards: Leaderboards::default(),
             body: OnceLock::new(),
         }
+    }
+
+    /// A metric's standings, ranked, from the top.
+    pub fn ranked(&self, metric: Metric) -> impl Iterator<Item = Ranked> + '_ {
+        self.leaderboards
+            .ranked(metric, self.players.values().map(|p| p.as_ref()))
     }
 
     /// Whether the match has ended.
@@ -129,7 +133,6 @@ impl ReadModel {
 pub struct MatchBuilder {
     projection: MatchProjection,
     players: OrdMap<PlayerId, Arc<PlayerView>>,
-    leaderboards: Leaderboards,
     changed: BTreeSet<PlayerId>,
     rendered_last_update: i64,
 }
@@ -140,7 +143,6 @@ impl MatchBuilder {
         MatchBuilder {
             projection: MatchProjection::new(match_id),
             players: OrdMap::new(),
-            leaderboards: Leaderboards::default(),
             changed: BTreeSet::new(),
             rendered_last_update: 0,
         }
@@ -186,8 +188,6 @@ impl MatchBuilder {
                 continue;
             };
             let view = PlayerView::render(id, stats, last_update);
-            let old = self.players.get(&id).cloned();
-            self.leaderboards.update(old.as_deref(), &view);
             self.players.insert(id, Arc::new(view));
         }
         let summary = MatchView::render(
@@ -199,7 +199,7 @@ impl MatchBuilder {
             version: self.projection.version(),
             summary,
             players: self.players.clone(),
-            leaderboards: self.leaderboards.clone(),
+            leaderboards: Leaderboards::default(),
             body: OnceLock::new(),
         })
     }

@@ -135,8 +135,8 @@ fn incremental_snapshots_equal_a_full_render_after_every_delta() {
             projection.version()
         );
         for metric in Metric::ALL {
-            let a: Vec<_> = incremental.leaderboards.ranked(metric).collect();
-            let b: Vec<_> = full.leaderboards.ranked(metric).collect();
+            let a: Vec<_> = incremental.ranked(metric).collect();
+            let b: Vec<_> = full.ranked(metric).collect();
             assert_eq!(a, b, "{metric:?} at version {}", projection.version());
         }
     }

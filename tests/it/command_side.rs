@@ -20,6 +20,8 @@ pub(crate) struct Deltas {
     versions: BTreeMap<MatchId, Vec<u64>>,
     final_views: BTreeMap<MatchId, Value>,
     pub(crate) messages: usize,
+    /// Delta entries (applied events) in all messages.
+    pub(crate) entries: usize,
 }
 
 pub(crate) async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
@@ -28,9 +30,11 @@ pub(crate) async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas
         versions: BTreeMap::new(),
         final_views: BTreeMap::new(),
         messages: 0,
+        entries: 0,
     };
     for message in read_stream(js, stream).await {
         deltas.messages += 1;
+        deltas.entries += delta_entries(&message.payload);
         let delta: StatDelta =
             rmp_serde::from_slice(&message.payload).expect("deltas are MessagePack StatDelta");
         assert_eq!(
@@ -53,6 +57,12 @@ pub(crate) async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas
         }
     }
     deltas
+}
+
+fn delta_entries(payload: &[u8]) -> usize {
+    rmp_serde::from_slice::<StatDelta>(payload)
+        .map(|d| d.entries.len())
+        .unwrap_or(0)
 }
 
 pub(crate) fn assert_gapless(deltas: &Deltas) {
@@ -142,9 +152,17 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
 
     let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
     assert_eq!(
-        deltas.messages as u64,
+        deltas.entries as u64,
         service.counts().applied,
-        "one delta message per applied event"
+        "one delta entry per applied event"
+    );
+    assert!(
+        deltas.messages <= deltas.entries,
+        "a batch's entries for one match share a message"
+    );
+    assert_eq!(
+        service.counts().delta_entries_published,
+        service.counts().applied
     );
     assert_gapless(&deltas);
     assert_matches_expected(&deltas, &scenario.expected);
@@ -199,7 +217,11 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     service.wait_received(2 * published).await;
     assert_counts(&service, &scenario.expected, 2);
     let again = fold_deltas(&js, &config.topology.deltas_stream).await;
-    assert_eq!(again.messages, deltas.messages, "no delta for a duplicate");
+    assert_eq!(
+        (again.messages, again.entries),
+        (deltas.messages, deltas.entries),
+        "no delta for a duplicate"
+    );
     assert_matches_expected(&again, &scenario.expected);
     assert_eq!(
         read_stream(&js, &config.topology.dead_letter_stream)
@@ -263,7 +285,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
     let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
     assert_gapless(&deltas);
     assert_eq!(
-        deltas.messages as u64,
+        deltas.entries as u64,
         e["applied"].as_u64().unwrap(),
         "no delta published twice"
     );

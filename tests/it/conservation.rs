@@ -220,10 +220,11 @@ async fn nothing_lost_nothing_counted_twice_through_kills_and_server_restarts() 
         std::io::stderr(),
         "conservation (seed {seed}): {kills} kill -9s, {nats_restarts} nats-server restart, {redis_restarts} redis-server kill+restart, \
          {publish_retries} publisher retries; checked {total} events ({} applied, {} duplicates of which {extra} extra copies, \
-         {} dead letters), {} delta messages over {} matches, gapless and once each",
+         {} dead letters), {} delta entries in {} messages over {} matches, gapless and once each",
         counts["applied"],
         counts["duplicates"],
         got.len(),
+        versions.values().map(Vec::len).sum::<usize>(),
         deltas.len(),
         versions.len()
     );

@@ -143,7 +143,7 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     // Nothing lost, nothing counted or published twice.
     crate::command_side::assert_counts(&service, &scenario.expected, 1);
     let deltas = crate::command_side::fold_deltas(&js, &config.topology.deltas_stream).await;
-    assert_eq!(deltas.messages as u64, service.counts().applied);
+    assert_eq!(deltas.entries as u64, service.counts().applied);
     crate::command_side::assert_gapless(&deltas);
     crate::command_side::assert_matches_expected(&deltas, &scenario.expected);
     service.stop().await;

@@ -85,7 +85,7 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
             count("duplicates"),
         ),
         (
-            "match_stats_deltas_published_total",
+            "match_stats_delta_entries_published_total",
             "counter",
             count("applied"),
         ),
