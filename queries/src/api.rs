@@ -328,7 +328,7 @@ async fn player_object(
     let (id, pid) = (match_id(&raw_match)?, player_id(&raw_player)?);
     let snapshot = find(&state, &id).await?;
     let player = snapshot
-        .players
+        .players()
         .get(&pid)
         .ok_or_else(|| ApiError::not_found(format!("player {pid} not found in match {id}")))?;
     Ok(json_bytes(
@@ -444,7 +444,7 @@ async fn leaderboard(
     let players: Vec<Entry> = ranked
         .iter()
         .filter_map(|r| {
-            let player = snapshot.players.get(&r.standing.player_id)?;
+            let player = snapshot.players().get(&r.standing.player_id)?;
             let value = if metric.is_count() {
                 json!(r.standing.value as u64)
             } else {

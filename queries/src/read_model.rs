@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use imbl::OrdMap;
 use match_stats_commands::delta::Field;
-use match_stats_commands::{MatchId, MatchStatus, MatchView, PlayerId, PlayerView, StatDelta};
+use match_stats_commands::{
+    MatchId, MatchStatus, MatchView, PlayerId, PlayerStats, PlayerView, StatDelta,
+};
 use serde::Serialize;
 
 use crate::leaderboard::{Leaderboards, Metric, Ranked};
@@ -24,11 +26,23 @@ pub struct MatchSnapshot {
     pub version: u64,
     /// The match object without `player_stats` (the active-matches list shape).
     pub summary: MatchView,
-    /// Players by id.
-    pub players: OrdMap<PlayerId, Arc<PlayerView>>,
+    /// Players: their stored fields, rendered as REST objects on first use.
+    players: Players,
     /// Standings per metric, sorted on first use.
     leaderboards: Leaderboards,
     body: OnceLock<Bytes>,
+}
+
+/// A snapshot's players: what the projection stored (shared with the next snapshots
+/// until a player changes), rendered at the snapshot's `last_update` only when a request
+/// needs them. Online players' playtime, speed and rating grow with every event of the
+/// match: rendering them per request instead of per event keeps the projector's work
+/// proportional to what changed.
+#[derive(Debug)]
+struct Players {
+    stats: OrdMap<PlayerId, Arc<PlayerStats>>,
+    last_update: i64,
+    rendered: OnceLock<OrdMap<PlayerId, Arc<PlayerView>>>,
 }
 
 #[derive(Serialize)]
@@ -41,23 +55,43 @@ struct FullMatch<'a> {
 impl MatchSnapshot {
     /// A snapshot of a whole match object (from Redis or the key-value bucket).
     pub fn from_view(mut view: MatchView) -> Self {
-        let mut players = OrdMap::new();
+        let mut views = OrdMap::new();
         for p in view.player_stats.take().unwrap_or_default() {
-            players.insert(p.player_id, Arc::new(p));
+            views.insert(p.player_id, Arc::new(p));
         }
+        let rendered = OnceLock::new();
+        rendered.get_or_init(|| views);
         MatchSnapshot {
             version: view.event_count,
             summary: view,
-            players,
+            players: Players {
+                stats: OrdMap::new(),
+                last_update: 0,
+                rendered,
+            },
             leaderboards: Leaderboards::default(),
             body: OnceLock::new(),
         }
     }
 
+    /// The players as REST objects (rendered on the first call, once per snapshot).
+    pub fn players(&self) -> &OrdMap<PlayerId, Arc<PlayerView>> {
+        self.players.rendered.get_or_init(|| {
+            self.players
+                .stats
+                .iter()
+                .map(|(id, stats)| {
+                    let view = PlayerView::render(*id, stats, self.players.last_update);
+                    (*id, Arc::new(view))
+                })
+                .collect()
+        })
+    }
+
     /// A metric's standings, ranked, from the top.
     pub fn ranked(&self, metric: Metric) -> impl Iterator<Item = Ranked> + '_ {
         self.leaderboards
-            .ranked(metric, self.players.values().map(|p| p.as_ref()))
+            .ranked(metric, self.players().values().map(|p| p.as_ref()))
     }
 
     /// Whether the match has ended.
@@ -70,7 +104,7 @@ impl MatchSnapshot {
         self.body.get_or_init(|| {
             let full = FullMatch {
                 summary: &self.summary,
-                player_stats: self.players.values().map(|p| p.as_ref()).collect(),
+                player_stats: self.players().values().map(|p| p.as_ref()).collect(),
             };
             serde_json::to_vec(&full).expect("views serialize").into()
         })
@@ -127,14 +161,13 @@ impl ReadModel {
     }
 }
 
-/// The projector's state for one match: the projection, and the parts of the last
-/// snapshot that the next one shares.
+/// The projector's state for one match: the projection, and the players' stored fields
+/// shared with the last snapshot.
 #[derive(Debug)]
 pub struct MatchBuilder {
     projection: MatchProjection,
-    players: OrdMap<PlayerId, Arc<PlayerView>>,
+    players: OrdMap<PlayerId, Arc<PlayerStats>>,
     changed: BTreeSet<PlayerId>,
-    rendered_last_update: i64,
 }
 
 impl MatchBuilder {
@@ -144,7 +177,6 @@ impl MatchBuilder {
             projection: MatchProjection::new(match_id),
             players: OrdMap::new(),
             changed: BTreeSet::new(),
-            rendered_last_update: 0,
         }
     }
 
@@ -169,36 +201,28 @@ impl MatchBuilder {
         Ok(applied)
     }
 
-    /// A snapshot of the current state. Re-renders the players that changed, and every
-    /// online player when `last_update` moved (their playtime grew).
+    /// A snapshot of the current state: copies the players that changed; rendering waits
+    /// for a request.
     pub fn snapshot(&mut self) -> Arc<MatchSnapshot> {
-        let stats = self.projection.stats();
-        let last_update = stats.last_update;
-        if last_update != self.rendered_last_update {
-            self.changed.extend(
-                self.projection
-                    .players()
-                    .filter(|(_, p)| p.online)
-                    .map(|(id, _)| *id),
-            );
-            self.rendered_last_update = last_update;
-        }
         for id in std::mem::take(&mut self.changed) {
-            let Some(stats) = self.projection.player(&id) else {
-                continue;
-            };
-            let view = PlayerView::render(id, stats, last_update);
-            self.players.insert(id, Arc::new(view));
+            if let Some(stats) = self.projection.player(&id) {
+                self.players.insert(id, Arc::new(stats.clone()));
+            }
         }
+        let stats = self.projection.stats();
         let summary = MatchView::render(
             self.projection.match_id(),
-            self.projection.stats(),
+            stats,
             None::<std::iter::Empty<_>>,
         );
         Arc::new(MatchSnapshot {
             version: self.projection.version(),
             summary,
-            players: self.players.clone(),
+            players: Players {
+                stats: self.players.clone(),
+                last_update: stats.last_update,
+                rendered: OnceLock::new(),
+            },
             leaderboards: Leaderboards::default(),
             body: OnceLock::new(),
         })
