@@ -4,6 +4,7 @@
 //! below it are already applied and skipped (redelivery, replay), a gap is an error.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use match_stats_commands::delta::{Change, Field, FieldValue};
 use match_stats_commands::id::Label;
@@ -46,7 +47,8 @@ pub struct MatchProjection {
     match_id: MatchId,
     version: u64,
     stats: MatchStats,
-    players: BTreeMap<PlayerId, PlayerStats>,
+    /// Shared with the read model's snapshots (copied on write).
+    players: BTreeMap<PlayerId, Arc<PlayerStats>>,
 }
 
 impl MatchProjection {
@@ -77,17 +79,22 @@ impl MatchProjection {
 
     /// A player's statistics.
     pub fn player(&self, id: &PlayerId) -> Option<&PlayerStats> {
-        self.players.get(id)
+        self.players.get(id).map(Arc::as_ref)
+    }
+
+    /// A player's statistics, shared (a snapshot keeps them while the projection moves on).
+    pub fn shared_player(&self, id: &PlayerId) -> Option<Arc<PlayerStats>> {
+        self.players.get(id).cloned()
     }
 
     /// Players in `player_id` order.
     pub fn players(&self) -> impl Iterator<Item = (&PlayerId, &PlayerStats)> {
-        self.players.iter()
+        self.players.iter().map(|(id, p)| (id, p.as_ref()))
     }
 
     /// The match object as REST returns it.
     pub fn view(&self) -> MatchView {
-        MatchView::render(self.match_id, &self.stats, Some(self.players.iter()))
+        MatchView::render(self.match_id, &self.stats, Some(self.players()))
     }
 
     /// Applies a delta's entries in order; returns how many were new.
@@ -153,7 +160,7 @@ impl MatchProjection {
             }
             return Ok(());
         };
-        let p = self.players.entry(player_id).or_default();
+        let p = Arc::make_mut(self.players.entry(player_id).or_default());
         match change.field {
             Field::PlayerName => p.player_name = opt(v, text).ok_or_else(bad)?,
             Field::TeamId => p.team_id = opt(v, text).ok_or_else(bad)?,

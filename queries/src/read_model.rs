@@ -205,8 +205,8 @@ impl MatchBuilder {
     /// for a request.
     pub fn snapshot(&mut self) -> Arc<MatchSnapshot> {
         for id in std::mem::take(&mut self.changed) {
-            if let Some(stats) = self.projection.player(&id) {
-                self.players.insert(id, Arc::new(stats.clone()));
+            if let Some(stats) = self.projection.shared_player(&id) {
+                self.players.insert(id, stats);
             }
         }
         let stats = self.projection.stats();
