@@ -6,8 +6,10 @@
 //! 3. restart with the snapshot bucket deleted: the whole stream replayed, nothing
 //!    re-published.
 //!
-//! Reports when the command side is ready (replay done) and when the read model has
-//! caught up with the deltas stream (`/ready`). Run with `make bench-recovery`; under
+//! Reports when the command side is ready (partitions restored and replayed up to their
+//! consumers' ack floors), when it has caught up (every partition consumer drained, as
+//! read every second) and when the read model has caught up with the deltas stream
+//! (`/ready`). Run with `make bench-recovery`; under
 //! `cargo test` it runs once with 5,000 events as a smoke test.
 
 use std::sync::atomic::Ordering;
@@ -26,6 +28,7 @@ const ACK_WINDOW: usize = 4096;
 
 struct Start {
     command_ready: Duration,
+    caught_up: Duration,
     read_model_ready: Duration,
 }
 
@@ -43,16 +46,27 @@ async fn start_and_measure(
     let token = app.shutdown_token();
     let task = tokio::spawn(app.run_until_stopped());
     let mut command_ready = None;
+    let mut caught_up = None;
     let mut last_print = Instant::now();
     loop {
         if command_ready.is_none() && stats.ready.load(Ordering::Relaxed) {
             command_ready = Some(started.elapsed());
         }
-        if let Some(command_ready) = command_ready
+        // Every partition's consumer drained (as last read, every second).
+        if command_ready.is_some()
+            && caught_up.is_none()
+            && stats
+                .consumer_lag()
+                .is_some_and(|lag| lag.pending == 0 && lag.ack_pending == 0)
+        {
+            caught_up = Some(started.elapsed());
+        }
+        if let (Some(command_ready), Some(caught_up)) = (command_ready, caught_up)
             && api.model.is_caught_up()
         {
             let start = Start {
                 command_ready,
+                caught_up,
                 read_model_ready: started.elapsed(),
             };
             return (start, token, task);
@@ -170,8 +184,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nrecovery with {published} events of {MATCHES} matches ({PLAYERS} players) in the stream"
     );
-    println!("| start | command side ready | read model caught up (/ready) |");
-    println!("|---|---|---|");
+    println!(
+        "| start | command side ready (restored) | command side caught up (consumers drained) | read model caught up (/ready) |"
+    );
+    println!("|---|---|---|---|");
     for (name, s) in [
         ("first start: catch-up, every delta published", &first),
         ("restart from the final snapshot", &snapshot),
@@ -181,8 +197,9 @@ async fn main() -> anyhow::Result<()> {
         ),
     ] {
         println!(
-            "| {name} | {:.2} s | {:.2} s |",
+            "| {name} | {:.2} s | {:.2} s | {:.2} s |",
             s.command_ready.as_secs_f64(),
+            s.caught_up.as_secs_f64(),
             s.read_model_ready.as_secs_f64()
         );
     }
