@@ -12,7 +12,7 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test bench-cluster lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ test: deps ## Run every test (unit, property, contract, integration against real
 bench: ## Criterion benchmarks of decode and apply, and heap allocations per event
 	cargo bench -p match-stats-commands --bench hot_path
 	cargo test --release -p match-stats-commands --test allocations -- --nocapture
+
+bench-cluster: nats-server ## Publish rate of a 3-node loopback cluster with and without sync_interval always
+	cargo bench --bench sync_cost
 
 bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream, with and without snapshots
 	cargo bench --bench recovery

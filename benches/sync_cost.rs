@@ -1,0 +1,75 @@
+//! The cost of `sync_interval: always` (BENCHMARKS.md, "Cluster publishing"): three
+//! nats-servers clustered on loopback from `nats/cluster/node.conf`, an R3 stream, events
+//! of 200 bytes published with 256 acks in flight; then the same with the line removed
+//! (NATS's default: fsync every 2 minutes). `make bench-cluster`; under `cargo test` a
+//! smoke run with 2,000 events.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use match_stats_harness::NatsCluster;
+
+/// Publishes `count` events to a new R3 stream and returns events/s.
+async fn publish_rate(cluster: &NatsCluster, count: usize) -> anyhow::Result<f64> {
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let js = loop {
+        if let Ok(client) = async_nats::connect(servers.clone()).await {
+            let js = jetstream::new(client);
+            if js.query_account().await.is_ok() {
+                break js;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the cluster elects no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    js.create_stream(jetstream::stream::Config {
+        name: "RATE".into(),
+        subjects: vec!["rate.*".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; 200]);
+    let started = Instant::now();
+    let mut acks = VecDeque::new();
+    for i in 0..count {
+        acks.push_back(
+            js.publish(format!("rate.{}", i % 64), payload.clone())
+                .await?,
+        );
+        if acks.len() >= 256 {
+            acks.pop_front().expect("window").await?;
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = if std::env::args().any(|a| a == "--bench") {
+        50_000
+    } else {
+        2_000
+    };
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/cluster/node.conf");
+    let always = NatsCluster::start();
+    let synced = publish_rate(&always, events).await?;
+    drop(always);
+    let relaxed = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        relaxed.path(),
+        std::fs::read_to_string(&config)?.replace("sync_interval: always", ""),
+    )?;
+    let default = publish_rate(&NatsCluster::start_with(relaxed.path()), events).await?;
+    println!(
+        "3-node cluster on loopback, R3 stream, {events} events of 200 bytes, 256 in flight: \
+         sync_interval always {synced:.0} events/s, default (2 min) {default:.0} events/s ({:.2}x)",
+        synced / default
+    );
+    Ok(())
+}
