@@ -24,8 +24,9 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use match_stats::config::{Cli, Config};
-use match_stats::loadgen::{self, LoadArgs, Watch};
+use match_stats::Config;
+use match_stats::cli::Cli;
+use match_stats::tools::loadgen::{self, LoadArgs, Watch};
 use match_stats_harness::{NatsServer, RedisServer, free_port};
 
 struct Sizes {
@@ -148,13 +149,13 @@ impl Drop for Service {
 
 /// Events waiting or unacknowledged in the service's partition consumers.
 async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
-    let Ok(stream) = js.get_stream(&config.topology.events_stream).await else {
+    let Ok(stream) = js.get_stream(&config.streams.events_stream).await else {
         return u64::MAX;
     };
     let mut waiting = 0;
-    for n in 0..config.topology.partitions {
+    for partition in match_stats::nats::Partitioning::of(&config.streams).all() {
         match stream
-            .consumer_info(config.topology.partition_consumer(n))
+            .consumer_info(partition.consumer_name(&config.streams))
             .await
         {
             Ok(info) => waiting += info.num_pending + info.num_ack_pending as u64,
@@ -300,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
     let redis = RedisServer::start();
     let config = config(&nats, Some(&redis));
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    match_stats::streams::ensure(&js, &config).await?;
+    match_stats::nats::streams::ensure(&js, &config).await?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // 1. Catch-up.
@@ -439,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let stored = js
-        .get_stream(&config.topology.events_stream)
+        .get_stream(&config.streams.events_stream)
         .await?
         .info()
         .await?
@@ -448,7 +449,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let task = tokio::spawn(relay(
         js.clone(),
-        config.topology.events_stream.clone(),
+        config.streams.events_stream.clone(),
         consumer::DeliverPolicy::All,
         relayed.clone(),
         stop.clone(),
@@ -465,7 +466,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(relay(
         js.clone(),
-        config.topology.events_stream.clone(),
+        config.streams.events_stream.clone(),
         consumer::DeliverPolicy::New,
         Arc::new(AtomicU64::new(0)),
         stop.clone(),

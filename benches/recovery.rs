@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use clap::Parser;
 use match_stats::App;
-use match_stats::config::Cli;
-use match_stats::demo::SimMatch;
+use match_stats::cli::Cli;
+use match_stats::tools::sim::SimMatch;
 use match_stats_harness::NatsServer;
 
 const MATCHES: u32 = 1000;
@@ -49,7 +49,7 @@ async fn start_and_measure(
     let mut caught_up = None;
     let mut last_print = Instant::now();
     loop {
-        if command_ready.is_none() && stats.ready.load(Ordering::Relaxed) {
+        if command_ready.is_none() && stats.recovered.load(Ordering::Relaxed) {
             command_ready = Some(started.elapsed());
         }
         // Every partition's consumer drained (as last read, every second).
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     .config;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
-    match_stats::streams::ensure(&js, &config).await?;
+    match_stats::nats::streams::ensure(&js, &config).await?;
 
     // Publish: 1000 matches interleaved round-robin, pipelined acks.
     let per_match = (total / u64::from(MATCHES)) as u32;
@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             };
             progressed = true;
-            let subject = format!("{}.{}", config.topology.events_subject, sim.id());
+            let subject = format!("{}.{}", config.streams.events_subject, sim.id());
             let message = PublishMessage::build()
                 .payload(payload.into())
                 .message_id(event_id);
@@ -175,8 +175,7 @@ async fn main() -> anyhow::Result<()> {
     token.cancel();
     task.await??;
     eprintln!("3/3 restart without snapshots...");
-    js.delete_key_value(&config.topology.snapshot_bucket)
-        .await?;
+    js.delete_key_value(&config.streams.snapshot_bucket).await?;
     let (replay, token, task) = start_and_measure(&config).await;
     token.cancel();
     task.await??;

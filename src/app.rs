@@ -1,6 +1,7 @@
-//! The service assembled: NATS connection, JetStream topology, the command side's
-//! ingest task, the query side's projector and cache writer, and the HTTP server, with
-//! one shutdown path.
+//! The service assembled: [`App::build`] connects (NATS twice: the command side and the
+//! query side each on a connection of their own), provisions the streams, consumers and
+//! buckets, prepares Redis, binds HTTP and constructs every part; [`App::run_until_stopped`]
+//! runs them and drains them on the one shutdown path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,56 +9,21 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use match_stats_queries::cache::{CacheError, CompletedStore, RedisCache, RedisSettings, RedisTls};
+use axum::Router;
+use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings, RedisTls};
 use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::http::{self, HttpState};
-use crate::ingest::{Ingest, IngestStats};
-use crate::project::{self, Dirty};
-use crate::{streams, telemetry};
-
-/// Connects to NATS with the configured authentication and TLS; a refused or
-/// unreachable server is an error naming the URL and the cause (no silent retry loop).
-pub async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
-    let auth = &config.nats_auth;
-    let mut options = async_nats::ConnectOptions::new().name("match-stats");
-    if let (Some(user), Some(password)) = (&auth.nats_user, &auth.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &auth.nats_token {
-        options = options.token(token.clone());
-    }
-    if let Some(creds) = &auth.nats_creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS_CREDS {}", creds.display()))?;
-    }
-    if let Some(ca) = &auth.nats_tls_ca {
-        options = options.add_root_certificates(ca.clone());
-    }
-    if let (Some(cert), Some(key)) = (&auth.nats_tls_cert, &auth.nats_tls_key) {
-        options = options.add_client_certificate(cert.clone(), key.clone());
-    }
-    if auth.nats_tls_required || auth.nats_tls_ca.is_some() || auth.nats_tls_cert.is_some() {
-        options = options.require_tls(true);
-    }
-    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
-    options
-        .connect(servers)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url_redacted()))
-}
-
-/// Bound on the start-up check of Redis (connect and authenticate).
-pub const REDIS_STARTUP_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::command_side::{Ingest, IngestStats};
+use crate::config::{CacheConfig, Config};
+use crate::ops::{self, HttpState};
+use crate::query_side::{CacheWriter, Dirty, Projector};
+use crate::{nats, telemetry};
 
 /// Reads the Redis TLS files named by the settings.
-fn redis_tls(cache: &crate::config::CacheConfig) -> anyhow::Result<Option<RedisTls>> {
+fn redis_tls(cache: &CacheConfig) -> anyhow::Result<Option<RedisTls>> {
     if !cache.uses_tls() {
         return Ok(None);
     }
@@ -78,21 +44,29 @@ fn redis_tls(cache: &crate::config::CacheConfig) -> anyhow::Result<Option<RedisT
     Ok(Some(RedisTls { ca, client }))
 }
 
-fn is_auth_error(e: &redis::RedisError) -> bool {
-    let text = e.to_string();
-    e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("WRONGPASS")
-        || text.contains("NOAUTH")
+/// The Redis settings of the configuration.
+fn redis_settings(cache: &CacheConfig) -> anyhow::Result<RedisSettings> {
+    Ok(RedisSettings {
+        addr: cache.redis_addr.clone(),
+        username: cache.redis_username.clone(),
+        password: cache.redis_password.clone(),
+        db: cache.redis_db,
+        prefix: cache.redis_prefix.clone(),
+        timeout: cache.redis_timeout,
+        ttl_active: cache.ttl_active,
+        ttl_completed: cache.completed_retention,
+        tls: redis_tls(cache)?,
+    })
 }
 
 /// A built service, connected and listening, not yet running.
 pub struct App {
     config: Config,
     nats: async_nats::Client,
-    js: jetstream::Context,
-    consumers: Vec<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>>,
-    snapshots: jetstream::kv::Store,
-    replicas: jetstream::kv::Store,
+    ingest: Ingest,
+    projector: Projector,
+    cache_writer: Option<CacheWriter>,
+    routes: Router,
     listener: TcpListener,
     stats: Arc<IngestStats>,
     api: ApiState,
@@ -100,67 +74,84 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to NATS, creates or updates the streams, bucket and consumer, prepares
-    /// the (lazily connected) Redis cache and binds HTTP. Fails fast with a message
-    /// naming what could not be reached.
+    /// Connects to NATS, creates or updates the streams, buckets and consumers, prepares
+    /// the Redis cache, binds HTTP and builds every part. Fails fast with a message naming
+    /// what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = connect_nats(&config).await?;
+        let nats = nats::connect(&config).await?;
         let js = jetstream::new(nats.clone());
-        let topology = streams::ensure(&js, &config).await?;
-        let redis = match config.cache.redis_url() {
-            None => None,
-            Some(url) => {
-                let settings = RedisSettings {
-                    url,
-                    prefix: config.cache.redis_prefix.clone(),
-                    timeout: config.cache.redis_timeout,
-                    ttl_active: config.cache.ttl_active,
-                    ttl_completed: config.cache.completed_retention,
-                    tls: redis_tls(&config.cache)?,
-                };
-                let cache = RedisCache::new(settings).map_err(|e| {
-                    anyhow::anyhow!(
-                        "REDIS_ADDR {:?} is not usable: {e}",
-                        config.cache.redis_addr
-                    )
-                })?;
-                // Rejected credentials are a misconfiguration: stop. An unreachable Redis
-                // is not an outage: warn and run on the read models.
-                match cache.ping_within(REDIS_STARTUP_CHECK).await {
-                    Ok(()) => tracing::info!(addr = %config.cache.redis_addr, "redis connected"),
-                    Err(CacheError::Redis(e)) if is_auth_error(&e) => {
-                        anyhow::bail!(
-                            "redis at {} refused the credentials (REDIS_USERNAME/REDIS_PASSWORD): {e}",
-                            config.cache.redis_addr
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(addr = %config.cache.redis_addr, error = %e, "redis unreachable; serving from memory until it answers")
-                    }
-                }
-                Some(Arc::new(cache))
-            }
-        };
+        let provisioned = nats::streams::ensure(&js, &config).await?;
+        let redis = RedisCache::connect(redis_settings(&config.cache)?)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "REDIS_ADDR {:?} is not usable: {e}",
+                    config.cache.redis_addr
+                )
+            })?
+            .map(Arc::new);
         let api = ApiState {
             model: Arc::new(ReadModel::default()),
             redis,
-            completed: Some(CompletedStore::new(
-                topology.completed,
-                config.cache.redis_timeout * 4,
+            completed: Some(CompletedStore::with_redis_timeout(
+                provisioned.completed,
+                config.cache.redis_timeout,
             )),
             lookups: Default::default(),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
-        let stats = Arc::new(IngestStats::new(config.topology.partitions));
+        let stats = Arc::new(IngestStats::new(config.streams.partitions));
+        let ingest = Ingest::new(
+            &config,
+            js,
+            provisioned.consumers,
+            provisioned.snapshots,
+            provisioned.replicas,
+            stats.clone(),
+        );
+        // The query side reads the deltas on a connection of its own: one connection's
+        // reader task would otherwise carry events, acks and deltas alike.
+        let query_js = jetstream::new(
+            nats::connect(&config)
+                .await
+                .context("the query side's NATS connection")?,
+        );
+        let dirty = Arc::new(Dirty::default());
+        let projector = Projector {
+            js: query_js,
+            deltas_stream: config.streams.deltas_stream.clone(),
+            model: api.model.clone(),
+            dirty: dirty.clone(),
+            batch_size: config.batch_size as usize,
+            retention: config.cache.completed_retention,
+        };
+        let cache_writer = api.redis.clone().map(|redis| CacheWriter {
+            model: api.model.clone(),
+            redis,
+            dirty,
+            write_interval: config.cache.write_interval,
+            resync_interval: config.cache.resync_interval,
+        });
+        let state = HttpState {
+            stats: stats.clone(),
+            metrics: telemetry::metrics(),
+            nats: nats.clone(),
+            api: api.clone(),
+            started: Instant::now(),
+            ready_max_pending: config.ready_max_pending,
+        };
+        let routes = api::with_api_layers(
+            api::router(api.clone()).merge(ops::router(state, config.pprof_enabled)),
+        );
         Ok(App {
             config,
             nats,
-            js,
-            consumers: topology.consumers,
-            snapshots: topology.snapshots,
-            replicas: topology.replicas,
+            ingest,
+            projector,
+            cache_writer,
+            routes,
             listener,
             stats,
             api,
@@ -194,68 +185,23 @@ impl App {
         let App {
             config,
             nats,
-            js,
-            consumers,
-            snapshots,
-            replicas,
+            ingest,
+            projector,
+            cache_writer,
+            routes,
             listener,
-            stats,
+            stats: _,
             api,
             token,
         } = self;
         tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url_redacted(), redis = api.redis.is_some(), "match-stats running");
 
         let mut tasks = JoinSet::new();
-        let ingest = Ingest {
-            js: js.clone(),
-            topology: config.topology.clone(),
-            lifecycle: config.lifecycle.clone(),
-            snapshots,
-            replicas,
-            batch_size: config.batch_size as usize,
-            stats: stats.clone(),
-        };
-        tasks.spawn(ingest.run(consumers, token.clone()));
-        let dirty = Arc::new(Dirty::default());
-        // The query side reads the deltas on a connection of its own: one connection's
-        // reader task would otherwise carry events, acks and deltas alike.
-        let query_js = jetstream::new(
-            connect_nats(&config)
-                .await
-                .context("the query side's NATS connection")?,
-        );
-        tasks.spawn(project::run_projector(
-            query_js,
-            config.topology.deltas_stream.clone(),
-            api.model.clone(),
-            dirty.clone(),
-            config.batch_size as usize,
-            config.cache.completed_retention,
-            token.clone(),
-        ));
-        if let Some(redis) = api.redis.clone() {
-            let writer = project::run_cache_writer(
-                api.model.clone(),
-                redis,
-                dirty,
-                config.cache.write_interval,
-                config.cache.resync_interval,
-                token.clone(),
-            );
-            tasks.spawn(async move {
-                writer.await;
-                Ok(())
-            });
+        tasks.spawn(ingest.run(token.clone()));
+        tasks.spawn(projector.run(token.clone()));
+        if let Some(writer) = cache_writer {
+            tasks.spawn(writer.run(token.clone()));
         }
-        let state = HttpState {
-            stats,
-            metrics: telemetry::metrics(),
-            nats: nats.clone(),
-            api: api.clone(),
-            started: Instant::now(),
-            ready_max_pending: config.ready_max_pending,
-        };
-        let routes = api::finish(api::router(api).merge(http::router(state, config.pprof_enabled)));
         let http_token = token.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, routes)

@@ -1,109 +1,15 @@
-//! Typed configuration, loaded once at start-up.
+//! The service's settings: typed, loaded once at start-up, imported by every part and
+//! importing nothing from this crate.
 //!
-//! Every setting is an environment variable and a command-line flag that overrides it;
-//! `match-stats --help` lists them with their defaults. An invalid value stops start-up
-//! with one line naming the setting and exit code 64 (`EX_USAGE`).
+//! Every setting is an environment variable and a command-line flag that overrides it
+//! (clap reads both); `match-stats --help` lists them with their defaults. The command
+//! line around them is the `cli` module: an invalid value stops start-up with one line
+//! naming the setting and exit code 64 (`EX_USAGE`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-
-/// Exit code for an invalid configuration (`EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
-
-/// match-stats: live match statistics from a NATS JetStream event stream.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {
-    /// What to run (default: the service).
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Service settings.
-    #[command(flatten)]
-    pub config: Config,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the service (the default).
-    Serve,
-    /// Publish simulated matches to the events stream, as game servers would.
-    DemoFeed(crate::demo::DemoArgs),
-    /// Publish N matches of P players flat out or at a rate, and measure freshness
-    /// (publish to delta, optionally publish to visible over REST).
-    Loadgen(crate::loadgen::LoadArgs),
-    /// Print the effective settings as JSON (each with its source; secrets redacted) and
-    /// exit.
-    Config,
-}
-
-/// One line naming the setting (its environment variable and flag) and the problem:
-/// every `'--flag <VALUE>'` clap mentions becomes `ENV_VAR (--flag)`.
-pub fn describe_error(error: &clap::Error) -> String {
-    use clap::CommandFactory;
-    let text = error.to_string();
-    let mut line = text
-        .lines()
-        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim_start_matches("error: ")
-        .to_owned();
-    for arg in Cli::command().get_arguments() {
-        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
-            continue;
-        };
-        let env = env.to_string_lossy();
-        let value = arg
-            .get_value_names()
-            .and_then(|names| names.first().map(|n| n.to_string()))
-            .unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
-        let forms = [
-            format!("'--{long} <{value}>'"),
-            format!("--{long} <{value}>"),
-            format!("'--{long}'"),
-        ];
-        for quoted in forms {
-            line = line.replace(&quoted, &format!("{env} (--{long})"));
-        }
-    }
-    line
-}
-
-/// The effective settings: `{ENV_VAR: {"value", "source"}}`, where source is `default`,
-/// `env` or `flag`, and secrets show as `"***"`.
-pub fn effective(matches: &clap::ArgMatches) -> serde_json::Value {
-    use clap::CommandFactory;
-    use clap::parser::ValueSource;
-    let mut out = serde_json::Map::new();
-    for arg in Cli::command().get_arguments() {
-        let Some(env) = arg.get_env() else { continue };
-        let id = arg.get_id().as_str();
-        let value = matches
-            .get_raw(id)
-            .and_then(|mut v| v.next())
-            .map(|v| v.to_string_lossy().into_owned());
-        let source = match matches.value_source(id) {
-            Some(ValueSource::DefaultValue) => "default",
-            Some(ValueSource::EnvVariable) => "env",
-            Some(ValueSource::CommandLine) => "flag",
-            _ => "unset",
-        };
-        let value = match value {
-            Some(_) if arg.is_hide_env_values_set() => serde_json::json!("***"),
-            Some(v) => serde_json::json!(v),
-            None => serde_json::Value::Null,
-        };
-        out.insert(
-            env.to_string_lossy().into_owned(),
-            serde_json::json!({"value": value, "source": source}),
-        );
-    }
-    out.into()
-}
+use clap::Args;
 
 /// The service's settings.
 #[derive(Debug, Clone, Args)]
@@ -134,8 +40,8 @@ pub struct Config {
     pub nats_auth: NatsAuth,
 
     #[command(flatten)]
-    /// Stream, subject and consumer names.
-    pub topology: Topology,
+    /// Stream, subject, bucket and consumer names, and the partitioning.
+    pub streams: StreamNames,
 
     /// Messages processed per batch (their effects are published together, then acked).
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -251,20 +157,6 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// The `redis://` URL, or `None` when Redis is disabled.
-    pub fn redis_url(&self) -> Option<String> {
-        let addr = self.redis_addr.trim();
-        if addr.is_empty() {
-            return None;
-        }
-        let auth = match (self.redis_username.as_str(), self.redis_password.as_str()) {
-            ("", "") => String::new(),
-            (user, password) => format!("{user}:{password}@"),
-        };
-        let scheme = if self.uses_tls() { "rediss" } else { "redis" };
-        Some(format!("{scheme}://{auth}{addr}/{}", self.redis_db))
-    }
-
     /// Whether Redis is reached over TLS.
     pub fn uses_tls(&self) -> bool {
         self.redis_tls || self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some()
@@ -305,9 +197,10 @@ pub struct NatsAuth {
     pub nats_tls_required: bool,
 }
 
-/// Names of the streams, subjects and consumer (defaults match `nats/streams/*.json`).
+/// Names of the streams, subjects, buckets and consumers (defaults match
+/// `nats/streams/*.json`), and the partition count.
 #[derive(Debug, Clone, Args)]
-pub struct Topology {
+pub struct StreamNames {
     /// Events stream name.
     #[arg(long, env = "EVENTS_STREAM", default_value = "MATCH_EVENTS", value_parser = parse_name)]
     pub events_stream: String,
@@ -373,30 +266,10 @@ impl Config {
     }
 }
 
-impl Topology {
+impl StreamNames {
     /// The events stream's subject filter: what game servers publish to.
     pub fn events_filter(&self) -> String {
         format!("{}.*", self.events_subject)
-    }
-
-    /// Where the stream stores an event of partition `n`: `<prefix>.<P>.<n>.<match_id>`.
-    pub fn partition_filter(&self, n: u16) -> String {
-        format!("{}.{}.{n}.*", self.events_subject, self.partitions)
-    }
-
-    /// The stream's subject transform destination, mapping `<prefix>.<match_id>` to its
-    /// partition's subject.
-    pub fn partition_transform(&self) -> String {
-        let p = self.partitions;
-        format!(
-            "{}.{p}.{{{{partition({p},1)}}}}.{{{{wildcard(1)}}}}",
-            self.events_subject
-        )
-    }
-
-    /// The durable consumer of partition `n`.
-    pub fn partition_consumer(&self, n: u16) -> String {
-        format!("{}-{n}-of-{}", self.consumer_name, self.partitions)
     }
 }
 
@@ -469,22 +342,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_in_the_nats_url_are_never_shown() {
-        let mut cli = Cli::try_parse_from([
-            "match-stats",
-            "--nats-url",
-            "nats://u:s3cret@a:4222,nats://b:4222",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.config.nats_url_redacted(),
-            "nats://***@a:4222,nats://b:4222"
-        );
-        cli.config.nats_url = "tls://token@c:4222".into();
-        assert_eq!(cli.config.nats_url_redacted(), "tls://***@c:4222");
-    }
-
-    #[test]
     fn durations_take_the_usual_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
@@ -507,29 +364,5 @@ mod tests {
         assert!(parse_subject("match_stats.events").is_ok());
         assert!(parse_subject("a.*").is_err() && parse_subject("a..b").is_err());
         assert!(parse_name("MATCH_EVENTS").is_ok() && parse_name("a.b").is_err());
-    }
-
-    #[test]
-    fn redis_url_carries_password_and_db_and_empty_disables() {
-        let mut cli =
-            Cli::try_parse_from(["match-stats", "--redis-addr", "r:6380", "--redis-db", "2"])
-                .unwrap();
-        assert_eq!(cli.config.cache.redis_url().unwrap(), "redis://r:6380/2");
-        cli.config.cache.redis_password = "s3cret".into();
-        assert_eq!(
-            cli.config.cache.redis_url().unwrap(),
-            "redis://:s3cret@r:6380/2"
-        );
-        cli.config.cache.redis_addr = String::new();
-        assert_eq!(cli.config.cache.redis_url(), None);
-    }
-
-    #[test]
-    fn defaults_parse_and_flags_override() {
-        let cli = Cli::try_parse_from(["match-stats", "--batch-size", "7"]).unwrap();
-        assert_eq!(cli.config.batch_size, 7);
-        assert_eq!(cli.config.topology.events_filter(), "match_stats.events.*");
-        let err = Cli::try_parse_from(["match-stats", "--batch-size", "0"]).unwrap_err();
-        assert!(err.to_string().contains("batch-size"), "{err}");
     }
 }

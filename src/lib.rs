@@ -1,29 +1,31 @@
 //! The match-stats service: wires the pure command side (`match_stats_commands`) and the
 //! read side (`match_stats_queries`) to NATS JetStream and HTTP.
 //!
-//! - [`config`]: settings from environment variables and flags;
-//! - [`telemetry`]: logs and the Prometheus recorder;
-//! - [`streams`]: the JetStream streams and consumer, from the files in `nats/`;
-//! - [`command_side`]: the aggregates in memory and the decision for one message;
-//! - [`ingest`]: the command side's loop (restore, recover, consume, publish effects,
-//!   ack, snapshot, idle matches);
-//! - [`snapshots`]: snapshots in a key-value bucket, fenced by compare-and-swap;
-//! - [`project`]: the query side's projector (deltas → read model) and cache writer;
-//! - [`http`]: `/health`, `/ready`, `/metrics`, `/system/stats` (the API is in queries);
+//! - [`config`]: the settings (environment variables and flags); [`cli`]: the command
+//!   line around them;
+//! - [`telemetry`]: logs, traces and the Prometheus recorder; [`metrics`]: every series'
+//!   name and description;
+//! - [`nats`]: the connection, the streams, consumers and buckets, and the partitions;
+//! - [`command_side`]: events in, aggregates updated, deltas and dead letters out (one
+//!   writer per partition; snapshots, recovery, idle matches, sharing partitions);
+//! - [`query_side`]: the projector (deltas → read model) and the Redis cache writer;
+//! - [`ops`]: `/health`, `/ready`, `/metrics`, `/system/stats`, pprof (the API routes are
+//!   in `match_stats_queries::api`);
+//! - [`retry`]: the one retry idiom (back-off with jitter until it succeeds or stops);
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
-//! - [`demo`]: a feed of simulated matches for `make run`.
+//! - [`tools`]: the demo feed and the load generator.
 
 pub mod app;
+pub mod cli;
 pub mod command_side;
 pub mod config;
-pub mod demo;
-pub mod http;
-pub mod ingest;
-pub mod loadgen;
-pub mod project;
-pub mod snapshots;
-pub mod streams;
+pub mod metrics;
+pub mod nats;
+pub mod ops;
+pub mod query_side;
+pub mod retry;
 pub mod telemetry;
+pub mod tools;
 
 pub use app::App;
 pub use config::Config;

@@ -1,4 +1,5 @@
-//! The `match-stats` binary: parses settings, then runs the service or the demo feed.
+//! The `match-stats` binary: parses the command line (exit 64 on an invalid setting),
+//! builds the runtime, then runs the service or one of the tools.
 
 use clap::{CommandFactory, FromArgMatches};
 
@@ -7,8 +8,9 @@ use clap::{CommandFactory, FromArgMatches};
 /// CPU in the catch-up profile (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use match_stats::config::{Cli, Command, EXIT_CONFIG, describe_error, effective};
-use match_stats::{App, demo, loadgen, telemetry};
+use match_stats::cli::{Cli, Command, EXIT_CONFIG, describe_error, effective};
+use match_stats::tools::{demo, loadgen};
+use match_stats::{App, telemetry};
 
 fn main() {
     let parsed = Cli::command()

@@ -70,24 +70,27 @@ pub fn init(
     Ok(provider)
 }
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// The process-wide Prometheus recorder, installed on first use with every series'
+/// description.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    Matcher::Full("match_stats_processing_latency".into()),
+                    Matcher::Full(crate::metrics::PROCESSING_LATENCY.into()),
                     &LATENCY_BUCKETS,
                 )
                 .expect("buckets are not empty")
                 .set_buckets_for_metric(
-                    Matcher::Full("match_stats_http_request_duration_seconds".into()),
+                    Matcher::Full(match_stats_queries::metrics::HTTP_REQUEST_DURATION.into()),
                     &LATENCY_BUCKETS,
                 )
                 .expect("buckets are not empty")
                 .install_recorder()
-                .expect("the metrics recorder is installed once")
+                .expect("the metrics recorder is installed once");
+            crate::metrics::describe();
+            handle
         })
         .clone()
 }

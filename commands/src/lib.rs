@@ -6,7 +6,9 @@
 //!   (section 4), dropping duplicates and closing ended matches;
 //! - [`stats`]: the stored statistics and the derived values;
 //! - [`delta`]: the [`StatDelta`] messages that tell downstream services what changed;
-//! - [`view`]: the match and player objects as the REST API returns them;
+//! - [`view`]: the match and player objects as the REST API returns them, and how a
+//!   cache stores one;
+//! - [`encode`]: events the service writes itself (an idle match's `match_end`);
 //! - [`id`]: validated ids and short labels.
 //!
 //! The service binary feeds it messages in stream order; time comes only from the
@@ -15,6 +17,7 @@
 pub mod aggregate;
 pub mod decode;
 pub mod delta;
+pub mod encode;
 pub mod event;
 pub mod id;
 pub mod rejection;

@@ -1,5 +1,7 @@
 //! The match and player objects exactly as the REST API returns them (contract section 5):
-//! stored statistics plus derived values, times as RFC 3339 UTC with milliseconds.
+//! stored statistics plus derived values, times as RFC 3339 UTC with milliseconds; and
+//! [`stored`], how a whole match object is kept in a cache (Redis, the completed-matches
+//! bucket).
 
 use std::collections::BTreeMap;
 
@@ -166,6 +168,69 @@ impl PlayerView {
             current_x: p.current_x,
             current_y: p.current_y,
             current_z: p.current_z,
+        }
+    }
+}
+
+/// A whole match object as the caches keep it: a tag byte, then its JSON (`J`), or, over
+/// [`stored::COMPRESS_OVER`] bytes, an LZ4 block of it with its size prepended (`Z`).
+pub mod stored {
+    use super::MatchView;
+
+    /// Values larger than this are compressed.
+    pub const COMPRESS_OVER: usize = 1024;
+
+    const PLAIN: u8 = b'J';
+    const LZ4: u8 = b'Z';
+
+    /// Why a stored value could not be read.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("corrupt value: {0}")]
+    pub struct Corrupt(pub String);
+
+    /// Encodes a match object.
+    pub fn encode(view: &MatchView) -> Vec<u8> {
+        encode_json(&serde_json::to_vec(view).expect("views serialize"))
+    }
+
+    /// Encodes a match object's JSON.
+    pub fn encode_json(json: &[u8]) -> Vec<u8> {
+        if json.len() > COMPRESS_OVER {
+            let mut out = vec![LZ4];
+            out.extend(lz4_flex::compress_prepend_size(json));
+            out
+        } else {
+            let mut out = Vec::with_capacity(json.len() + 1);
+            out.push(PLAIN);
+            out.extend_from_slice(json);
+            out
+        }
+    }
+
+    /// Decodes what [`encode`] wrote.
+    pub fn decode(value: &[u8]) -> Result<MatchView, Corrupt> {
+        let json = match value.split_first() {
+            Some((&PLAIN, json)) => std::borrow::Cow::Borrowed(json),
+            Some((&LZ4, packed)) => std::borrow::Cow::Owned(
+                lz4_flex::decompress_size_prepended(packed).map_err(|e| Corrupt(e.to_string()))?,
+            ),
+            _ => return Err(Corrupt("unknown encoding tag".into())),
+        };
+        serde_json::from_slice(&json).map_err(|e| Corrupt(e.to_string()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn small_values_stay_plain_and_large_ones_are_compressed() {
+            let small = br#"{"a":1}"#;
+            assert_eq!(encode_json(small)[0], PLAIN);
+            let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000));
+            let packed = encode_json(large.as_bytes());
+            assert_eq!(packed[0], LZ4);
+            assert!(packed.len() < large.len() / 10);
         }
     }
 }

@@ -78,28 +78,35 @@ impl LookupStats {
             (&self.misses[i], "miss")
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("match_stats_cache_requests_total", "level" => level.as_str(), "result" => result)
+        metrics::counter!(crate::metrics::CACHE_REQUESTS, "level" => level.as_str(), "result" => result)
             .increment(1);
+    }
+
+    fn ratio(&self, level: Level) -> (u64, u64, f64) {
+        let i = level as usize;
         let (hits, misses) = (
             self.hits[i].load(Ordering::Relaxed),
             self.misses[i].load(Ordering::Relaxed),
         );
-        metrics::gauge!("match_stats_cache_hit_ratio", "level" => level.as_str())
-            .set(hits as f64 / (hits + misses).max(1) as f64);
+        (hits, misses, hits as f64 / (hits + misses).max(1) as f64)
+    }
+
+    /// Sets the hit-ratio gauge of every level (before `/metrics` renders).
+    pub fn publish_hit_ratios(&self) {
+        for level in Level::ALL {
+            let (_, _, ratio) = self.ratio(level);
+            metrics::gauge!(crate::metrics::CACHE_HIT_RATIO, "level" => level.as_str()).set(ratio);
+        }
     }
 
     /// `{level: {hits, misses, hit_ratio}}`.
     pub fn to_json(&self) -> serde_json::Value {
         let levels: serde_json::Map<_, _> = Level::ALL
             .iter()
-            .map(|l| {
-                let (h, m) = (
-                    self.hits[*l as usize].load(Ordering::Relaxed),
-                    self.misses[*l as usize].load(Ordering::Relaxed),
-                );
-                let ratio = h as f64 / (h + m).max(1) as f64;
+            .map(|&level| {
+                let (h, m, ratio) = self.ratio(level);
                 (
-                    l.as_str().to_owned(),
+                    level.as_str().to_owned(),
                     json!({"hits": h, "misses": m, "hit_ratio": ratio}),
                 )
             })
@@ -129,6 +136,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status, with its message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
@@ -184,7 +199,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// Wraps a router with JSON 404/405 responses, a bound on the request target (414), and
 /// request metrics by route template. The API is read-only: no route takes a body.
-pub fn finish(router: Router) -> Router {
+pub fn with_api_layers(router: Router) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -222,9 +237,9 @@ async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("match_stats_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!("match_stats_http_request_duration_seconds", "route" => route)
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -5,52 +5,26 @@
 //! Every Redis call has a bounded timeout and goes through a circuit [`Breaker`]: while
 //! it is open no call is made at all, so no request ever waits on a dead Redis. Writes are
 //! guarded by version in a Lua script, so an older match object never replaces a newer
-//! one. Values over [`COMPRESS_OVER`] bytes are LZ4-compressed.
+//! one. Values are stored as `match_stats_commands::view::stored` encodes them.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use match_stats_commands::{MatchId, MatchView};
+use match_stats_commands::MatchId;
+use match_stats_commands::view::stored;
 
 use crate::read_model::MatchSnapshot;
 
-/// Values larger than this are compressed.
-pub const COMPRESS_OVER: usize = 1024;
 /// Consecutive failures that open the breaker.
 pub const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open breaker refuses calls before letting one through.
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
-
-const PLAIN: u8 = b'J';
-const LZ4: u8 = b'Z';
-
-/// Encodes a match object's JSON for a cache: a tag byte, then JSON or LZ4 of it.
-pub fn encode(json: &[u8]) -> Vec<u8> {
-    if json.len() > COMPRESS_OVER {
-        let mut out = vec![LZ4];
-        out.extend(lz4_flex::compress_prepend_size(json));
-        out
-    } else {
-        let mut out = Vec::with_capacity(json.len() + 1);
-        out.push(PLAIN);
-        out.extend_from_slice(json);
-        out
-    }
-}
-
-/// Decodes what [`encode`] wrote into a match object.
-pub fn decode(value: &[u8]) -> Result<MatchView, CacheError> {
-    let json = match value.split_first() {
-        Some((&PLAIN, json)) => std::borrow::Cow::Borrowed(json),
-        Some((&LZ4, packed)) => std::borrow::Cow::Owned(
-            lz4_flex::decompress_size_prepended(packed)
-                .map_err(|e| CacheError::Corrupt(e.to_string()))?,
-        ),
-        _ => return Err(CacheError::Corrupt("unknown encoding tag".into())),
-    };
-    serde_json::from_slice(&json).map_err(|e| CacheError::Corrupt(e.to_string()))
-}
+/// Bound on the start-up check of Redis (connect and authenticate).
+pub const STARTUP_CHECK: Duration = Duration::from_secs(2);
+/// Reads of the completed-matches bucket may take this many Redis timeouts (a
+/// key-value get is a NATS request, slower than a Redis call on the same host).
+pub const KV_TIMEOUT_FACTOR: u32 = 4;
 
 /// Why a cache call did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +44,20 @@ pub enum CacheError {
     /// A stored value could not be read.
     #[error("corrupt value: {0}")]
     Corrupt(String),
+    /// Redis refused the credentials (REDIS_USERNAME/REDIS_PASSWORD).
+    #[error("redis refused the credentials (REDIS_USERNAME/REDIS_PASSWORD): {0}")]
+    Unauthorized(redis::RedisError),
+}
+
+impl From<stored::Corrupt> for CacheError {
+    fn from(e: stored::Corrupt) -> Self {
+        CacheError::Corrupt(e.0)
+    }
+}
+
+fn is_auth_error(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// A circuit breaker: closed, open for [`BREAKER_COOLDOWN`] after
@@ -164,10 +152,16 @@ impl Breaker {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://` URL (address, password, database).
-    pub url: String,
+    /// `host:port`; empty: no Redis.
+    pub addr: String,
+    /// ACL user; empty: the default user.
+    pub username: String,
+    /// Password; empty: none.
+    pub password: String,
+    /// Database number.
+    pub db: u32,
     /// Key prefix, e.g. `match_stats:`.
     pub prefix: String,
     /// Bound on every call.
@@ -176,8 +170,65 @@ pub struct RedisSettings {
     pub ttl_active: Duration,
     /// TTL of a completed match's key.
     pub ttl_completed: Duration,
-    /// TLS (`rediss://` URLs): a custom CA and a client certificate, both optional.
+    /// TLS: a custom CA and a client certificate, both optional.
     pub tls: Option<RedisTls>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("db", &self.db)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Where and how to connect: the address, credentials and database as given (never
+    /// spliced into a URL, so any character of a password is sent as it is).
+    pub fn connection_info(&self) -> Result<redis::ConnectionInfo, CacheError> {
+        use redis::IntoConnectionInfo as _;
+        let invalid = |detail: String| {
+            CacheError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "REDIS_ADDR is not host:port",
+                detail,
+            )))
+        };
+        let (host, port) = self
+            .addr
+            .trim()
+            .rsplit_once(':')
+            .ok_or_else(|| invalid(format!("{:?} has no port", self.addr)))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(format!("{port:?} is not a port")))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addr = if self.tls.is_some() {
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host, port)
+        };
+        let mut redis = redis::RedisConnectionInfo::default().set_db(i64::from(self.db));
+        if !self.username.is_empty() {
+            redis = redis.set_username(&self.username);
+        }
+        if !self.password.is_empty() {
+            redis = redis.set_password(&self.password);
+        }
+        Ok(addr.into_connection_info()?.set_redis_settings(redis))
+    }
 }
 
 /// Redis TLS material, PEM.
@@ -224,12 +275,34 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
+    /// The cache, when `addr` is set: Redis is checked within [`STARTUP_CHECK`]; refused
+    /// credentials are an error (a misconfiguration), an unreachable Redis only a
+    /// warning (the service serves from its read models until Redis answers).
+    pub async fn connect(settings: RedisSettings) -> Result<Option<Self>, CacheError> {
+        if settings.addr.trim().is_empty() {
+            return Ok(None);
+        }
+        let addr = settings.addr.clone();
+        let cache = Self::new(settings)?;
+        match cache.ping_within(STARTUP_CHECK).await {
+            Ok(()) => tracing::info!(%addr, "redis connected"),
+            Err(CacheError::Redis(e)) if is_auth_error(&e) => {
+                return Err(CacheError::Unauthorized(e));
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "redis unreachable; serving from memory until it answers")
+            }
+        }
+        Ok(Some(cache))
+    }
+
     /// A cache that connects lazily (start-up never waits on Redis).
     pub fn new(settings: RedisSettings) -> Result<Self, CacheError> {
+        let info = settings.connection_info()?;
         let client = match &settings.tls {
-            None => redis::Client::open(settings.url.as_str())?,
+            None => redis::Client::open(info)?,
             Some(tls) => redis::Client::build_with_tls(
-                settings.url.as_str(),
+                info,
                 redis::TlsCertificates {
                     client_tls: tls.client.clone().map(|(client_cert, client_key)| {
                         redis::ClientTlsConfig {
@@ -275,7 +348,7 @@ impl RedisCache {
         } else {
             ("active", self.settings.ttl_active)
         };
-        let value = encode(snapshot.body());
+        let value = stored::encode_json(snapshot.body());
         let mut connection = self.connection.clone();
         let mut invocation = self.put.prepare_invoke();
         invocation
@@ -308,9 +381,9 @@ impl RedisCache {
                     .await?)
             })
             .await?;
-        value
-            .map(|v| decode(&v).map(MatchSnapshot::from_view))
-            .transpose()
+        Ok(value
+            .map(|v| stored::decode(&v).map(MatchSnapshot::from_view))
+            .transpose()?)
     }
 
     /// Active match ids after `after`, in id order, at most `limit`.
@@ -372,15 +445,20 @@ impl CompletedStore {
         CompletedStore { store, timeout }
     }
 
+    /// Wraps a bucket, its reads bounded by [`KV_TIMEOUT_FACTOR`] Redis timeouts.
+    pub fn with_redis_timeout(store: kv::Store, redis_timeout: Duration) -> Self {
+        Self::new(store, redis_timeout * KV_TIMEOUT_FACTOR)
+    }
+
     /// Reads a completed match.
     pub async fn get(&self, id: &MatchId) -> Result<Option<MatchSnapshot>, CacheError> {
         let value = tokio::time::timeout(self.timeout, self.store.get(id.as_str()))
             .await
             .map_err(|_| CacheError::Timeout(self.timeout))?
             .map_err(|e| CacheError::Kv(e.to_string()))?;
-        value
-            .map(|v| decode(&v).map(MatchSnapshot::from_view))
-            .transpose()
+        Ok(value
+            .map(|v| stored::decode(&v).map(MatchSnapshot::from_view))
+            .transpose()?)
     }
 }
 
@@ -388,14 +466,43 @@ impl CompletedStore {
 mod tests {
     use super::*;
 
+    fn settings(addr: &str, password: &str) -> RedisSettings {
+        RedisSettings {
+            addr: addr.into(),
+            username: String::new(),
+            password: password.into(),
+            db: 2,
+            prefix: "p:".into(),
+            timeout: Duration::from_millis(50),
+            ttl_active: Duration::from_secs(60),
+            ttl_completed: Duration::from_secs(60),
+            tls: None,
+        }
+    }
+
     #[test]
-    fn small_values_stay_plain_and_large_ones_are_compressed() {
-        let small = br#"{"a":1}"#;
-        assert_eq!(encode(small)[0], PLAIN);
-        let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000));
-        let packed = encode(large.as_bytes());
-        assert_eq!(packed[0], LZ4);
-        assert!(packed.len() < large.len() / 10);
+    fn the_connection_carries_the_password_as_given_and_the_db() {
+        let info = settings("r:6380", "ab/cd#ef@x:1%41")
+            .connection_info()
+            .unwrap();
+        assert_eq!(
+            info.addr(),
+            &redis::ConnectionAddr::Tcp("r".into(), 6380),
+            "the password never changes where it connects"
+        );
+        assert_eq!(info.redis_settings().password(), Some("ab/cd#ef@x:1%41"));
+        assert_eq!(info.redis_settings().db(), 2);
+        assert!(settings("no-port", "").connection_info().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_empty_address_means_no_redis() {
+        assert!(
+            RedisCache::connect(settings("", ""))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -5,10 +5,11 @@
 //!   messages, in version order, back into the statistics the command side holds;
 //! - [`read_model`]: [`ReadModel`], immutable per-match snapshots published with
 //!   `arc-swap`, and the [`MatchBuilder`] that makes them from deltas;
-//! - [`leaderboard`]: per-metric standings kept ordered incrementally;
+//! - [`leaderboard`]: per-metric standings, sorted on first request per snapshot;
 //! - [`cache`]: Redis (version-guarded write-through, circuit breaker, timeouts) and the
 //!   completed-matches key-value bucket;
-//! - [`api`]: the axum router and handlers of contract section 5.
+//! - [`api`]: the axum router and handlers of contract section 5;
+//! - [`metrics`]: the names and descriptions of the read side's Prometheus series.
 //!
 //! The query side never reaches into the command side's memory: everything it knows
 //! arrives on the deltas stream, so it runs on every replica.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod cache;
 pub mod leaderboard;
+pub mod metrics;
 pub mod projection;
 pub mod read_model;
 

@@ -127,13 +127,13 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     let payloads = || scenario.messages.iter().map(|m| m.payload.as_slice());
     let published = scenario.messages.len() as u64;
 
-    publish_all(&js, &config.topology.events_subject, payloads()).await;
+    publish_all(&js, &config.streams.events_subject, payloads()).await;
     service.wait_received(published).await;
     assert_counts(&service, &scenario.expected, 1);
 
     // The stream stores each event on its partition's subject (`<prefix>.16.<n>.<match>`),
     // the partition NATS computed being the one `partition_of` gives.
-    let events = read_stream(&js, &config.topology.events_stream).await;
+    let events = read_stream(&js, &config.streams.events_stream).await;
     let mut partitions = std::collections::BTreeSet::new();
     for event in &events {
         let tokens: Vec<&str> = event.subject.split('.').collect();
@@ -142,7 +142,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
         assert_eq!(tokens[2], "16");
         assert_eq!(
             n,
-            match_stats::streams::partition_of(tokens[4], 16),
+            match_stats::nats::partition_of(tokens[4], 16),
             "{}",
             event.subject
         );
@@ -150,7 +150,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     }
     assert!(partitions.len() > 1, "matches spread over partitions");
 
-    let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
+    let deltas = fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_eq!(
         deltas.entries as u64,
         service.counts().applied,
@@ -175,7 +175,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
         .filter(|m| m.expect != "applied" && m.expect != "duplicate")
         .collect();
     // Partitions dead-letter independently: order by source sequence.
-    let mut dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    let mut dead = read_stream(&js, &config.streams.dead_letter_stream).await;
     dead.sort_by_key(|letter| {
         let headers = letter.headers.as_ref().expect("dead letters have headers");
         let sequence = headers
@@ -213,10 +213,10 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     }
 
     // Published again: every applied event is now a duplicate; nothing changes.
-    publish_all(&js, &config.topology.events_subject, payloads()).await;
+    publish_all(&js, &config.streams.events_subject, payloads()).await;
     service.wait_received(2 * published).await;
     assert_counts(&service, &scenario.expected, 2);
-    let again = fold_deltas(&js, &config.topology.deltas_stream).await;
+    let again = fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_eq!(
         (again.messages, again.entries),
         (deltas.messages, deltas.entries),
@@ -224,7 +224,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     );
     assert_matches_expected(&again, &scenario.expected);
     assert_eq!(
-        read_stream(&js, &config.topology.dead_letter_stream)
+        read_stream(&js, &config.streams.dead_letter_stream)
             .await
             .len(),
         2 * rejected.len(),
@@ -246,7 +246,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
     let publish = |part: &[contract::ScenarioMessage]| {
         let payloads: Vec<Vec<u8>> = part.iter().map(|m| m.payload.clone()).collect();
         let js = js.clone();
-        let prefix = config.topology.events_subject.clone();
+        let prefix = config.streams.events_subject.clone();
         async move { publish_all(&js, &prefix, payloads.iter().map(Vec::as_slice)).await }
     };
 
@@ -282,7 +282,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
     );
     assert_eq!(counts["dead_letters"], 0, "no new dead letter");
 
-    let deltas = fold_deltas(&js, &config.topology.deltas_stream).await;
+    let deltas = fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_gapless(&deltas);
     assert_eq!(
         deltas.entries as u64,
@@ -290,7 +290,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
         "no delta published twice"
     );
     assert_matches_expected(&deltas, &scenario.expected);
-    let dead = read_stream(&js, &config.topology.dead_letter_stream).await;
+    let dead = read_stream(&js, &config.streams.dead_letter_stream).await;
     assert_eq!(
         dead.len() as u64,
         e["rejected"]

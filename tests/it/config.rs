@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use clap::CommandFactory;
-use match_stats::config::Cli;
+use match_stats::cli::Cli;
 
 /// An invalid value and what the error must say.
 type Invalid = Option<(&'static str, &'static str)>;

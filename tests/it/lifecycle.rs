@@ -20,7 +20,7 @@ async fn a_restart_from_the_final_snapshot_replays_nothing_and_keeps_the_counts(
     let scenario = contract::scenario("small");
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         scenario.messages.iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -32,7 +32,7 @@ async fn a_restart_from_the_final_snapshot_replays_nothing_and_keeps_the_counts(
         let subject = support::subject_for("e", &m.payload);
         let match_id = subject.strip_prefix("e.").unwrap();
         *per_partition
-            .entry(match_stats::streams::partition_of(match_id, 16))
+            .entry(match_stats::nats::partition_of(match_id, 16))
             .or_default() += 1;
     }
     // (checked after each batch of up to 10)
@@ -87,7 +87,7 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     let (first, rest) = scenario.messages.split_at(200);
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         first.iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -97,7 +97,7 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     // Another replica snapshots a partition (its marker and a match record): this one's
     // next snapshot of that partition is refused.
     let bucket = js
-        .get_key_value(&config.topology.snapshot_bucket)
+        .get_key_value(&config.streams.snapshot_bucket)
         .await
         .unwrap();
     let keys: Vec<String> = {
@@ -109,8 +109,12 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
         .find(|k| k.starts_with("match."))
         .expect("match records written");
     let match_id = record_key.strip_prefix("match.").unwrap();
-    let partition = match_stats::streams::partition_of(match_id, 16);
-    let marker_key = match_stats::snapshots::marker_key(16, partition);
+    let partition = match_stats::nats::partition_of(match_id, 16);
+    let marker_key = match_stats::nats::Partition {
+        n: partition,
+        of: 16,
+    }
+    .marker_key();
     for key in [marker_key.as_str(), record_key.as_str()] {
         let entry = bucket.entry(key).await.unwrap().expect("written");
         bucket.put(key, entry.value).await.unwrap();
@@ -118,7 +122,7 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
 
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         rest.iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -142,7 +146,7 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     assert!(!service.task.is_finished(), "the service keeps running");
     // Nothing lost, nothing counted or published twice.
     crate::command_side::assert_counts(&service, &scenario.expected, 1);
-    let deltas = crate::command_side::fold_deltas(&js, &config.topology.deltas_stream).await;
+    let deltas = crate::command_side::fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_eq!(deltas.entries as u64, service.counts().applied);
     crate::command_side::assert_gapless(&deltas);
     crate::command_side::assert_matches_expected(&deltas, &scenario.expected);
@@ -160,7 +164,7 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
     // The first 300 messages start all three matches and end none.
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         scenario.messages[..300]
             .iter()
             .map(|m| m.payload.as_slice()),
@@ -207,7 +211,7 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
     }
 
     // The match_end events are in the events stream, with the reason.
-    let events = read_stream(&js, &config.topology.events_stream).await;
+    let events = read_stream(&js, &config.streams.events_stream).await;
     let ends: Vec<serde_json::Value> = events[300..]
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("JSON match_end"))
@@ -230,8 +234,8 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
 
     // A fresh replay (no snapshot bucket carried over) ends them the same way.
     let mut replay = config.clone();
-    replay.topology.snapshot_bucket = "match_stats_snapshots_replay".into();
-    replay.topology.consumer_name = "replay".into();
+    replay.streams.snapshot_bucket = "match_stats_snapshots_replay".into();
+    replay.streams.consumer_name = "replay".into();
     let service = Service::start(replay).await;
     let applied_lines = scenario.messages[..300]
         .iter()

@@ -179,7 +179,7 @@ async fn ingest_scenario(
     let scenario = contract::scenario("small");
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         scenario.messages.iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -225,7 +225,7 @@ async fn active_matches_page_by_cursor_in_match_id_order_without_players() {
     let part = &scenario.messages[..300];
     publish_all(
         &js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         part.iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -288,7 +288,10 @@ async fn cold_replica(
 ) -> String {
     let redis = redis.map(|r| {
         let settings = RedisSettings {
-            url: r.url(),
+            addr: format!("127.0.0.1:{}", r.port()),
+            username: String::new(),
+            password: String::new(),
+            db: 0,
             prefix: config.cache.redis_prefix.clone(),
             timeout: config.cache.redis_timeout,
             ttl_active: config.cache.ttl_active,
@@ -299,7 +302,7 @@ async fn cold_replica(
     });
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let bucket = js
-        .get_key_value(&config.topology.completed_bucket)
+        .get_key_value(&config.streams.completed_bucket)
         .await
         .unwrap();
     let state = ApiState {
@@ -310,7 +313,9 @@ async fn cold_replica(
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::finish(api::router(state))).await });
+    tokio::spawn(
+        async move { axum::serve(listener, api::with_api_layers(api::router(state))).await },
+    );
     base
 }
 

@@ -35,7 +35,7 @@ async fn flows(service: &Service, js: &jetstream::Context, config: &match_stats:
     let scenario = contract::scenario("small");
     publish_all(
         js,
-        &config.topology.events_subject,
+        &config.streams.events_subject,
         scenario.messages[..20].iter().map(|m| m.payload.as_slice()),
     )
     .await;
@@ -298,7 +298,7 @@ async fn nats_credentials_file_in_operator_mode() {
         &user_jwt,
         &user.seed().unwrap(),
     ));
-    let client = match_stats::app::connect_nats(&settings)
+    let client = match_stats::nats::connect(&settings)
         .await
         .expect("connects with the credentials file");
     client.flush().await.expect("the server accepted the user");

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use clap::Parser;
 use futures::StreamExt;
-use match_stats::config::Cli;
-use match_stats::ingest::{IngestCounts, IngestStats};
+use match_stats::cli::Cli;
+use match_stats::command_side::{IngestCounts, IngestStats};
 use match_stats::{App, Config};
 use match_stats_harness::{NatsServer, RedisServer};
 use tokio::task::JoinHandle;
@@ -60,7 +60,7 @@ impl Service {
         wait_for("service ready", || {
             service
                 .stats
-                .ready
+                .recovered
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .await;

@@ -20,8 +20,8 @@ use match_stats_commands::StatDelta;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
+use super::sim::SimMatch;
 use crate::config::Config;
-use crate::demo::SimMatch;
 
 /// Publish acknowledgements awaited at once (a sliding window).
 const ACK_WINDOW: usize = 1024;
@@ -242,17 +242,17 @@ pub async fn run_watching(
     args: &LoadArgs,
     watch: Watch,
 ) -> anyhow::Result<Report> {
-    let nats = crate::app::connect_nats(config).await?;
+    let nats = crate::nats::connect(config).await?;
     let js = jetstream::new(nats.clone());
     // The streams exist before the service first starts (idempotent).
-    crate::streams::ensure(&js, config).await?;
-    let topology = &config.topology;
+    crate::nats::streams::ensure(&js, config).await?;
+    let names = &config.streams;
     let freshness = Arc::new(Freshness::default());
     let watcher = match (args.no_freshness, watch) {
         (true, _) => None,
         (false, Watch::Deltas) => {
             let deltas = nats
-                .subscribe(format!("{}.*", topology.deltas_subject))
+                .subscribe(format!("{}.*", names.deltas_subject))
                 .await?;
             Some(tokio::spawn(watch_deltas(deltas, freshness.clone())))
         }
@@ -286,7 +286,7 @@ pub async fn run_watching(
             0 => "flat out".to_owned(),
             r => format!("{r} events/s"),
         },
-        topology.events_subject
+        names.events_subject
     );
 
     let started = Instant::now();
@@ -323,7 +323,7 @@ pub async fn run_watching(
                 break (i, event);
             }
         };
-        let subject = format!("{}.{}", topology.events_subject, ids[i]);
+        let subject = format!("{}.{}", names.events_subject, ids[i]);
         if watcher.is_some() {
             freshness.sent(event_id.clone());
         }

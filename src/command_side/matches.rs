@@ -1,14 +1,18 @@
-//! The command side's state in memory: every match's aggregate with its place in the
-//! stream, and the decision for one message with the effects to publish.
+//! A partition's matches in memory and the decision for one message: the aggregate it
+//! reaches, what it decided ([`Decision`]), and the messages to publish as a result
+//! ([`Effect`]): stat deltas coalesced per match ([`DeltaBatch`]), dead letters, final
+//! match objects and the `match_end`s of idle matches.
 
 use std::collections::{HashMap, HashSet};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use match_stats_commands::{Match, MatchId, MatchStatus, Outcome, Reason, StatDelta, decode};
+use match_stats_commands::{
+    Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta, decode,
+};
+use serde::{Deserialize, Serialize};
 
-use crate::config::Topology;
-use crate::snapshots::Tracked;
+use crate::config::StreamNames;
 
 /// Dead-letter header: the rejection reason (contract section 3).
 pub const HEADER_REASON: &str = "Match-Stats-Reason";
@@ -21,22 +25,54 @@ pub const HEADER_SOURCE_SEQUENCE: &str = "Match-Stats-Source-Sequence";
 /// Dead-letter header: the subject the event was published to.
 pub const HEADER_SOURCE_SUBJECT: &str = "Match-Stats-Source-Subject";
 
-/// What processing one message decided.
-#[derive(Debug)]
-pub enum Processed {
-    /// Applied (its delta is returned beside the decision).
+/// One match in memory: its aggregate and where in the stream it stands (also its
+/// snapshot record).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatchRecord {
+    /// The aggregate.
+    pub aggregate: Match,
+    /// The last events stream sequence applied to it.
+    pub sequence: u64,
+    /// When the stream stored the last event applied to it (for idle and retention).
+    pub stored_at_ms: i64,
+}
+
+/// What was decided for one message, to count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied to its match.
     Applied,
     /// A duplicate `event_id`.
     Duplicate,
-    /// Rejected (contract section 3).
-    Rejected {
-        /// The reason.
-        reason: Reason,
-        /// What exactly was wrong.
-        detail: String,
-    },
-    /// Its match's snapshot already holds it (replay after a restore): no effect.
+    /// Rejected (contract section 3) and dead-lettered.
+    Rejected(Reason),
+    /// Already decided (a redelivery or a replay of a message the state holds): no effect.
     AlreadyApplied,
+}
+
+/// What processing one message decided, with its effect.
+#[derive(Debug)]
+pub enum Decision {
+    /// Applied; what it changed.
+    Applied(StatDelta),
+    /// A duplicate `event_id`.
+    Duplicate,
+    /// Rejected: the reason and the dead letter to publish.
+    Rejected(Reason, Effect),
+    /// Its match's state already holds it: no effect.
+    AlreadyApplied,
+}
+
+impl Decision {
+    /// What to count.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Decision::Applied(_) => Verdict::Applied,
+            Decision::Duplicate => Verdict::Duplicate,
+            Decision::Rejected(reason, _) => Verdict::Rejected(*reason),
+            Decision::AlreadyApplied => Verdict::AlreadyApplied,
+        }
+    }
 }
 
 /// What an [`Effect`] is, for counting it and for the checks specific to it.
@@ -85,18 +121,48 @@ pub struct Source<'a> {
     pub subject: &'a str,
 }
 
-/// Every match in memory, and how far into the stream the command side is.
+/// An active match with no event stored for the idle timeout, and the `match_end` that
+/// closes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleMatch {
+    /// The match.
+    pub match_id: MatchId,
+    /// The `match_end`'s `event_id`.
+    pub event_id: String,
+    /// Its `timestamp`: the match's `last_update`.
+    pub last_update: i64,
+}
+
+impl IdleMatch {
+    /// The `match_end` to publish to the events stream.
+    pub fn effect(&self, names: &StreamNames) -> Effect {
+        let payload = match_stats_commands::encode::idle_match_end(
+            &self.event_id,
+            self.match_id,
+            self.last_update,
+        );
+        Effect {
+            subject: format!("{}.{}", names.events_subject, self.match_id),
+            msg_id: self.event_id.clone(),
+            headers: HeaderMap::new(),
+            payload: payload.into(),
+            kind: EffectKind::IdleMatchEnd,
+        }
+    }
+}
+
+/// Every match of a partition in memory, and how far into the stream the partition is.
 #[derive(Debug, Default)]
-pub struct CommandSide {
-    matches: HashMap<MatchId, Tracked>,
+pub struct PartitionMatches {
+    matches: HashMap<MatchId, MatchRecord>,
     applied_sequence: u64,
     changed: HashSet<MatchId>,
 }
 
-impl CommandSide {
+impl PartitionMatches {
     /// Starts from restored snapshots, at `sequence`.
-    pub fn restore(matches: HashMap<MatchId, Tracked>, sequence: u64) -> Self {
-        CommandSide {
+    pub fn restore(matches: HashMap<MatchId, MatchRecord>, sequence: u64) -> Self {
+        PartitionMatches {
             matches,
             applied_sequence: sequence,
             changed: HashSet::new(),
@@ -118,7 +184,7 @@ impl CommandSide {
         (self.matches.len() as u64 - completed, completed)
     }
 
-    /// Whether any match changed since the last [`CommandSide::take_changed`].
+    /// Whether any match changed since the last [`PartitionMatches::take_changed`].
     pub fn has_changes(&self) -> bool {
         !self.changed.is_empty()
     }
@@ -134,13 +200,12 @@ impl CommandSide {
     }
 
     /// One match.
-    pub fn tracked(&self, id: &MatchId) -> Option<&Tracked> {
+    pub fn record(&self, id: &MatchId) -> Option<&MatchRecord> {
         self.matches.get(id)
     }
 
-    /// Active matches whose last event was stored before `stored_before_ms`, with the
-    /// `match_end` that closes each: `(match id, event id, last_update)`.
-    pub fn idle(&self, stored_before_ms: i64) -> Vec<(MatchId, String, i64)> {
+    /// Active matches whose last event was stored before `stored_before_ms`.
+    pub fn idle(&self, stored_before_ms: i64) -> Vec<IdleMatch> {
         self.matches
             .values()
             .filter(|t| {
@@ -149,12 +214,12 @@ impl CommandSide {
             })
             .map(|t| {
                 let stats = t.aggregate.stats();
-                let id = t.aggregate.match_id();
-                (
-                    id,
-                    format!("idle-{id}-{}", stats.event_count),
-                    stats.last_update,
-                )
+                let match_id = t.aggregate.match_id();
+                IdleMatch {
+                    match_id,
+                    event_id: format!("idle-{match_id}-{}", stats.event_count),
+                    last_update: stats.last_update,
+                }
             })
             .collect()
     }
@@ -177,79 +242,55 @@ impl CommandSide {
         old
     }
 
-    /// Decides and applies one message; returns the decision, an applied event's delta
-    /// (to coalesce in a [`DeltaBatch`]) or a rejected one's dead letter.
+    /// Decides and applies one message.
     pub fn process(
         &mut self,
         payload: &Bytes,
         source: Source<'_>,
-        topology: &Topology,
+        names: &StreamNames,
     ) -> Decision {
         self.applied_sequence = self.applied_sequence.max(source.sequence);
-        let mut delta = None;
-        let processed = match decode(payload, source.stored_at_ms) {
-            Err(rejection) => Processed::Rejected {
-                reason: rejection.reason,
-                detail: rejection.detail,
-            },
-            Ok(event) => {
-                let tracked = self
-                    .matches
-                    .entry(event.match_id)
-                    .or_insert_with(|| Tracked {
-                        aggregate: Match::new(event.match_id),
-                        sequence: 0,
-                        stored_at_ms: source.stored_at_ms,
-                    });
-                if tracked.sequence >= source.sequence {
-                    Processed::AlreadyApplied
-                } else {
-                    match tracked.aggregate.handle(&event, source.sequence) {
-                        Outcome::Applied(entry) => {
-                            tracked.sequence = source.sequence;
-                            tracked.stored_at_ms = source.stored_at_ms;
-                            self.changed.insert(event.match_id);
-                            let completed =
-                                tracked.aggregate.stats().status == MatchStatus::Completed;
-                            delta = Some(StatDelta {
-                                match_id: event.match_id,
-                                entries: vec![entry],
-                                match_view: completed.then(|| Box::new(tracked.aggregate.view())),
-                            });
-                            Processed::Applied
-                        }
-                        Outcome::Duplicate => Processed::Duplicate,
-                        Outcome::Rejected(rejection) => Processed::Rejected {
-                            reason: rejection.reason,
-                            detail: rejection.detail,
-                        },
-                    }
-                }
-            }
+        let event = match decode(payload, source.stored_at_ms) {
+            Ok(event) => event,
+            Err(rejection) => return rejected(payload, source, rejection, names),
         };
-        let dead_letter = match &processed {
-            Processed::Rejected { reason, detail } => {
-                Some(dead_letter(payload, source, *reason, detail, topology))
+        let record = self
+            .matches
+            .entry(event.match_id)
+            .or_insert_with(|| MatchRecord {
+                aggregate: Match::new(event.match_id),
+                sequence: 0,
+                stored_at_ms: source.stored_at_ms,
+            });
+        if record.sequence >= source.sequence {
+            return Decision::AlreadyApplied;
+        }
+        match record.aggregate.handle(&event, source.sequence) {
+            Outcome::Applied(entry) => {
+                record.sequence = source.sequence;
+                record.stored_at_ms = source.stored_at_ms;
+                self.changed.insert(event.match_id);
+                let completed = record.aggregate.stats().status == MatchStatus::Completed;
+                Decision::Applied(StatDelta {
+                    match_id: event.match_id,
+                    entries: vec![entry],
+                    match_view: completed.then(|| Box::new(record.aggregate.view())),
+                })
             }
-            _ => None,
-        };
-        Decision {
-            processed,
-            delta,
-            dead_letter,
+            Outcome::Duplicate => Decision::Duplicate,
+            Outcome::Rejected(rejection) => rejected(payload, source, rejection, names),
         }
     }
 }
 
-/// What [`CommandSide::process`] decided for one message.
-#[derive(Debug)]
-pub struct Decision {
-    /// The decision.
-    pub processed: Processed,
-    /// An applied event's delta.
-    pub delta: Option<StatDelta>,
-    /// A rejected event's dead letter.
-    pub dead_letter: Option<Effect>,
+fn rejected(
+    payload: &Bytes,
+    source: Source<'_>,
+    rejection: Rejection,
+    names: &StreamNames,
+) -> Decision {
+    let dead_letter = dead_letter(payload, source, &rejection, names);
+    Decision::Rejected(rejection.reason, dead_letter)
 }
 
 /// The deltas of one batch, coalesced: one delta message per match with every entry the
@@ -290,18 +331,17 @@ impl DeltaBatch {
 
     /// The messages to publish: each delta, and for a match that ended, its final object
     /// for the completed-matches bucket.
-    pub fn into_effects(self, topology: &Topology) -> Vec<Effect> {
+    pub fn into_effects(self, names: &StreamNames) -> Vec<Effect> {
         let mut effects = Vec::with_capacity(self.segments.len());
         for (delta, headers) in self.segments {
             if let Some(view) = &delta.match_view {
                 // A key-value put is a publish to the bucket's subject. (Also when a
                 // replay trimmed the delta itself: the put may be what was missing.)
-                let json = serde_json::to_vec(view).expect("views serialize");
                 effects.push(Effect {
-                    subject: format!("$KV.{}.{}", topology.completed_bucket, delta.match_id),
+                    subject: format!("$KV.{}.{}", names.completed_bucket, delta.match_id),
                     msg_id: format!("{}:{}:final", delta.match_id, view.event_count),
                     headers: HeaderMap::new(),
-                    payload: match_stats_queries::cache::encode(&json).into(),
+                    payload: match_stats_commands::view::stored::encode(view).into(),
                     kind: EffectKind::CompletedMatch,
                 });
             }
@@ -310,7 +350,7 @@ impl DeltaBatch {
             };
             let version = last.version;
             effects.push(Effect {
-                subject: format!("{}.{}", topology.deltas_subject, delta.match_id),
+                subject: format!("{}.{}", names.deltas_subject, delta.match_id),
                 msg_id: delta.msg_id(),
                 headers,
                 payload: rmp_serde::to_vec_named(&delta)
@@ -330,24 +370,25 @@ impl DeltaBatch {
 fn dead_letter(
     payload: &Bytes,
     source: Source<'_>,
-    reason: Reason,
-    detail: &str,
-    topology: &Topology,
+    rejection: &Rejection,
+    names: &StreamNames,
 ) -> Effect {
+    let reason = rejection.reason;
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_REASON, reason.as_str());
     // Header values are one line of printable text.
-    let detail: String = detail
+    let detail: String = rejection
+        .detail
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     headers.insert(HEADER_DETAIL, detail.as_str());
-    headers.insert(HEADER_SOURCE_STREAM, topology.events_stream.as_str());
+    headers.insert(HEADER_SOURCE_STREAM, names.events_stream.as_str());
     headers.insert(HEADER_SOURCE_SEQUENCE, source.sequence.to_string().as_str());
     headers.insert(HEADER_SOURCE_SUBJECT, source.subject);
     Effect {
-        subject: format!("{}.{}", topology.dead_letter_subject, reason.as_str()),
-        msg_id: format!("{}:{}", topology.events_stream, source.sequence),
+        subject: format!("{}.{}", names.dead_letter_subject, reason.as_str()),
+        msg_id: format!("{}:{}", names.events_stream, source.sequence),
         headers,
         payload: payload.clone(),
         kind: EffectKind::DeadLetter(reason),

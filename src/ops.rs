@@ -1,6 +1,7 @@
 //! The service's operational routes: `/health` (liveness), `/ready` (readiness, with
-//! why and the replay progress), `/metrics` (Prometheus text) and
-//! `/api/v1/match-stats/system/stats`. The API itself is `match_stats_queries::api`.
+//! why and the replay progress), `/metrics` (Prometheus text),
+//! `/api/v1/match-stats/system/stats` and, when enabled, `/debug/pprof/profile`. The API
+//! itself is `match_stats_queries::api`; errors are its `ApiError`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,10 +13,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use match_stats_queries::ApiState;
+use match_stats_queries::api::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::ingest::IngestStats;
+use crate::command_side::IngestStats;
 
 /// What the routes read.
 #[derive(Clone)]
@@ -58,17 +60,14 @@ const MAX_PROFILE_SECONDS: u64 = 300;
 /// (`go tool pprof http://host:8080/debug/pprof/profile`).
 async fn profile(
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> axum::response::Response {
+) -> Result<axum::response::Response, ApiError> {
     let seconds = match params.get("seconds").map(|s| s.parse::<u64>()) {
         None => 30,
         Some(Ok(n)) if (1..=MAX_PROFILE_SECONDS).contains(&n) => n,
         Some(_) => {
-            let error = format!("seconds must be an integer from 1 to {MAX_PROFILE_SECONDS}");
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": error, "status": 400})),
-            )
-                .into_response();
+            return Err(ApiError::bad_request(format!(
+                "seconds must be an integer from 1 to {MAX_PROFILE_SECONDS}"
+            )));
         }
     };
     let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
@@ -86,17 +85,16 @@ async fn profile(
     .await;
     match result {
         Ok(Ok(bytes)) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
-        Ok(Err(error)) => {
-            let error = format!("profiling failed (one profile at a time): {error}");
-            (
-                StatusCode::CONFLICT,
-                Json(json!({"error": error, "status": 409})),
-            )
-                .into_response()
-        }
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        Ok(Err(error)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("profiling failed (one profile at a time): {error}"),
+        )),
+        Err(error) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profiling failed: {error}"),
+        )),
     }
 }
 
@@ -107,7 +105,7 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     let stats = &state.stats;
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let recovered = stats.ready.load(Ordering::Relaxed);
+    let recovered = stats.recovered.load(Ordering::Relaxed);
     let caught_up = state.api.model.is_caught_up();
     // While the read model catches up, the API answers from Redis (newer version wins):
     // ready if Redis answers now (a bounded PING), else only once caught up.
@@ -158,6 +156,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    state.api.lookups.publish_hit_ratios();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

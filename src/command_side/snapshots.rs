@@ -13,42 +13,16 @@ use std::collections::HashMap;
 
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
-use match_stats_commands::{Match, MatchId};
+use match_stats_commands::MatchId;
 use serde::{Deserialize, Serialize};
+
+use super::matches::MatchRecord;
+use super::stats::Counters;
+use crate::nats::Partition;
+use crate::nats::partition::MARKER_PREFIX;
 
 /// Prefix of per-match keys.
 pub const MATCH_PREFIX: &str = "match.";
-/// Prefix of partition markers.
-pub const MARKER_PREFIX: &str = "partition.";
-
-/// The marker key of partition `n` of `partitions`.
-pub fn marker_key(partitions: u16, n: u16) -> String {
-    format!("{MARKER_PREFIX}{partitions}.{n}")
-}
-
-/// One match in memory: its aggregate and where in the stream it stands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Tracked {
-    /// The aggregate.
-    pub aggregate: Match,
-    /// The last events stream sequence applied to it.
-    pub sequence: u64,
-    /// When the stream stored the last event applied to it (for idle and retention).
-    pub stored_at_ms: i64,
-}
-
-/// Ingest counters carried across restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Messages processed.
-    pub received: u64,
-    /// Events applied.
-    pub applied: u64,
-    /// Duplicates dropped.
-    pub duplicates: u64,
-    /// Rejections, indexed like `Reason::ALL`.
-    pub rejected: [u64; 7],
-}
 
 /// The partition marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +59,7 @@ pub struct Restored {
     /// The marker, if a snapshot was ever written.
     pub marker: Option<Marker>,
     /// Every match record.
-    pub matches: HashMap<MatchId, Tracked>,
+    pub matches: HashMap<MatchId, MatchRecord>,
 }
 
 /// Reads and writes one partition's keys in the snapshot bucket, remembering the revision
@@ -111,15 +85,12 @@ fn bucket_error(e: impl std::fmt::Display) -> SnapshotError {
 }
 
 impl SnapshotStore {
-    /// Loads partition `n`'s marker and the records of its matches (those `in_partition`
-    /// accepts), with their revisions.
+    /// Loads a partition's marker and the records of its matches, with their revisions.
     pub async fn load(
         kv: kv::Store,
-        partitions: u16,
-        n: u16,
-        in_partition: impl Fn(&str) -> bool,
+        partition: Partition,
     ) -> Result<(SnapshotStore, Restored), SnapshotError> {
-        let marker_key = marker_key(partitions, n);
+        let marker_key = partition.marker_key();
         let mut restored = Restored::default();
         let mut revisions = HashMap::new();
         let keys: Vec<String> = kv
@@ -129,13 +100,15 @@ impl SnapshotStore {
             .try_collect()
             .await
             .map_err(bucket_error)?;
-        let this_count = format!("{MARKER_PREFIX}{partitions}.");
+        let this_count = format!("{MARKER_PREFIX}{}.", partition.of);
         let repartitioned = keys
             .iter()
             .any(|k| k.starts_with(MARKER_PREFIX) && !k.starts_with(&this_count));
         for key in keys {
-            let ours =
-                key == marker_key || key.strip_prefix(MATCH_PREFIX).is_some_and(&in_partition);
+            let ours = key == marker_key
+                || key
+                    .strip_prefix(MATCH_PREFIX)
+                    .is_some_and(|id| partition.holds(id));
             if !ours {
                 continue;
             }
@@ -149,10 +122,8 @@ impl SnapshotStore {
             if key == marker_key {
                 restored.marker = Some(decode(&entry.value)?);
             } else {
-                let tracked: Tracked = decode(&entry.value)?;
-                restored
-                    .matches
-                    .insert(tracked.aggregate.match_id(), tracked);
+                let record: MatchRecord = decode(&entry.value)?;
+                restored.matches.insert(record.aggregate.match_id(), record);
             }
         }
         if restored.marker.is_none() && !repartitioned {
@@ -189,13 +160,13 @@ impl SnapshotStore {
     /// written.
     pub async fn write<'a>(
         &mut self,
-        changed: impl IntoIterator<Item = &'a Tracked>,
+        changed: impl IntoIterator<Item = &'a MatchRecord>,
         marker: &Marker,
     ) -> Result<usize, SnapshotError> {
         let mut written = 0;
-        for tracked in changed {
-            let key = format!("{MATCH_PREFIX}{}", tracked.aggregate.match_id());
-            self.swap(key, encode(tracked)).await?;
+        for record in changed {
+            let key = format!("{MATCH_PREFIX}{}", record.aggregate.match_id());
+            self.swap(key, encode(record)).await?;
             written += 1;
         }
         self.swap(self.marker_key.clone(), encode(marker)).await?;

@@ -1,68 +1,61 @@
-//! The JetStream topology: the events, deltas and dead-letter streams and the durable
-//! ingest consumer, created or updated idempotently at start-up.
+//! What the service provisions in JetStream: the events, deltas and dead-letter streams,
+//! one durable consumer per partition and the key-value buckets, created or updated
+//! idempotently at start-up ([`ensure`]); and [`read_from`], the ordered read of a stream
+//! that replays and projections use.
 //!
 //! The definitions are the files in `nats/streams/` and `nats/consumers/` (NATS's own
 //! JSON format, usable with `nats stream add --config`); names, subjects and duplicate
-//! windows from [`Topology`] and [`Config`] override theirs.
+//! windows from [`StreamNames`] and [`Config`] override theirs.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv, stream};
 
-use crate::config::Config;
-use crate::config::Topology as Names;
+use super::partition::{Partition, Partitioning};
+use crate::config::{Config, StreamNames};
 
-const EVENTS: &str = include_str!("../nats/streams/events.json");
-const DELTAS: &str = include_str!("../nats/streams/deltas.json");
-const DEAD_LETTERS: &str = include_str!("../nats/streams/dead_letters.json");
-const INGEST_CONSUMER: &str = include_str!("../nats/consumers/ingest.json");
+const EVENTS: &str = include_str!("../../nats/streams/events.json");
+const DELTAS: &str = include_str!("../../nats/streams/deltas.json");
+const DEAD_LETTERS: &str = include_str!("../../nats/streams/dead_letters.json");
+const INGEST_CONSUMER: &str = include_str!("../../nats/consumers/ingest.json");
 
 /// The events stream's definition with the configured name, subjects, window and
 /// partition transform.
-pub fn events_stream(topology: &Names) -> stream::Config {
+pub fn events_stream(names: &StreamNames) -> stream::Config {
     stream::Config {
         subject_transform: Some(stream::SubjectTransform {
-            source: topology.events_filter(),
-            destination: topology.partition_transform(),
+            source: names.events_filter(),
+            destination: Partitioning::of(names).transform(names),
         }),
         ..stream_config(
             EVENTS,
-            &topology.events_stream,
-            topology.events_filter(),
-            Some(topology.events_duplicate_window),
+            &names.events_stream,
+            names.events_filter(),
+            Some(names.events_duplicate_window),
         )
     }
-}
-
-/// The partition NATS maps a match to, as its `partition(P,1)` subject transform does:
-/// FNV-1a (32 bits) of the match id, modulo `partitions`.
-pub fn partition_of(match_id: &str, partitions: u16) -> u16 {
-    let hash = match_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    (hash % u32::from(partitions)) as u16
 }
 
 /// The priority group whose pinned client is a partition's writer.
 pub const WRITER_GROUP: &str = "writer";
 
 /// The deltas stream's definition.
-pub fn deltas_stream(topology: &Names) -> stream::Config {
+pub fn deltas_stream(names: &StreamNames) -> stream::Config {
     stream_config(
         DELTAS,
-        &topology.deltas_stream,
-        format!("{}.*", topology.deltas_subject),
-        Some(topology.deltas_duplicate_window),
+        &names.deltas_stream,
+        format!("{}.*", names.deltas_subject),
+        Some(names.deltas_duplicate_window),
     )
 }
 
 /// The dead-letter stream's definition.
-pub fn dead_letter_stream(topology: &Names) -> stream::Config {
+pub fn dead_letter_stream(names: &StreamNames) -> stream::Config {
     stream_config(
         DEAD_LETTERS,
-        &topology.dead_letter_stream,
-        format!("{}.*", topology.dead_letter_subject),
+        &names.dead_letter_stream,
+        format!("{}.*", names.dead_letter_subject),
         None,
     )
 }
@@ -83,30 +76,30 @@ fn stream_config(
     config
 }
 
-/// The durable pull consumer of partition `n`: NATS pins one client (replica) of the
+/// The durable pull consumer of a partition: NATS pins one client (replica) of the
 /// [`WRITER_GROUP`] and delivers only to it, until it stops pulling for the pin timeout.
-pub fn ingest_consumer(config: &Config, n: u16) -> consumer::pull::Config {
+pub fn ingest_consumer(config: &Config, partition: Partition) -> consumer::pull::Config {
     let mut consumer: consumer::pull::Config = serde_json::from_str(INGEST_CONSUMER)
         .expect("nats/consumers/ingest.json is a consumer config");
-    let topology = &config.topology;
-    consumer.durable_name = Some(topology.partition_consumer(n));
-    consumer.filter_subject = topology.partition_filter(n);
+    let names = &config.streams;
+    consumer.durable_name = Some(partition.consumer_name(names));
+    consumer.filter_subject = partition.filter(names);
     consumer.ack_wait = config.ack_wait;
     consumer.max_ack_pending = config.buffer_size;
-    consumer.priority_timeout = topology.pin_timeout;
-    consumer.num_replicas = topology.stream_replicas.into();
+    consumer.priority_timeout = names.pin_timeout;
+    consumer.num_replicas = names.stream_replicas.into();
     consumer
 }
 
 /// The snapshot bucket: the command side's aggregates and partition markers.
 pub fn snapshot_bucket(config: &Config) -> kv::Config {
     kv::Config {
-        bucket: config.topology.snapshot_bucket.clone(),
+        bucket: config.streams.snapshot_bucket.clone(),
         description: "Command-side snapshots: match.<id> aggregates and partition.<n> markers"
             .into(),
         history: 1,
         storage: stream::StorageType::File,
-        num_replicas: config.topology.stream_replicas.into(),
+        num_replicas: config.streams.stream_replicas.into(),
         ..Default::default()
     }
 }
@@ -116,15 +109,15 @@ pub fn snapshot_bucket(config: &Config) -> kv::Config {
 /// counted to share the partitions.
 pub fn replicas_bucket(config: &Config) -> kv::Config {
     kv::Config {
-        bucket: format!("{}_replicas", config.topology.snapshot_bucket),
+        bucket: format!("{}_replicas", config.streams.snapshot_bucket),
         description: "Live match-stats replicas, for sharing the partitions".into(),
         history: 1,
         max_age: config
-            .topology
+            .streams
             .pin_timeout
             .max(std::time::Duration::from_secs(1)),
         storage: stream::StorageType::Memory,
-        num_replicas: config.topology.stream_replicas.into(),
+        num_replicas: config.streams.stream_replicas.into(),
         ..Default::default()
     }
 }
@@ -132,18 +125,19 @@ pub fn replicas_bucket(config: &Config) -> kv::Config {
 /// The completed-matches bucket: one value per match, kept for the completed retention.
 pub fn completed_bucket(config: &Config) -> kv::Config {
     kv::Config {
-        bucket: config.topology.completed_bucket.clone(),
+        bucket: config.streams.completed_bucket.clone(),
         description: "Final match objects of completed matches (LZ4/JSON, see README)".into(),
         history: 1,
         max_age: config.cache.completed_retention,
         storage: stream::StorageType::File,
-        num_replicas: config.topology.stream_replicas.into(),
+        num_replicas: config.streams.stream_replicas.into(),
         ..Default::default()
     }
 }
 
-/// What start-up creates: the partitions' consumers and the two buckets.
-pub struct Topology {
+/// What start-up provisions: the events stream, the partitions' consumers and the
+/// buckets.
+pub struct Provisioned {
     /// The events stream.
     pub events: stream::Stream,
     /// The durable consumer of each partition, in partition order.
@@ -158,75 +152,71 @@ pub struct Topology {
 
 /// The partition count of an existing events stream (from its subject transform), if
 /// it has one.
-fn partitions_of(stream: &stream::Config, topology: &Names) -> Option<u16> {
+fn partitions_of(stream: &stream::Config, names: &StreamNames) -> Option<Partitioning> {
     let destination = &stream.subject_transform.as_ref()?.destination;
-    let rest = destination.strip_prefix(&format!("{}.", topology.events_subject))?;
-    rest.split('.').next()?.parse().ok()
+    let rest = destination.strip_prefix(&format!("{}.", names.events_subject))?;
+    let count = rest.split('.').next()?.parse().ok()?;
+    Some(Partitioning { count })
 }
 
 /// Refuses to change the partition count while the old partitions' consumers still hold
 /// events: those are on the old partitions' subjects, which the new writers do not read.
 async fn check_repartition(
     js: &jetstream::Context,
-    topology: &Names,
-) -> anyhow::Result<Option<u16>> {
-    let Ok(mut stream) = js.get_stream(&topology.events_stream).await else {
+    names: &StreamNames,
+) -> anyhow::Result<Option<Partitioning>> {
+    let Ok(mut stream) = js.get_stream(&names.events_stream).await else {
         return Ok(None);
     };
-    let Some(old) = partitions_of(&stream.info().await?.config, topology)
-        .filter(|&old| old != topology.partitions)
+    let new = Partitioning::of(names);
+    let Some(old) = partitions_of(&stream.info().await?.config, names).filter(|&old| old != new)
     else {
         return Ok(None);
     };
-    let old_topology = Names {
-        partitions: old,
-        ..topology.clone()
-    };
     let mut waiting = 0;
-    for n in 0..old {
-        if let Ok(info) = stream
-            .consumer_info(old_topology.partition_consumer(n))
-            .await
-        {
+    for partition in old.all() {
+        if let Ok(info) = stream.consumer_info(partition.consumer_name(names)).await {
             waiting += info.num_pending + info.num_ack_pending as u64;
         }
     }
     if waiting > 0 {
         anyhow::bail!(
-            "PARTITIONS changed from {old} to {} while {waiting} events wait in the old partitions' consumers; run with PARTITIONS={old} until they are processed, then change it (README: Changing the partition count)",
-            topology.partitions
+            "PARTITIONS changed from {} to {} while {waiting} events wait in the old partitions' consumers; run with PARTITIONS={} until they are processed, then change it (README: Changing the partition count)",
+            old.count,
+            new.count,
+            old.count
         );
     }
     tracing::warn!(
-        from = old,
-        to = topology.partitions,
+        from = old.count,
+        to = new.count,
         "changing the partition count; the old partitions are drained"
     );
     Ok(Some(old))
 }
 
 /// Creates or updates the three streams, the buckets and the partitions' consumers.
-pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<Topology> {
-    let topology = &config.topology;
-    let replaced = check_repartition(js, topology).await?;
+pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<Provisioned> {
+    let names = &config.streams;
+    let replaced = check_repartition(js, names).await?;
     let mut events = None;
     for stream in [
         stream::Config {
             max_age: config.lifecycle.events_max_age,
-            ..events_stream(topology)
+            ..events_stream(names)
         },
-        deltas_stream(topology),
-        dead_letter_stream(topology),
+        deltas_stream(names),
+        dead_letter_stream(names),
     ] {
         let stream = stream::Config {
-            num_replicas: topology.stream_replicas.into(),
+            num_replicas: names.stream_replicas.into(),
             ..stream
         };
         let name = stream.name.clone();
         js.create_or_update_stream(stream)
             .await
             .with_context(|| format!("cannot create or update stream {name}"))?;
-        if name == topology.events_stream {
+        if name == names.events_stream {
             events = Some(
                 js.get_stream(&name)
                     .await
@@ -240,7 +230,7 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         .with_context(|| {
             format!(
                 "cannot create or update key-value bucket {}",
-                topology.completed_bucket
+                names.completed_bucket
             )
         })?;
     let snapshots = js
@@ -249,7 +239,7 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         .with_context(|| {
             format!(
                 "cannot create or update key-value bucket {}",
-                topology.snapshot_bucket
+                names.snapshot_bucket
             )
         })?;
     let replicas = js
@@ -258,30 +248,26 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         .context("cannot create or update the replicas key-value bucket")?;
     let events: stream::Stream = events.expect("events stream was created");
     if let Some(old) = replaced {
-        let old_topology = Names {
-            partitions: old,
-            ..topology.clone()
-        };
-        for n in 0..old {
+        for partition in old.all() {
             let _ = events
-                .delete_consumer(&old_topology.partition_consumer(n))
+                .delete_consumer(&partition.consumer_name(names))
                 .await;
         }
     }
-    let mut consumers = Vec::with_capacity(topology.partitions.into());
-    for n in 0..topology.partitions {
+    let mut consumers = Vec::with_capacity(names.partitions.into());
+    for partition in Partitioning::of(names).all() {
         let consumer = events
-            .create_consumer(ingest_consumer(config, n))
+            .create_consumer(ingest_consumer(config, partition))
             .await
             .with_context(|| {
                 format!(
                     "cannot create or update consumer {}",
-                    topology.partition_consumer(n)
+                    partition.consumer_name(names)
                 )
             })?;
         consumers.push(consumer);
     }
-    Ok(Topology {
+    Ok(Provisioned {
         events,
         consumers,
         completed,

@@ -1,0 +1,107 @@
+//! The [`Recorder`]: every mutation of a stored field, and the [`Change`] it records, in
+//! one step, so the delta and the state cannot disagree.
+
+use std::collections::BTreeMap;
+
+use crate::delta::{Change, Field, FieldValue};
+use crate::id::{Label, PlayerId};
+
+/// Changes recorded without reallocating (more than any event but the largest kills
+/// makes).
+const CHANGES_CAPACITY: usize = 24;
+
+/// Records each stored field's change as it is made.
+pub(super) struct Recorder {
+    changes: Vec<Change>,
+}
+
+impl Recorder {
+    /// One allocation per applied event: room for the most changes one event makes (a
+    /// kill with assists and a multi-kill), so pushes never reallocate.
+    pub(super) fn new() -> Self {
+        Recorder {
+            changes: Vec::with_capacity(CHANGES_CAPACITY),
+        }
+    }
+
+    /// The changes, in the order they were made.
+    pub(super) fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+
+    pub(super) fn set<T>(
+        &mut self,
+        player_id: Option<PlayerId>,
+        field: Field,
+        slot: &mut T,
+        value: T,
+    ) where
+        T: PartialEq + Clone + Into<FieldValue>,
+    {
+        if *slot != value {
+            let before = std::mem::replace(slot, value.clone());
+            self.changes.push(Change {
+                player_id,
+                field,
+                key: None,
+                before: before.into(),
+                after: value.into(),
+            });
+        }
+    }
+
+    pub(super) fn update<T>(
+        &mut self,
+        player_id: Option<PlayerId>,
+        field: Field,
+        slot: &mut T,
+        f: impl FnOnce(&T) -> T,
+    ) where
+        T: PartialEq + Clone + Into<FieldValue>,
+    {
+        let value = f(slot);
+        self.set(player_id, field, slot, value);
+    }
+
+    pub(super) fn add(
+        &mut self,
+        player_id: Option<PlayerId>,
+        field: Field,
+        slot: &mut u64,
+        by: u64,
+    ) {
+        self.update(player_id, field, slot, |v| v + by);
+    }
+
+    pub(super) fn add_f64(
+        &mut self,
+        player_id: Option<PlayerId>,
+        field: Field,
+        slot: &mut f64,
+        by: f64,
+    ) {
+        self.update(player_id, field, slot, |v| v + by);
+    }
+
+    pub(super) fn bump_key(
+        &mut self,
+        player_id: Option<PlayerId>,
+        field: Field,
+        map: &mut BTreeMap<Label, u64>,
+        key: Label,
+    ) {
+        let count = map.entry(key).or_insert(0);
+        *count += 1;
+        self.changes.push(Change {
+            player_id,
+            field,
+            key: Some(key),
+            before: if *count == 1 {
+                FieldValue::Null
+            } else {
+                (*count - 1).into()
+            },
+            after: (*count).into(),
+        });
+    }
+}

@@ -1,0 +1,117 @@
+//! One batch of a partition's messages, in stream order: each is decided, the deltas are
+//! coalesced per match and trimmed of what the deltas stream already holds, the effects
+//! are published and confirmed, then (live) the batch is acknowledged, and the decisions
+//! are counted. The same routine serves live consumption and replay.
+
+use std::time::Instant;
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use super::context::Context;
+use super::held::HeldPartition;
+use super::matches::{Decision, DeltaBatch, Source, Verdict};
+use super::publisher;
+use crate::metrics as m;
+use crate::nats::Partition;
+use crate::retry::Cancelled;
+
+/// Where the messages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The partition's durable consumer: the batch is acknowledged once its effects are
+    /// confirmed (one ack for all: the consumer acknowledges all); an event's
+    /// `traceparent` continues into its span and onto its delta.
+    Live,
+    /// A replay through an ordered consumer: nothing to acknowledge.
+    Replay,
+}
+
+/// The stream's stored time of a message, Unix milliseconds.
+pub fn stored_at_ms(info: &jetstream::message::Info<'_>) -> i64 {
+    (info.published.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Processes one batch; `Err(Cancelled)` if the service stopped before its effects were
+/// confirmed (then nothing was acknowledged or counted: NATS redelivers it, and the
+/// state in memory must not be snapshotted).
+pub async fn process(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut HeldPartition,
+    batch: &[jetstream::Message],
+    mode: Mode,
+    token: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let started = Instant::now();
+    let matches = &mut held.matches;
+    let mut effects = Vec::new();
+    let mut deltas = DeltaBatch::default();
+    let mut verdicts = Vec::with_capacity(batch.len());
+    for message in batch {
+        let Ok(info) = message.info() else {
+            tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
+            continue;
+        };
+        if info.stream_sequence <= matches.applied_sequence() {
+            verdicts.push(Verdict::AlreadyApplied);
+            continue;
+        }
+        let source = Source {
+            sequence: info.stream_sequence,
+            stored_at_ms: stored_at_ms(&info),
+            subject: message.subject.as_str(),
+        };
+        let span = match mode {
+            Mode::Live => {
+                crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence)
+            }
+            Mode::Replay => None,
+        };
+        let decision = match &span {
+            Some(span) => span.in_scope(|| matches.process(&message.payload, source, &ctx.names)),
+            None => matches.process(&message.payload, source, &ctx.names),
+        };
+        verdicts.push(decision.verdict());
+        match decision {
+            Decision::Applied(delta) => {
+                let headers = span.as_ref().map(|span| {
+                    let mut headers = async_nats::HeaderMap::new();
+                    crate::telemetry::inject(span, &mut headers);
+                    headers
+                });
+                deltas.push(delta, headers);
+            }
+            Decision::Rejected(_, dead_letter) => effects.push(dead_letter),
+            Decision::Duplicate | Decision::AlreadyApplied => {}
+        }
+    }
+    // A redelivery after a crash may be batched differently than what the crashed writer
+    // published: only what the deltas stream lacks goes out.
+    let last = publisher::trim(ctx, &mut held.published, &mut deltas, token).await?;
+    effects.extend(deltas.into_effects(&ctx.names));
+    if let Err(cancelled) = publisher::publish(ctx, &effects, token).await {
+        tracing::info!(
+            %partition,
+            unacked = batch.len(),
+            "stopped before effects were confirmed; NATS will redeliver"
+        );
+        return Err(cancelled);
+    }
+    held.published.extend(last);
+    if mode == Mode::Live
+        && let Some(last) = batch.last()
+        && let Err(error) = last.ack().await
+    {
+        tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
+    }
+    for verdict in &verdicts {
+        ctx.stats.record_verdict(*verdict, &mut held.counters);
+    }
+    ctx.stats.record_matches(partition, Some(held.figures()));
+    if mode == Mode::Live {
+        metrics::histogram!(m::PROCESSING_LATENCY).record(started.elapsed().as_secs_f64());
+    }
+    held.events_since_snapshot += verdicts.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! What every part of the command side reads: the JetStream context, names, lifecycle
+//! settings, the buckets, the batch size and the counters. Built once by
+//! [`super::Ingest`], shared by every partition's writer and the balancer.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv};
+
+use super::stats::IngestStats;
+use crate::config::{Lifecycle, StreamNames};
+use crate::nats::Partitioning;
+
+/// The command side's shared settings and handles.
+pub struct Context {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// Stream, subject, bucket and consumer names.
+    pub names: StreamNames,
+    /// How the events stream is partitioned.
+    pub partitioning: Partitioning,
+    /// Snapshot cadence, idle timeout, retention.
+    pub lifecycle: Lifecycle,
+    /// The snapshot bucket.
+    pub snapshots: kv::Store,
+    /// The replicas bucket (for sharing the partitions).
+    pub replicas: kv::Store,
+    /// Messages per batch.
+    pub batch_size: usize,
+    /// Counters.
+    pub stats: Arc<IngestStats>,
+}

@@ -1,0 +1,173 @@
+//! A partition held in this replica's memory ([`HeldPartition`]), and the two ways its
+//! state leaves a batch boundary: a snapshot to the bucket ([`snapshot`]) and giving the
+//! partition up ([`release`]).
+
+use std::time::Instant;
+
+use super::context::Context;
+use super::matches::{MatchRecord, PartitionMatches};
+use super::publisher::Published;
+use super::snapshots::{Marker, SnapshotError, SnapshotStore};
+use super::stats::{Counters, Totals};
+use crate::metrics as m;
+use crate::nats::Partition;
+
+/// A partition's state in this replica's memory.
+pub struct HeldPartition {
+    /// Its matches.
+    pub matches: PartitionMatches,
+    /// Its keys in the snapshot bucket.
+    pub store: SnapshotStore,
+    /// Its persistent counters (included in the totals while held).
+    pub counters: Counters,
+    /// Per match, the last version the deltas stream holds.
+    pub published: Published,
+    /// The `Nats-Pin-Id` of the messages last processed: this replica is the writer while
+    /// NATS's pinned client for the partition is this one.
+    pub pin: Option<String>,
+    /// Another client NATS showed pinned at the last check (see
+    /// [`super::housekeeping::pin_check`]).
+    pub foreign_pin: Option<String>,
+    /// Events processed since the last snapshot.
+    pub events_since_snapshot: u64,
+    /// When the last snapshot was written (or the partition restored).
+    pub last_snapshot: Instant,
+}
+
+impl HeldPartition {
+    /// A partition restored from its snapshot store at `sequence`.
+    pub fn new(
+        store: SnapshotStore,
+        matches: PartitionMatches,
+        counters: Counters,
+    ) -> HeldPartition {
+        HeldPartition {
+            matches,
+            store,
+            counters,
+            published: Published::new(),
+            pin: None,
+            foreign_pin: None,
+            events_since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        }
+    }
+
+    /// Whether this replica writes the partition.
+    pub fn is_writer(&self) -> bool {
+        self.pin.is_some()
+    }
+
+    /// `(active, completed, applied sequence)`, for the figures.
+    pub fn figures(&self) -> (u64, u64, u64) {
+        let (active, completed) = self.matches.match_counts();
+        (active, completed, self.matches.applied_sequence())
+    }
+}
+
+/// Why a partition was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// NATS pinned another replica.
+    PinnedElsewhere,
+    /// Another replica wrote the partition's snapshot.
+    StaleSnapshot,
+    /// This replica is stopping (or stopped before a batch's effects were confirmed).
+    Shutdown,
+    /// This replica wrote more than its share of the partitions.
+    Shared,
+    /// Restoring it failed (NATS unavailable...); it is restored again.
+    Failed,
+}
+
+impl Release {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Release::PinnedElsewhere => "pinned_elsewhere",
+            Release::StaleSnapshot => "stale_snapshot",
+            Release::Shutdown => "shutdown",
+            Release::Shared => "shared",
+            Release::Failed => "failed",
+        }
+    }
+}
+
+/// Drops a partition's state from memory (and its counters from the totals).
+pub fn release(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    why: Release,
+) {
+    let Some(h) = held.take() else { return };
+    ctx.stats.totals(&h.counters, Totals::Leave);
+    let slot = ctx.stats.partition(partition);
+    slot.held.store(false, std::sync::atomic::Ordering::Relaxed);
+    slot.writing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.record_matches(partition, None);
+    if h.is_writer() && why != Release::Shutdown {
+        ctx.stats.record_release(why.as_str());
+        tracing::info!(%partition, reason = why.as_str(), "gave up partition");
+    }
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Written.
+    Written,
+    /// The bucket failed: the changed matches are written at the next snapshot.
+    Failed,
+    /// Another replica wrote the partition's keys since: this one is stale and gave the
+    /// partition up (or held nothing).
+    GaveUp,
+}
+
+/// Snapshots a partition's changed matches, then its marker.
+pub async fn snapshot(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+) -> Snapshot {
+    let Some(h) = held.as_mut() else {
+        return Snapshot::GaveUp;
+    };
+    let marker = Marker {
+        sequence: h.matches.applied_sequence(),
+        counters: h.counters.clone(),
+        written_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let changed = h.matches.take_changed();
+    let records: Vec<&MatchRecord> = changed
+        .iter()
+        .filter_map(|id| h.matches.record(id))
+        .collect();
+    match h.store.write(records, &marker).await {
+        Ok(written) => {
+            h.events_since_snapshot = 0;
+            h.last_snapshot = Instant::now();
+            ctx.stats.record_snapshot();
+            tracing::debug!(
+                %partition,
+                sequence = marker.sequence,
+                matches = written,
+                "snapshot written"
+            );
+            Snapshot::Written
+        }
+        Err(error @ SnapshotError::Stale { .. }) => {
+            metrics::counter!(m::SNAPSHOT_STALE).increment(1);
+            tracing::warn!(%partition, %error, "another replica wrote this partition's snapshot; giving it up");
+            release(ctx, partition, held, Release::StaleSnapshot);
+            Snapshot::GaveUp
+        }
+        Err(error) => {
+            h.matches.mark_changed(changed);
+            metrics::counter!(m::SNAPSHOT_ERRORS).increment(1);
+            tracing::warn!(%partition, %error, "snapshot failed; will retry");
+            Snapshot::Failed
+        }
+    }
+}

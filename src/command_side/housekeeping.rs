@@ -1,0 +1,229 @@
+//! A partition's time-based work, every [`HOUSEKEEPING_INTERVAL`]: its consumer's figures
+//! (lag, and who NATS pins), giving the partition up when another replica is pinned,
+//! snapshots when due, the snapshot-age warning, idle matches ended through the stream,
+//! and completed matches leaving memory.
+//!
+//! The decisions are plain functions ([`pin_check`], [`may_end`]) tested below as
+//! given/when/then.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use tokio_util::sync::CancellationToken;
+
+use super::context::Context;
+use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
+use super::publisher;
+use super::stats::ConsumerLag;
+use crate::metrics as m;
+use crate::nats::Partition;
+
+/// How often the loop checks snapshot age, idle matches and retention when idle itself.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Fraction of the events stream's max age past which an old snapshot is a warning.
+pub const SNAPSHOT_AGE_WARNING: f64 = 0.8;
+
+/// Who NATS pins as the partition's writer, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// The consumer did not answer.
+    Unknown,
+    /// No client is pinned.
+    Nobody,
+    /// This client (by its pin id).
+    Client(String),
+}
+
+/// What to do about the pin after a consumer check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinCheck {
+    /// Nothing: this replica is pinned, or nobody else is.
+    Keep,
+    /// Another client is pinned for the first time seen: remember it, and give the
+    /// partition up if it is still pinned at the next check.
+    Suspect(String),
+    /// Another client is pinned for the second check in a row: give the partition up.
+    GiveUp,
+}
+
+/// The two-strike rule: a partition is given up when another client is pinned at two
+/// checks in a row (a message with this replica's new pin would have arrived in between,
+/// had NATS pinned it back).
+pub fn pin_check(own: Option<&str>, suspected: Option<&str>, pinned: &Pinned) -> PinCheck {
+    match pinned {
+        Pinned::Client(other) if own != Some(other.as_str()) => {
+            if suspected == Some(other.as_str()) {
+                PinCheck::GiveUp
+            } else {
+                PinCheck::Suspect(other.clone())
+            }
+        }
+        _ => PinCheck::Keep,
+    }
+}
+
+/// Whether this replica may end idle matches: as the pinned writer; or, with no writer
+/// pinned, when its state covers everything the consumer has settled (nothing pending,
+/// nothing in flight: `settled_at` is the ack floor then). Any replica that may end them
+/// publishes the same `match_end`s, deduplicated by id.
+pub fn may_end(own: Option<&str>, pinned: &Pinned, settled_at: Option<u64>, applied: u64) -> bool {
+    match pinned {
+        Pinned::Client(pinned) => own == Some(pinned.as_str()),
+        Pinned::Nobody => settled_at.is_some_and(|floor| applied >= floor),
+        Pinned::Unknown => false,
+    }
+}
+
+/// Reads the consumer, then does the held partition's time-based work.
+pub async fn run(
+    ctx: &Context,
+    partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    held: &mut Option<HeldPartition>,
+    token: &CancellationToken,
+) {
+    let info = tokio::time::timeout(HOUSEKEEPING_INTERVAL, consumer.get_info()).await;
+    // Settled: nothing waits in the consumer and nothing is in flight.
+    let mut settled_at = None;
+    let pinned = match info {
+        Ok(Ok(info)) => {
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                settled_at = Some(info.ack_floor.stream_sequence);
+            }
+            let figures = ConsumerLag {
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending as u64,
+                redelivered: info.num_redelivered as u64,
+            };
+            ctx.stats.record_consumer(partition, Some(figures));
+            info.priority_groups
+                .into_iter()
+                .find(|g| g.group == crate::nats::streams::WRITER_GROUP)
+                .and_then(|g| g.pinned_client_id)
+                .map_or(Pinned::Nobody, Pinned::Client)
+        }
+        _ => {
+            ctx.stats.record_consumer(partition, None);
+            Pinned::Unknown
+        }
+    };
+    if let Some(h) = held.as_mut() {
+        match pin_check(h.pin.as_deref(), h.foreign_pin.as_deref(), &pinned) {
+            PinCheck::Keep => h.foreign_pin = None,
+            PinCheck::Suspect(other) => h.foreign_pin = Some(other),
+            PinCheck::GiveUp => release(ctx, partition, held, Release::PinnedElsewhere),
+        }
+    }
+    let Some(h) = held.as_mut() else { return };
+    let age = h.last_snapshot.elapsed();
+    if partition.n == 0 {
+        metrics::gauge!(m::SNAPSHOT_AGE).set(age.as_secs_f64());
+    }
+    let max_age = ctx.lifecycle.events_max_age;
+    if age.as_secs_f64() > max_age.as_secs_f64() * SNAPSHOT_AGE_WARNING {
+        tracing::warn!(%partition, ?age, ?max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
+    }
+    if age >= ctx.lifecycle.snapshot_interval
+        && h.matches.has_changes()
+        && snapshot(ctx, partition, held).await == Snapshot::GaveUp
+    {
+        return;
+    }
+    let Some(h) = held.as_mut() else { return };
+    // Idle matches are ended through the stream, so a replay decides the same.
+    let now = chrono::Utc::now().timestamp_millis();
+    if may_end(
+        h.pin.as_deref(),
+        &pinned,
+        settled_at,
+        h.matches.applied_sequence(),
+    ) {
+        let idle = h
+            .matches
+            .idle(now - ctx.lifecycle.idle_timeout.as_millis() as i64);
+        if !idle.is_empty() {
+            tracing::info!(%partition, matches = idle.len(), "ending idle matches");
+            let effects: Vec<_> = idle.iter().map(|m| m.effect(&ctx.names)).collect();
+            // Counted once stored (not when NATS drops a re-publish).
+            let _ = publisher::publish(ctx, &effects, token).await;
+        }
+    }
+    for id in h
+        .matches
+        .evict_completed(now - ctx.lifecycle.completed_memory_retention.as_millis() as i64)
+    {
+        metrics::counter!(m::MATCHES_EVICTED).increment(1);
+        if let Err(error) = h.store.forget(&id).await {
+            tracing::warn!(%error, match_id = %id, "could not remove an evicted match's snapshot");
+        }
+    }
+    ctx.stats.record_matches(partition, Some(h.figures()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: &str) -> Pinned {
+        Pinned::Client(id.into())
+    }
+
+    #[test]
+    fn another_pinned_client_is_suspected_once_then_the_partition_is_given_up() {
+        // given this replica writes with pin "a", when NATS shows "b" pinned
+        assert_eq!(
+            pin_check(Some("a"), None, &client("b")),
+            PinCheck::Suspect("b".into())
+        );
+        // then, when "b" is still pinned at the next check
+        assert_eq!(
+            pin_check(Some("a"), Some("b"), &client("b")),
+            PinCheck::GiveUp
+        );
+        // but a different client at the second check is a first strike again
+        assert_eq!(
+            pin_check(Some("a"), Some("b"), &client("c")),
+            PinCheck::Suspect("c".into())
+        );
+    }
+
+    #[test]
+    fn own_pin_nobody_or_no_answer_keeps_the_partition() {
+        assert_eq!(
+            pin_check(Some("a"), Some("b"), &client("a")),
+            PinCheck::Keep
+        );
+        assert_eq!(
+            pin_check(Some("a"), Some("b"), &Pinned::Nobody),
+            PinCheck::Keep
+        );
+        assert_eq!(pin_check(None, None, &Pinned::Unknown), PinCheck::Keep);
+        assert_eq!(
+            pin_check(None, None, &client("b")),
+            PinCheck::Suspect("b".into()),
+            "a held but unpinned partition is also given up to the pinned writer"
+        );
+    }
+
+    #[test]
+    fn the_pinned_writer_ends_idle_matches() {
+        assert!(may_end(Some("a"), &client("a"), None, 0));
+        assert!(!may_end(Some("a"), &client("b"), Some(10), 10));
+        assert!(!may_end(None, &client("b"), Some(10), 10));
+    }
+
+    #[test]
+    fn with_nobody_pinned_a_replica_whose_state_covers_the_settled_consumer_ends_them() {
+        assert!(may_end(None, &Pinned::Nobody, Some(10), 10));
+        assert!(may_end(None, &Pinned::Nobody, Some(10), 12));
+        assert!(
+            !may_end(None, &Pinned::Nobody, Some(10), 9),
+            "behind the ack floor"
+        );
+        assert!(!may_end(None, &Pinned::Nobody, None, 10), "not settled");
+        assert!(
+            !may_end(Some("a"), &Pinned::Unknown, Some(10), 10),
+            "no answer"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Bringing a partition's state up to date: from its snapshot ([`restore`]), then by
+//! replaying its subjects of the events stream ([`replay`]) through the same batch
+//! routine as live consumption, publishing only the effects the streams lack.
+//!
+//! At start a partition is restored up to its consumer's ack floor
+//! ([`restore_at_start`]): what follows, the consumer delivers. When this replica becomes
+//! a partition's writer ([`acquire`]), it catches up on what another writer may have
+//! done, up to the first message it was delivered.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{self, Mode};
+use super::context::Context;
+use super::held::{HeldPartition, Release, release};
+use super::matches::PartitionMatches;
+use super::snapshots::SnapshotStore;
+use super::stats::Totals;
+use crate::metrics as m;
+use crate::nats::Partition;
+use crate::retry::{Cancelled, Retry};
+
+/// How often a replay logs its progress.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(3);
+
+/// At start: restores the partition and replays it up to its consumer's ack floor (what
+/// was processed and acknowledged, perhaps after the snapshot). Retries (NATS
+/// unavailable, a leader election...) until it succeeds.
+pub async fn restore_at_start(
+    ctx: &Context,
+    partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    held: &mut Option<HeldPartition>,
+    token: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let mut retry =
+        Retry::new(token, "restoring a partition").counted(m::PARTITION_RESTORE_RETRIES);
+    loop {
+        let attempt = async {
+            let floor = consumer.get_info().await?.ack_floor.stream_sequence;
+            restore(ctx, partition, held, Some(floor), token).await
+        };
+        match retry.attempt(attempt).await? {
+            Ok(()) => break,
+            Err(error) => retry.failed(&format!("{error:#}")).await?,
+        }
+    }
+    retry.succeeded();
+    Ok(())
+}
+
+/// This replica became the partition's writer (messages with a new pin arrived, the
+/// first at sequence `first`): catches up on what another writer may have done, from its
+/// snapshot if it wrote one, then by replaying the partition up to `first`. Retries
+/// until it succeeds.
+pub async fn acquire(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    pin: Option<String>,
+    first: u64,
+    token: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let mut retry =
+        Retry::new(token, "catching up on a partition").counted(m::PARTITION_RESTORE_RETRIES);
+    loop {
+        match retry
+            .attempt(try_acquire(ctx, partition, held, first, token))
+            .await?
+        {
+            Ok(()) => break,
+            Err(error) => retry.failed(&format!("{error:#}")).await?,
+        }
+    }
+    retry.succeeded();
+    let h = held.as_mut().expect("acquired");
+    h.foreign_pin = None;
+    h.pin = pin;
+    ctx.stats
+        .partition(partition)
+        .writing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.record_acquisition();
+    tracing::info!(
+        %partition,
+        applied_sequence = h.matches.applied_sequence(),
+        "writing partition"
+    );
+    Ok(())
+}
+
+/// One attempt of [`acquire`]: on an error, `held` is consistent (caught up part of the
+/// way, or empty) and the call can be repeated.
+async fn try_acquire(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    first: u64,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let until = Some(first.saturating_sub(1));
+    let current = match held.as_ref() {
+        Some(h) => h.store.is_current().await?,
+        None => false,
+    };
+    if current {
+        let h = held.as_mut().expect("held");
+        replay(ctx, partition, h, until, token).await
+    } else {
+        release(ctx, partition, held, Release::StaleSnapshot);
+        restore(ctx, partition, held, until, token).await
+    }
+}
+
+/// Loads the partition's snapshot into `held` and replays the partition after it (up to
+/// `until`). On an error, `held` is left empty.
+async fn restore(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    until: Option<u64>,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (store, restored) = SnapshotStore::load(ctx.snapshots.clone(), partition).await?;
+    let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
+    let counters = restored.marker.map(|m| m.counters).unwrap_or_default();
+    ctx.stats.totals(&counters, Totals::Join);
+    ctx.stats
+        .partition(partition)
+        .held
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let h = held.insert(HeldPartition::new(
+        store,
+        PartitionMatches::restore(restored.matches, from),
+        counters,
+    ));
+    if let Err(error) = replay(ctx, partition, h, until, token).await {
+        release(ctx, partition, held, Release::Failed);
+        return Err(error);
+    }
+    ctx.stats
+        .record_matches(partition, held.as_ref().map(HeldPartition::figures));
+    Ok(())
+}
+
+/// Replays the partition of the events stream from its applied sequence + 1 to the last
+/// message stored when the replay starts (or to `until`).
+#[tracing::instrument(skip_all, fields(%partition))]
+async fn replay(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut HeldPartition,
+    until: Option<u64>,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut stream = ctx.js.get_stream(&ctx.names.events_stream).await?;
+    let state = stream.info().await?.state.clone();
+    let last = until.map_or(state.last_sequence, |u| u.min(state.last_sequence));
+    let from = held.matches.applied_sequence() + 1;
+    if state.messages == 0 || last < from {
+        return Ok(());
+    }
+    if state.first_sequence > from && from > 1 {
+        tracing::error!(
+            needed = from,
+            first = state.first_sequence,
+            "events needed for recovery have aged out of the stream; statistics of matches they touched are incomplete"
+        );
+        metrics::counter!(m::RECOVERY_GAPS).increment(1);
+    }
+    let (total, mut messages) = crate::nats::streams::read_from(
+        &stream,
+        from,
+        ctx.batch_size,
+        Some(partition.filter(&ctx.names)),
+    )
+    .await?;
+    if total == 0 {
+        return Ok(());
+    }
+    ctx.stats.record_replayed(0, total);
+    tracing::debug!(from, last, total, "replaying the partition");
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let mut done = 0u64;
+    while let Some(chunk) = messages.next().await {
+        let mut chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Up to `last` (the end of the stream when the replay started, or `until`).
+        let within = chunk
+            .iter()
+            .position(|m| m.info().map_or(true, |i| i.stream_sequence > last))
+            .unwrap_or(chunk.len());
+        let reached_end = within < chunk.len()
+            || chunk.last().is_some_and(|m| {
+                m.info()
+                    .is_ok_and(|i| i.stream_sequence >= last || i.pending == 0)
+            });
+        chunk.truncate(within);
+        batch::process(ctx, partition, held, &chunk, Mode::Replay, token)
+            .await
+            .map_err(|_| anyhow::anyhow!("stopped during recovery"))?;
+        done += chunk.len() as u64;
+        ctx.stats.record_replayed(chunk.len() as u64, 0);
+        if last_log.elapsed() >= PROGRESS_INTERVAL {
+            last_log = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            tracing::info!(
+                replayed = done,
+                of = total,
+                rate = format!("{rate:.0}/s"),
+                "recovery progress"
+            );
+        }
+        if reached_end || token.is_cancelled() {
+            break;
+        }
+    }
+    tracing::debug!(
+        replayed = done,
+        seconds = started.elapsed().as_secs_f64(),
+        "partition replayed"
+    );
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The command side's counters: totals for `/ready`, `/system/stats` and tests
+//! ([`IngestStats`]), each partition's persistent counts ([`Counters`], carried in its
+//! snapshot marker), and per-partition figures as this replica sees them
+//! ([`PartitionStats`]).
+//!
+//! Every `record_*` method bumps the in-process atomic and its Prometheus counter
+//! together, so the two cannot drift.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use match_stats_commands::Reason;
+use serde::{Deserialize, Serialize};
+
+use super::matches::{EffectKind, Verdict};
+use crate::metrics as m;
+use crate::nats::Partition;
+
+/// A partition's counts of decided messages, carried across restarts in its snapshot
+/// marker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Messages decided.
+    pub received: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Rejections, indexed like `Reason::ALL`.
+    pub rejected: [u64; 7],
+}
+
+/// Counters of the ingest path, shared with HTTP handlers and tests. `received`,
+/// `applied`, `duplicates` and `rejected` are the sums of the held partitions'
+/// [`Counters`]; the others count this process's work.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Messages decided (redeliveries of applied messages not included).
+    pub received: AtomicU64,
+    /// Events applied.
+    pub applied: AtomicU64,
+    /// Events dropped as duplicates.
+    pub duplicates: AtomicU64,
+    /// Rejections, indexed like [`Reason::ALL`].
+    pub rejected: [AtomicU64; 7],
+    /// Redelivered or replayed messages already applied, acknowledged without effect.
+    pub redelivered_skipped: AtomicU64,
+    /// Delta messages stored by the deltas stream (each coalesces a batch's entries for
+    /// one match).
+    pub deltas_published: AtomicU64,
+    /// Delta entries (applied events) in those messages.
+    pub delta_entries_published: AtomicU64,
+    /// Dead letters stored by the dead-letter stream.
+    pub dead_letters: AtomicU64,
+    /// Effects published again that a stream already held (dropped by `Nats-Msg-Id`),
+    /// or that recovery skipped because the deltas stream already had that version.
+    pub effects_deduplicated: AtomicU64,
+    /// Per partition: what this replica holds and how far it is.
+    pub partitions: Vec<PartitionStats>,
+    /// Snapshots written.
+    pub snapshots_written: AtomicU64,
+    /// `match_end` events published for idle matches.
+    pub idle_matches_ended: AtomicU64,
+    /// Messages replayed so far by recovery, and how many it has to replay.
+    pub recovery_done: AtomicU64,
+    /// See `recovery_done`.
+    pub recovery_total: AtomicU64,
+    /// Partitions whose recovery at start-up is done.
+    pub partitions_started: AtomicUsize,
+    /// Every partition recovered at start-up, and live consumption started.
+    pub recovered: AtomicBool,
+    /// Times this replica became a partition's writer, or gave one up.
+    pub acquisitions: AtomicU64,
+    /// See `acquisitions`.
+    pub releases: AtomicU64,
+    /// Partitions per live replica, rounded up (0 until the balancer has counted).
+    pub share: AtomicUsize,
+}
+
+/// One partition as this replica sees it. Consumer figures are refreshed every second.
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    /// Its matches are in this replica's memory.
+    pub held: AtomicBool,
+    /// This replica is its writer (NATS delivers its events here).
+    pub writing: AtomicBool,
+    /// Matches in memory that have not ended.
+    pub active: AtomicU64,
+    /// Matches in memory that have ended.
+    pub completed: AtomicU64,
+    /// The last events stream sequence processed.
+    pub applied_sequence: AtomicU64,
+    /// Events waiting in the partition's consumer.
+    pub pending: AtomicU64,
+    /// Messages delivered and waiting for an ack.
+    pub ack_pending: AtomicU64,
+    /// Messages redelivered at least once.
+    pub redelivered: AtomicU64,
+    /// The consumer answered the last check.
+    pub found: AtomicBool,
+    /// The balancer asks this replica to hand the partition over to another.
+    pub hand_over: AtomicBool,
+}
+
+/// The partitions' consumers summed, as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConsumerLag {
+    /// Events waiting.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Redelivered at least once.
+    pub redelivered: u64,
+}
+
+/// A point-in-time copy of [`IngestStats`], as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[allow(missing_docs)]
+pub struct IngestCounts {
+    pub received: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub redelivered_skipped: u64,
+    pub deltas_published: u64,
+    pub delta_entries_published: u64,
+    pub dead_letters: u64,
+    pub effects_deduplicated: u64,
+    pub applied_sequence: u64,
+    pub matches_active: u64,
+    pub matches_completed: u64,
+    pub snapshots_written: u64,
+    pub idle_matches_ended: u64,
+    pub partitions_held: Vec<u16>,
+    pub partitions_writing: Vec<u16>,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+fn sum(slots: &[PartitionStats], field: impl Fn(&PartitionStats) -> &AtomicU64) -> u64 {
+    slots.iter().map(|s| get(field(s))).sum()
+}
+
+/// The partitions whose flag is set.
+pub fn flagged(
+    slots: &[PartitionStats],
+    field: impl Fn(&PartitionStats) -> &AtomicBool,
+) -> Vec<u16> {
+    (0..slots.len() as u16)
+        .filter(|&n| field(&slots[usize::from(n)]).load(Ordering::Relaxed))
+        .collect()
+}
+
+/// Whether a partition's counters join or leave the totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Totals {
+    /// The partition is taken: its counters join the totals.
+    Join,
+    /// The partition is given up: its counters leave them.
+    Leave,
+}
+
+impl IngestStats {
+    /// Counters for `partitions` partitions.
+    pub fn new(partitions: u16) -> Self {
+        IngestStats {
+            partitions: (0..partitions).map(|_| PartitionStats::default()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// This replica's view of one partition.
+    pub fn partition(&self, partition: Partition) -> &PartitionStats {
+        &self.partitions[partition.index()]
+    }
+
+    /// Whether this replica writes its share of the partitions (or more): then it stops
+    /// waiting on the others, so that they go to replicas with room.
+    pub fn full(&self) -> bool {
+        let share = self.share.load(Ordering::Relaxed);
+        share > 0 && flagged(&self.partitions, |s| &s.writing).len() >= share
+    }
+
+    /// The partitions' consumers summed; `None` until every one has answered.
+    pub fn consumer_lag(&self) -> Option<ConsumerLag> {
+        let slots = &self.partitions;
+        slots
+            .iter()
+            .all(|s| s.found.load(Ordering::Relaxed))
+            .then(|| ConsumerLag {
+                pending: sum(slots, |s| &s.pending),
+                ack_pending: sum(slots, |s| &s.ack_pending),
+                redelivered: sum(slots, |s| &s.redelivered),
+            })
+    }
+
+    /// Reads every counter.
+    pub fn counts(&self) -> IngestCounts {
+        let slots = &self.partitions;
+        IngestCounts {
+            received: get(&self.received),
+            applied: get(&self.applied),
+            duplicates: get(&self.duplicates),
+            rejected: Reason::ALL
+                .iter()
+                .zip(&self.rejected)
+                .map(|(r, c)| (r.as_str(), get(c)))
+                .collect(),
+            redelivered_skipped: get(&self.redelivered_skipped),
+            deltas_published: get(&self.deltas_published),
+            delta_entries_published: get(&self.delta_entries_published),
+            dead_letters: get(&self.dead_letters),
+            effects_deduplicated: get(&self.effects_deduplicated),
+            applied_sequence: slots
+                .iter()
+                .map(|s| get(&s.applied_sequence))
+                .max()
+                .unwrap_or(0),
+            matches_active: sum(slots, |s| &s.active),
+            matches_completed: sum(slots, |s| &s.completed),
+            snapshots_written: get(&self.snapshots_written),
+            idle_matches_ended: get(&self.idle_matches_ended),
+            partitions_held: flagged(slots, |s| &s.held),
+            partitions_writing: flagged(slots, |s| &s.writing),
+        }
+    }
+
+    /// Adds (a partition is taken) or subtracts (it is given up) a partition's
+    /// persistent counters: the totals are those of the partitions this replica holds.
+    pub fn totals(&self, counters: &Counters, change: Totals) {
+        let apply = |slot: &AtomicU64, n: u64| match change {
+            Totals::Join => slot.fetch_add(n, Ordering::Relaxed),
+            Totals::Leave => slot.fetch_sub(n, Ordering::Relaxed),
+        };
+        apply(&self.received, counters.received);
+        apply(&self.applied, counters.applied);
+        apply(&self.duplicates, counters.duplicates);
+        for (slot, n) in self.rejected.iter().zip(counters.rejected) {
+            apply(slot, n);
+        }
+    }
+
+    /// Counts one decision, in the totals and in the partition's own `counters`.
+    pub fn record_verdict(&self, verdict: Verdict, counters: &mut Counters) {
+        if matches!(verdict, Verdict::AlreadyApplied) {
+            bump(&self.redelivered_skipped, 1);
+            metrics::counter!(m::REDELIVERED_SKIPPED).increment(1);
+            return;
+        }
+        bump(&self.received, 1);
+        counters.received += 1;
+        metrics::counter!(m::EVENTS_RECEIVED).increment(1);
+        match verdict {
+            Verdict::Applied => {
+                bump(&self.applied, 1);
+                counters.applied += 1;
+                metrics::counter!(m::EVENTS_PROCESSED).increment(1);
+            }
+            Verdict::Duplicate => {
+                bump(&self.duplicates, 1);
+                counters.duplicates += 1;
+                metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+            }
+            Verdict::Rejected(reason) => {
+                let i = reason as usize;
+                bump(&self.rejected[i], 1);
+                counters.rejected[i] += 1;
+                metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(1);
+            }
+            Verdict::AlreadyApplied => {}
+        }
+    }
+
+    /// Counts an effect the streams stored (`duplicate`: a stream already held it).
+    pub fn record_effect(&self, kind: &EffectKind, duplicate: bool) {
+        if duplicate {
+            self.record_deduplicated(1);
+            return;
+        }
+        match kind {
+            EffectKind::Delta { entries, .. } => {
+                bump(&self.deltas_published, 1);
+                bump(&self.delta_entries_published, *entries);
+                metrics::counter!(m::DELTAS_PUBLISHED).increment(1);
+                metrics::counter!(m::DELTA_ENTRIES_PUBLISHED).increment(*entries);
+            }
+            EffectKind::CompletedMatch => {
+                metrics::counter!(m::COMPLETED_MATCHES_STORED).increment(1);
+            }
+            EffectKind::DeadLetter(reason) => {
+                bump(&self.dead_letters, 1);
+                metrics::counter!(m::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
+            }
+            EffectKind::IdleMatchEnd => {
+                bump(&self.idle_matches_ended, 1);
+                metrics::counter!(m::IDLE_MATCHES_ENDED).increment(1);
+            }
+        }
+    }
+
+    /// Counts effects a stream already held (dropped by `Nats-Msg-Id` or by version).
+    pub fn record_deduplicated(&self, n: u64) {
+        bump(&self.effects_deduplicated, n);
+        metrics::counter!(m::EFFECTS_DEDUPLICATED).increment(n);
+    }
+
+    /// Counts a snapshot written.
+    pub fn record_snapshot(&self) {
+        bump(&self.snapshots_written, 1);
+        metrics::counter!(m::SNAPSHOTS_WRITTEN).increment(1);
+    }
+
+    /// Counts messages replayed by recovery (`total`: more to replay).
+    pub fn record_replayed(&self, done: u64, total: u64) {
+        bump(&self.recovery_done, done);
+        bump(&self.recovery_total, total);
+    }
+
+    /// Counts a partition taken.
+    pub fn record_acquisition(&self) {
+        bump(&self.acquisitions, 1);
+        metrics::counter!(m::PARTITION_ACQUISITIONS).increment(1);
+    }
+
+    /// Counts a partition given up, with why.
+    pub fn record_release(&self, reason: &'static str) {
+        bump(&self.releases, 1);
+        metrics::counter!(m::PARTITION_RELEASES, "reason" => reason).increment(1);
+    }
+
+    /// Refreshes a partition's match counts and sequence (and the gauges); `None` when
+    /// this replica does not hold it.
+    pub fn record_matches(&self, partition: Partition, held: Option<(u64, u64, u64)>) {
+        let slot = self.partition(partition);
+        let (active, completed, sequence) = held.unwrap_or_default();
+        slot.active.store(active, Ordering::Relaxed);
+        slot.completed.store(completed, Ordering::Relaxed);
+        slot.applied_sequence.store(sequence, Ordering::Relaxed);
+        let slots = &self.partitions;
+        metrics::gauge!(m::MATCHES_ACTIVE).set(sum(slots, |s| &s.active) as f64);
+        metrics::gauge!(m::MATCHES_COMPLETED).set(sum(slots, |s| &s.completed) as f64);
+    }
+
+    /// Stores a partition's consumer figures (`None`: its consumer did not answer).
+    pub fn record_consumer(&self, partition: Partition, figures: Option<ConsumerLag>) {
+        let slot = self.partition(partition);
+        slot.found.store(figures.is_some(), Ordering::Relaxed);
+        let Some(figures) = figures else { return };
+        slot.pending.store(figures.pending, Ordering::Relaxed);
+        slot.ack_pending
+            .store(figures.ack_pending, Ordering::Relaxed);
+        slot.redelivered
+            .store(figures.redelivered, Ordering::Relaxed);
+        if let Some(lag) = self.consumer_lag() {
+            metrics::gauge!(m::CONSUMER_PENDING).set(lag.pending as f64);
+            metrics::gauge!(m::CONSUMER_ACK_PENDING).set(lag.ack_pending as f64);
+            metrics::gauge!(m::CONSUMER_REDELIVERED).set(lag.redelivered as f64);
+        }
+    }
+}

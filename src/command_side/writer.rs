@@ -1,0 +1,219 @@
+//! One partition's loop ([`PartitionWriter`]): restore at start, then pull; process
+//! batches while this replica is the writer (a new pin means catching up first), do the
+//! housekeeping every second, hand the partition over when the balancer asks, and on the
+//! way out write a final snapshot and release the pin.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use futures::stream::ReadyChunks;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{self, Mode};
+use super::context::Context;
+use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
+use super::{balance, housekeeping, recovery};
+use crate::nats::Partition;
+
+type Messages = ReadyChunks<consumer::pull::Stream>;
+type Pulled = <consumer::pull::Stream as futures::Stream>::Item;
+
+/// One partition's loop and its state.
+pub struct PartitionWriter {
+    ctx: Arc<Context>,
+    partition: Partition,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    /// Its state, while this replica holds it.
+    held: Option<HeldPartition>,
+    /// The pull, while this replica writes the partition or waits for it.
+    messages: Option<Messages>,
+    /// After handing the partition over, no pulling before this.
+    resume_at: Instant,
+    token: CancellationToken,
+}
+
+/// How a loop turn ended.
+enum Turn {
+    /// Go on.
+    Continue,
+    /// Stop: cancelled before a batch's effects were confirmed (its state is dropped).
+    Stopped,
+}
+
+fn pin_of(message: &jetstream::Message) -> Option<String> {
+    message
+        .headers
+        .as_ref()?
+        .get_last(async_nats::header::NATS_PIN_ID)
+        .map(|v| v.as_str().to_owned())
+}
+
+impl PartitionWriter {
+    /// The loop of `partition`, pulling from `consumer`, until `token` is cancelled.
+    pub fn new(
+        ctx: Arc<Context>,
+        partition: Partition,
+        consumer: consumer::Consumer<consumer::pull::Config>,
+        token: CancellationToken,
+    ) -> Self {
+        PartitionWriter {
+            ctx,
+            partition,
+            consumer,
+            held: None,
+            messages: None,
+            resume_at: Instant::now(),
+            token,
+        }
+    }
+
+    /// Runs until cancelled, or until the consumer is gone (an error).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let (ctx, partition) = (self.ctx.clone(), self.partition);
+        if recovery::restore_at_start(&ctx, partition, &self.consumer, &mut self.held, &self.token)
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let started = ctx.stats.partitions_started.fetch_add(1, Ordering::Relaxed) + 1;
+        if started == ctx.stats.partitions.len() {
+            ctx.stats.recovered.store(true, Ordering::Relaxed);
+            tracing::info!(
+                partitions = started,
+                applied_sequence = ctx.stats.counts().applied_sequence,
+                "recovered; consuming live events"
+            );
+        }
+        // Pull while writing the partition, or on standby while this replica writes less
+        // than its share; not for a pin timeout after handing the partition over.
+        self.messages = Some(self.pull().await?);
+        let mut ticks = tokio::time::interval(housekeeping::HOUSEKEEPING_INTERVAL);
+        let result = loop {
+            let chunk = tokio::select! {
+                _ = self.token.cancelled() => break Ok(Turn::Continue),
+                _ = ticks.tick() => match self.tick().await {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                },
+                chunk = next_chunk(&mut self.messages) => match chunk {
+                    Some(chunk) => chunk,
+                    None => break Err(anyhow::anyhow!(
+                        "the events consumer {} ended (deleted?); stopping so that a restart recreates it",
+                        partition.consumer_name(&ctx.names)
+                    )),
+                },
+            };
+            match self.on_chunk(chunk).await {
+                Turn::Continue => {}
+                Turn::Stopped => break Ok(Turn::Stopped),
+            }
+        };
+        self.finish(matches!(result, Ok(Turn::Continue))).await;
+        result.map(|_| ())
+    }
+
+    /// Processes what a pull delivered: first catching up if it carries a new pin.
+    async fn on_chunk(&mut self, chunk: Vec<Pulled>) -> Turn {
+        let (ctx, partition) = (self.ctx.clone(), self.partition);
+        let chunk: Vec<jetstream::Message> = chunk
+            .into_iter()
+            .filter_map(|m| {
+                m.map_err(|error| tracing::warn!(%error, "pull consumer error; continuing"))
+                    .ok()
+            })
+            .collect();
+        let Some(pin) = chunk.first().map(pin_of) else {
+            return Turn::Continue;
+        };
+        if self.held.as_ref().is_none_or(|h| h.pin != pin) {
+            let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
+            if recovery::acquire(&ctx, partition, &mut self.held, pin, first, &self.token)
+                .await
+                .is_err()
+            {
+                // Caught up part of the way when stopped: nothing to snapshot.
+                release(&ctx, partition, &mut self.held, Release::Shutdown);
+                return Turn::Stopped;
+            }
+        }
+        let h = self.held.as_mut().expect("acquired");
+        if batch::process(&ctx, partition, h, &chunk, Mode::Live, &self.token)
+            .await
+            .is_err()
+        {
+            // Applied but not confirmed: this state must not be snapshotted.
+            release(&ctx, partition, &mut self.held, Release::Shutdown);
+            return Turn::Stopped;
+        }
+        if h.events_since_snapshot >= ctx.lifecycle.snapshot_every_events {
+            snapshot(&ctx, partition, &mut self.held).await;
+        }
+        Turn::Continue
+    }
+
+    /// Housekeeping, a requested hand-over, and whether to pull.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let (ctx, partition) = (self.ctx.clone(), self.partition);
+        housekeeping::run(&ctx, partition, &self.consumer, &mut self.held, &self.token).await;
+        let writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
+        let slot = ctx.stats.partition(partition);
+        if slot.hand_over.swap(false, Ordering::Relaxed) && writing {
+            // Stop pulling, snapshot, unpin: a waiting replica takes the pin.
+            self.messages = None;
+            snapshot(&ctx, partition, &mut self.held).await;
+            release(&ctx, partition, &mut self.held, Release::Shared);
+            balance::unpin(&ctx, partition).await;
+            self.resume_at = Instant::now() + ctx.names.pin_timeout;
+        }
+        let writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
+        let pull = writing || (!ctx.stats.full() && Instant::now() >= self.resume_at);
+        match (pull, self.messages.is_some()) {
+            (true, false) => self.messages = Some(self.pull().await?),
+            (false, true) => self.messages = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// On the way out: a final snapshot and the pin handed over at once (when it ended
+    /// cleanly as the writer), then the state dropped.
+    async fn finish(&mut self, clean: bool) {
+        let (ctx, partition) = (self.ctx.clone(), self.partition);
+        if clean && self.held.as_ref().is_some_and(HeldPartition::is_writer) {
+            if snapshot(&ctx, partition, &mut self.held).await == Snapshot::Failed {
+                tracing::warn!(%partition, "the final snapshot failed; a restart replays from the last one");
+            }
+            self.messages = None;
+            balance::unpin(&ctx, partition).await;
+        }
+        release(&ctx, partition, &mut self.held, Release::Shutdown);
+    }
+
+    /// Pulls the partition's consumer in its writer group, in chunks of up to a batch.
+    /// Pulls expire well within the pin timeout, so a live writer keeps its pin.
+    async fn pull(&self) -> anyhow::Result<Messages> {
+        let expires = (self.ctx.names.pin_timeout / 3).max(Duration::from_millis(300));
+        Ok(self
+            .consumer
+            .stream()
+            .group(crate::nats::streams::WRITER_GROUP)
+            .max_messages_per_batch(self.ctx.batch_size)
+            .expires(expires)
+            .heartbeat(expires / 3)
+            .messages()
+            .await?
+            .ready_chunks(self.ctx.batch_size))
+    }
+}
+
+/// The next chunk of the pull, or never while not pulling.
+async fn next_chunk(messages: &mut Option<Messages>) -> Option<Vec<Pulled>> {
+    match messages.as_mut() {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,279 @@
+//! Every Prometheus series the service records: its name and its description (HELP), in
+//! one table, registered once at start ([`describe`]). The read side's own series are in
+//! `match_stats_queries::metrics`; [`describe`] registers those too.
+//!
+//! Code records a series through these constants, never a string literal, so a name
+//! lives in one place.
+
+use match_stats_queries::metrics::{DESCRIPTIONS as QUERY_SIDE, Kind};
+
+/// Messages decided (the original service's name).
+pub const EVENTS_RECEIVED: &str = "match_stats_events_received_total";
+/// Events applied (the original service's name).
+pub const EVENTS_PROCESSED: &str = "match_stats_events_processed_total";
+/// Events dropped as duplicates.
+pub const EVENTS_DUPLICATE: &str = "match_stats_events_duplicate_total";
+/// Events rejected, by reason.
+pub const EVENTS_REJECTED: &str = "match_stats_events_rejected_total";
+/// Redelivered or replayed messages already decided.
+pub const REDELIVERED_SKIPPED: &str = "match_stats_redelivered_skipped_total";
+/// Dead letters stored, by reason.
+pub const DEAD_LETTERS: &str = "match_stats_dead_letters_total";
+/// Delta messages stored.
+pub const DELTAS_PUBLISHED: &str = "match_stats_deltas_published_total";
+/// Delta entries in them.
+pub const DELTA_ENTRIES_PUBLISHED: &str = "match_stats_delta_entries_published_total";
+/// Effects a stream already held.
+pub const EFFECTS_DEDUPLICATED: &str = "match_stats_effects_deduplicated_total";
+/// Completed matches put into the completed-matches bucket.
+pub const COMPLETED_MATCHES_STORED: &str = "match_stats_completed_matches_stored_total";
+/// `match_end`s published for idle matches.
+pub const IDLE_MATCHES_ENDED: &str = "match_stats_idle_matches_ended_total";
+/// Retries of a batch's effects.
+pub const PUBLISH_RETRIES: &str = "match_stats_publish_retries_total";
+/// Seconds per batch (the original service's name).
+pub const PROCESSING_LATENCY: &str = "match_stats_processing_latency";
+/// Consumer figures, all partitions summed.
+pub const CONSUMER_PENDING: &str = "match_stats_consumer_pending";
+/// See [`CONSUMER_PENDING`].
+pub const CONSUMER_ACK_PENDING: &str = "match_stats_consumer_ack_pending";
+/// See [`CONSUMER_PENDING`].
+pub const CONSUMER_REDELIVERED: &str = "match_stats_consumer_redelivered";
+/// Partitions taken.
+pub const PARTITION_ACQUISITIONS: &str = "match_stats_partition_acquisitions_total";
+/// Partitions given up, by reason.
+pub const PARTITION_RELEASES: &str = "match_stats_partition_releases_total";
+/// Failed attempts to restore or catch up on a partition.
+pub const PARTITION_RESTORE_RETRIES: &str = "match_stats_partition_restore_retries_total";
+/// Live replicas.
+pub const REPLICAS_LIVE: &str = "match_stats_replicas_live";
+/// Matches in memory (the original service's name).
+pub const MATCHES_ACTIVE: &str = "match_stats_matches_active";
+/// Completed matches in memory.
+pub const MATCHES_COMPLETED: &str = "match_stats_matches_completed";
+/// Completed matches that left the command side's memory.
+pub const MATCHES_EVICTED: &str = "match_stats_matches_evicted_total";
+/// Snapshots written.
+pub const SNAPSHOTS_WRITTEN: &str = "match_stats_snapshots_written_total";
+/// Snapshot writes that failed.
+pub const SNAPSHOT_ERRORS: &str = "match_stats_snapshot_errors_total";
+/// Snapshot writes refused because another replica wrote first.
+pub const SNAPSHOT_STALE: &str = "match_stats_snapshot_stale_total";
+/// Age of the last snapshot.
+pub const SNAPSHOT_AGE: &str = "match_stats_snapshot_age_seconds";
+/// Recoveries that needed events gone from the stream.
+pub const RECOVERY_GAPS: &str = "match_stats_recovery_gaps_total";
+/// Messages on the deltas stream that are not deltas.
+pub const DELTAS_UNDECODABLE: &str = "match_stats_deltas_undecodable_total";
+/// Deltas the projector could not apply.
+pub const DELTA_GAPS: &str = "match_stats_delta_gaps_total";
+/// Matches in the read model.
+pub const READ_MODEL_MATCHES: &str = "match_stats_read_model_matches";
+/// Completed matches that left the read model.
+pub const READ_MODEL_EVICTED: &str = "match_stats_read_model_evicted_total";
+/// Redis write-through results.
+pub const CACHE_WRITES: &str = "match_stats_cache_writes_total";
+/// Failed Redis writes.
+pub const REDIS_ERRORS: &str = "match_stats_redis_errors_total";
+/// The Redis circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const CACHE_CIRCUIT_STATE: &str = "match_stats_cache_circuit_state";
+
+/// `(name, kind, HELP)` of every series the service crate records.
+pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        EVENTS_RECEIVED,
+        Kind::Counter,
+        "Event messages decided (applied, duplicate or rejected), each stream message once.",
+    ),
+    (
+        EVENTS_PROCESSED,
+        Kind::Counter,
+        "Events applied to a match.",
+    ),
+    (
+        EVENTS_DUPLICATE,
+        Kind::Counter,
+        "Events dropped because their event_id was already applied to the match.",
+    ),
+    (
+        EVENTS_REJECTED,
+        Kind::Counter,
+        "Events rejected and dead-lettered, by contract reason.",
+    ),
+    (
+        REDELIVERED_SKIPPED,
+        Kind::Counter,
+        "Redelivered or replayed messages already decided, acknowledged without effect.",
+    ),
+    (
+        DEAD_LETTERS,
+        Kind::Counter,
+        "Dead letters stored by the dead-letter stream, by reason.",
+    ),
+    (
+        DELTAS_PUBLISHED,
+        Kind::Counter,
+        "Stat delta messages stored by the deltas stream.",
+    ),
+    (
+        DELTA_ENTRIES_PUBLISHED,
+        Kind::Counter,
+        "Delta entries (applied events) in the stored delta messages.",
+    ),
+    (
+        EFFECTS_DEDUPLICATED,
+        Kind::Counter,
+        "Effects published again that a stream already held (dropped by Nats-Msg-Id or by version).",
+    ),
+    (
+        COMPLETED_MATCHES_STORED,
+        Kind::Counter,
+        "Final match objects put into the completed-matches bucket.",
+    ),
+    (
+        IDLE_MATCHES_ENDED,
+        Kind::Counter,
+        "match_end events published for matches idle past MATCH_IDLE_TIMEOUT.",
+    ),
+    (
+        PUBLISH_RETRIES,
+        Kind::Counter,
+        "Failed attempts to publish a batch's effects, retried with back-off.",
+    ),
+    (
+        PROCESSING_LATENCY,
+        Kind::Histogram,
+        "Seconds to decide, publish and acknowledge one batch of events.",
+    ),
+    (
+        CONSUMER_PENDING,
+        Kind::Gauge,
+        "Events waiting in the partitions' consumers, summed.",
+    ),
+    (
+        CONSUMER_ACK_PENDING,
+        Kind::Gauge,
+        "Events delivered and not yet acknowledged, summed over the partitions.",
+    ),
+    (
+        CONSUMER_REDELIVERED,
+        Kind::Gauge,
+        "Events redelivered at least once, summed over the partitions.",
+    ),
+    (
+        PARTITION_ACQUISITIONS,
+        Kind::Counter,
+        "Times this replica became a partition's writer.",
+    ),
+    (
+        PARTITION_RELEASES,
+        Kind::Counter,
+        "Partitions this replica gave up, by reason.",
+    ),
+    (
+        PARTITION_RESTORE_RETRIES,
+        Kind::Counter,
+        "Failed attempts to restore or catch up on a partition, retried with back-off.",
+    ),
+    (
+        REPLICAS_LIVE,
+        Kind::Gauge,
+        "Live replicas sharing the partitions, as this replica counts them.",
+    ),
+    (
+        MATCHES_ACTIVE,
+        Kind::Gauge,
+        "Active matches in this replica's command side.",
+    ),
+    (
+        MATCHES_COMPLETED,
+        Kind::Gauge,
+        "Completed matches still in this replica's command side.",
+    ),
+    (
+        MATCHES_EVICTED,
+        Kind::Counter,
+        "Completed matches that left the command side's memory.",
+    ),
+    (
+        SNAPSHOTS_WRITTEN,
+        Kind::Counter,
+        "Partition snapshots written.",
+    ),
+    (
+        SNAPSHOT_ERRORS,
+        Kind::Counter,
+        "Snapshot writes that failed and will be retried.",
+    ),
+    (
+        SNAPSHOT_STALE,
+        Kind::Counter,
+        "Snapshot writes refused because another replica wrote the partition since.",
+    ),
+    (
+        SNAPSHOT_AGE,
+        Kind::Gauge,
+        "Seconds since partition 0's last snapshot.",
+    ),
+    (
+        RECOVERY_GAPS,
+        Kind::Counter,
+        "Recoveries that needed events already gone from the events stream.",
+    ),
+    (
+        DELTAS_UNDECODABLE,
+        Kind::Counter,
+        "Messages on the deltas stream that are not stat deltas.",
+    ),
+    (
+        DELTA_GAPS,
+        Kind::Counter,
+        "Deltas the projector could not apply (a version gap or a bad value).",
+    ),
+    (
+        READ_MODEL_MATCHES,
+        Kind::Gauge,
+        "Matches in this replica's read model.",
+    ),
+    (
+        READ_MODEL_EVICTED,
+        Kind::Counter,
+        "Completed matches that left the read model after COMPLETED_RETENTION.",
+    ),
+    (
+        CACHE_WRITES,
+        Kind::Counter,
+        "Redis write-through results (written, older).",
+    ),
+    (REDIS_ERRORS, Kind::Counter, "Redis writes that failed."),
+    (
+        CACHE_CIRCUIT_STATE,
+        Kind::Gauge,
+        "The Redis circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ),
+];
+
+/// Registers the HELP text of every series, the service's and the read side's.
+pub fn describe() {
+    match_stats_queries::metrics::describe(DESCRIPTIONS);
+    match_stats_queries::metrics::describe(QUERY_SIDE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_described_once() {
+        let mut names: Vec<&str> = DESCRIPTIONS
+            .iter()
+            .chain(QUERY_SIDE)
+            .map(|(name, _, _)| *name)
+            .collect();
+        let total = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), total, "a name described twice");
+        assert!(names.iter().all(|n| n.starts_with("match_stats_")));
+    }
+}

@@ -1,0 +1,160 @@
+//! The [`Projector`]: the deltas stream, from its start, into the read model.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use match_stats_commands::{MatchId, StatDelta};
+use match_stats_queries::{MatchBuilder, ReadModel};
+use tokio_util::sync::CancellationToken;
+
+use super::Dirty;
+use crate::metrics as m;
+
+/// While catching up, how often the projector builds and publishes snapshots.
+pub const CATCH_UP_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the projector drops completed matches past their retention.
+pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reads the deltas stream into the read model.
+pub struct Projector {
+    /// JetStream, on the query side's own connection.
+    pub js: jetstream::Context,
+    /// The deltas stream.
+    pub deltas_stream: String,
+    /// The read model it publishes to.
+    pub model: Arc<ReadModel>,
+    /// What the cache writer should write.
+    pub dirty: Arc<Dirty>,
+    /// Messages read per chunk.
+    pub batch_size: usize,
+    /// Completed matches leave memory this long after this replica saw them end.
+    pub retention: Duration,
+}
+
+impl Projector {
+    /// Reads the deltas stream from its start into the read model until cancelled; marks
+    /// the model caught up once it has read what the stream held at start.
+    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        let Projector {
+            js,
+            deltas_stream,
+            model,
+            dirty,
+            batch_size,
+            retention,
+        } = self;
+        let mut stream = js.get_stream(&deltas_stream).await?;
+        let state = stream.info().await?.state.clone();
+        let target = if state.messages == 0 {
+            0
+        } else {
+            state.last_sequence
+        };
+        if target == 0 {
+            model.set_caught_up();
+        }
+        let (_, mut messages) =
+            crate::nats::streams::read_from(&stream, 0, batch_size, None).await?;
+        let mut builders: HashMap<MatchId, MatchBuilder> = HashMap::new();
+        // When this replica saw each match complete; completed matches leave memory after
+        // `retention` (Redis and the key-value bucket keep them for the same time).
+        let mut completed_at: HashMap<MatchId, Instant> = HashMap::new();
+        let mut eviction = tokio::time::interval(EVICTION_INTERVAL);
+        let mut pending: BTreeSet<MatchId> = BTreeSet::new();
+        let mut last_publish = Instant::now();
+        let started = Instant::now();
+        loop {
+            let chunk = tokio::select! {
+                _ = token.cancelled() => break,
+                _ = eviction.tick() => {
+                    let expired: Vec<MatchId> = completed_at
+                        .iter()
+                        .filter(|(_, at)| at.elapsed() >= retention)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in &expired {
+                        completed_at.remove(id);
+                        builders.remove(id);
+                    }
+                    model.remove(&expired);
+                    metrics::counter!(m::READ_MODEL_EVICTED).increment(expired.len() as u64);
+                    continue;
+                }
+                chunk = messages.next() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let mut touched = BTreeSet::new();
+            let mut last_sequence = 0;
+            for message in chunk {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "deltas consumer error; continuing");
+                        continue;
+                    }
+                };
+                if let Ok(info) = message.info() {
+                    last_sequence = info.stream_sequence;
+                }
+                let delta: StatDelta = match rmp_serde::from_slice(&message.payload) {
+                    Ok(delta) => delta,
+                    Err(error) => {
+                        metrics::counter!(m::DELTAS_UNDECODABLE).increment(1);
+                        tracing::error!(%error, subject = %message.subject, "a deltas message is not a StatDelta; skipped");
+                        continue;
+                    }
+                };
+                let builder = builders
+                    .entry(delta.match_id)
+                    .or_insert_with(|| MatchBuilder::new(delta.match_id));
+                match builder.apply(&delta) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        touched.insert(delta.match_id);
+                    }
+                    Err(error) => {
+                        metrics::counter!(m::DELTA_GAPS).increment(1);
+                        tracing::error!(%error, "delta not applied");
+                    }
+                }
+            }
+            // While catching up, nobody reads the snapshots yet: build them at most every
+            // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
+            pending.extend(touched);
+            let reached = last_sequence >= target;
+            if model.is_caught_up()
+                || reached
+                || last_publish.elapsed() >= CATCH_UP_PUBLISH_INTERVAL
+            {
+                let snapshots: Vec<_> = pending
+                    .iter()
+                    .filter_map(|id| builders.get_mut(id).map(MatchBuilder::snapshot))
+                    .collect();
+                for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
+                    completed_at
+                        .entry(snapshot.summary.match_id)
+                        .or_insert_with(Instant::now);
+                }
+                model.publish(snapshots);
+                dirty.extend(std::mem::take(&mut pending));
+                last_publish = Instant::now();
+            }
+            metrics::gauge!(m::READ_MODEL_MATCHES).set(builders.len() as f64);
+            if !model.is_caught_up() && reached {
+                model.set_caught_up();
+                tracing::info!(
+                    matches = builders.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "read model caught up"
+                );
+            }
+        }
+        Ok(())
+    }
+}
