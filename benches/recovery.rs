@@ -78,7 +78,7 @@ async fn start_and_measure(
                 started.elapsed().as_secs_f64(),
                 stats.recovery_done.load(Ordering::Relaxed),
                 stats.recovery_total.load(Ordering::Relaxed),
-                stats.applied.load(Ordering::Relaxed)
+                stats.decided().applied
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

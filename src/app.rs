@@ -59,6 +59,14 @@ fn redis_settings(cache: &CacheConfig) -> anyhow::Result<RedisSettings> {
     })
 }
 
+/// Shutdown stopped work in flight: a batch whose effects were not confirmed, or tasks
+/// still running when the grace period ended. NATS redelivers what was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stopped with work in flight abandoned within the grace period of {0:?} (unacknowledged events will be redelivered)"
+)]
+pub struct Abandoned(pub std::time::Duration);
+
 /// A built service, connected and listening, not yet running.
 pub struct App {
     config: Config,
@@ -180,7 +188,8 @@ impl App {
     }
 
     /// Runs until the shutdown token is cancelled (or a task fails), then stops pulling,
-    /// finishes the batch in flight, flushes acks and closes HTTP within the grace period.
+    /// finishes the batch in flight, flushes acks and closes HTTP, all within the grace
+    /// period: past it, the work in flight is abandoned and the result is [`Abandoned`].
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App {
             config,
@@ -190,7 +199,7 @@ impl App {
             cache_writer,
             routes,
             listener,
-            stats: _,
+            stats,
             api,
             token,
         } = self;
@@ -220,7 +229,9 @@ impl App {
             _ = token.cancelled() => {}
         }
         token.cancel();
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
+        // Everything from here is bounded by one deadline, whatever NATS and Redis do.
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        let drained = tokio::time::timeout_at(deadline, async {
             while let Some(ended) = tasks.join_next().await {
                 if let Ok(Err(error)) = ended
                     && first_error.is_none()
@@ -230,19 +241,28 @@ impl App {
             }
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!(grace = ?config.shutdown_grace, "tasks did not stop within the grace period; unacked messages will be redelivered");
+        let mut abandoned = drained.is_err();
+        if abandoned {
+            tracing::warn!(grace = ?config.shutdown_grace, "tasks did not stop within the grace period; unacknowledged messages will be redelivered");
             tasks.abort_all();
         }
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, "flushing acks to NATS failed");
+        match tokio::time::timeout_at(deadline, nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "flushing acks to NATS failed"),
+            Err(_) => {
+                tracing::warn!("flushing acks to NATS did not finish within the grace period")
+            }
         }
-        match tokio::time::timeout(config.shutdown_grace, server).await {
+        match tokio::time::timeout_at(deadline, server).await {
             Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
             Err(_) => tracing::warn!("HTTP server did not close within the grace period"),
         }
         if let Some(error) = first_error {
             return Err(error.context("a service task failed"));
+        }
+        abandoned |= stats.abandoned.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        if abandoned {
+            return Err(Abandoned(config.shutdown_grace).into());
         }
         tracing::info!("match-stats stopped");
         Ok(())

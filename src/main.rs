@@ -8,9 +8,22 @@ use clap::{CommandFactory, FromArgMatches};
 /// CPU in the catch-up profile (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::time::Duration;
+
+use match_stats::app::Abandoned;
 use match_stats::cli::{Cli, Command, EXIT_CONFIG, describe_error, effective};
 use match_stats::tools::{demo, loadgen};
 use match_stats::{App, telemetry};
+
+/// Exit code of a failure.
+const EXIT_FAILURE: i32 = 1;
+/// Exit code of a shutdown that abandoned work in flight after the grace period
+/// (`EX_TEMPFAIL`: NATS redelivers it to the next writer).
+const EXIT_ABANDONED: i32 = 75;
+/// How long exporting the last spans may take at exit.
+const TRACE_FLUSH: Duration = Duration::from_secs(1);
+/// How long the runtime's leftover threads may take at exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 
 fn main() {
     let parsed = Cli::command()
@@ -38,10 +51,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    runtime.block_on(run(cli));
+    let code = runtime.block_on(run(cli));
+    // Nothing left running (a profile in progress, a stuck connection) delays the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    std::process::exit(code);
 }
 
-async fn run(cli: Cli) {
+/// Runs the command; its exit code.
+async fn run(cli: Cli) -> i32 {
     let provider = match telemetry::init(
         &cli.config.log_level,
         &cli.config.log_format,
@@ -59,13 +76,25 @@ async fn run(cli: Cli) {
         Command::Loadgen(args) => loadgen::main(&cli.config, args).await,
         Command::Config => unreachable!("handled above"),
     };
-    if let Err(error) = provider.shutdown() {
+    // Flushing spans to an unreachable collector must not hold the exit.
+    let (flushed, flushing) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = flushed.send(provider.shutdown());
+    });
+    if let Ok(Err(error)) = flushing.recv_timeout(TRACE_FLUSH) {
         tracing::debug!(%error, "trace provider shutdown");
     }
-    if let Err(error) = result {
-        tracing::error!("{error:#}");
-        eprintln!("match-stats: {error:#}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("match-stats: {error:#}");
+            if error.is::<Abandoned>() {
+                EXIT_ABANDONED
+            } else {
+                EXIT_FAILURE
+            }
+        }
     }
 }
 

@@ -175,6 +175,21 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             json!({"configured": true, "healthy": s.as_str() == "closed", "state": s.as_str()})
         }
     };
+    // Every partition's counts: this replica's own where it holds the partition, its
+    // marker's (as last read, every second) elsewhere: the whole deployment's figures.
+    let figures: Vec<serde_json::Value> = stats
+        .figures()
+        .into_iter()
+        .enumerate()
+        .map(|(n, f)| {
+            let mut entry = f.counters.to_json();
+            entry["partition"] = json!(n);
+            entry["sequence"] = json!(f.sequence);
+            entry["source"] = json!(f.source);
+            entry["conserved"] = json!(f.counters.conserved());
+            entry
+        })
+        .collect();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -184,12 +199,14 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             "processed": counts.applied,
             "duplicates": counts.duplicates,
             "rejected": counts.rejected,
+            "conserved": counts.conserved,
         },
         "consumer_lag": consumer,
         "partitions": {
             "count": stats.partitions.len(),
             "held": counts.partitions_held,
             "writing": counts.partitions_writing,
+            "figures": figures,
         },
         "cache": {
             "redis": redis,

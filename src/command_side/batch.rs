@@ -20,11 +20,18 @@ use crate::retry::Cancelled;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// The partition's durable consumer: the batch is acknowledged once its effects are
-    /// confirmed (one ack for all: the consumer acknowledges all); an event's
-    /// `traceparent` continues into its span and onto its delta.
+    /// confirmed (one ack for all: the consumer acknowledges all), then its decisions are
+    /// counted in Prometheus; an event's `traceparent` continues into its span and onto
+    /// its delta.
     Live,
-    /// A replay through an ordered consumer: nothing to acknowledge.
-    Replay,
+    /// A replay through an ordered consumer: nothing to acknowledge. Messages up to
+    /// `acknowledged_to` (the consumer's ack floor) were acknowledged, and counted in
+    /// Prometheus, by whichever process decided them first; later ones are counted when
+    /// this replica acknowledges them.
+    Replay {
+        /// The consumer's ack floor when the replay started.
+        acknowledged_to: u64,
+    },
 }
 
 /// The stream's stored time of a message, Unix milliseconds.
@@ -54,7 +61,7 @@ pub async fn process(
             continue;
         };
         if info.stream_sequence <= matches.applied_sequence() {
-            verdicts.push(Verdict::AlreadyApplied);
+            verdicts.push((info.stream_sequence, Verdict::AlreadyApplied));
             continue;
         }
         let source = Source {
@@ -66,13 +73,13 @@ pub async fn process(
             Mode::Live => {
                 crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence)
             }
-            Mode::Replay => None,
+            Mode::Replay { .. } => None,
         };
         let decision = match &span {
             Some(span) => span.in_scope(|| matches.process(&message.payload, source, &ctx.names)),
             None => matches.process(&message.payload, source, &ctx.names),
         };
-        verdicts.push(decision.verdict());
+        verdicts.push((info.stream_sequence, decision.verdict()));
         match decision {
             Decision::Applied(delta) => {
                 let headers = span.as_ref().map(|span| {
@@ -88,9 +95,9 @@ pub async fn process(
     }
     // A redelivery after a crash may be batched differently than what the crashed writer
     // published: only what the deltas stream lacks goes out.
-    let last = publisher::trim(ctx, &mut held.published, &mut deltas, token).await?;
-    effects.extend(deltas.into_effects(&ctx.names));
-    if let Err(cancelled) = publisher::publish(ctx, &effects, token).await {
+    if let Err(cancelled) =
+        publisher::publish(ctx, &mut held.published, &mut deltas, &effects, token).await
+    {
         tracing::info!(
             %partition,
             unacked = batch.len(),
@@ -98,20 +105,35 @@ pub async fn process(
         );
         return Err(cancelled);
     }
-    held.published.extend(last);
-    if mode == Mode::Live
-        && let Some(last) = batch.last()
-        && let Err(error) = last.ack().await
-    {
-        tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
+    for &(_, verdict) in &verdicts {
+        match verdict {
+            Verdict::AlreadyApplied => ctx.stats.record_redelivered(),
+            decided => held.counters.count(decided),
+        }
     }
-    for verdict in &verdicts {
-        ctx.stats.record_verdict(*verdict, &mut held.counters);
+    match mode {
+        Mode::Live => {
+            if let Some(last) = batch.last() {
+                if let Err(error) = last.ack().await {
+                    tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
+                }
+                for &(_, verdict) in &verdicts {
+                    ctx.stats.record_acknowledged(verdict);
+                }
+                let acked = last.info().map_or(0, |i| i.stream_sequence);
+                held.acknowledged(ctx, acked);
+            }
+            metrics::histogram!(m::PROCESSING_LATENCY).record(started.elapsed().as_secs_f64());
+        }
+        Mode::Replay { acknowledged_to } => held.unacked.extend(
+            verdicts
+                .iter()
+                .filter(|(at, v)| *at > acknowledged_to && *v != Verdict::AlreadyApplied),
+        ),
     }
-    ctx.stats.record_matches(partition, Some(held.figures()));
-    if mode == Mode::Live {
-        metrics::histogram!(m::PROCESSING_LATENCY).record(started.elapsed().as_secs_f64());
-    }
+    ctx.stats
+        .record_matches(partition, Some(held.match_figures()));
+    ctx.stats.record_figures(partition, held.figures());
     held.events_since_snapshot += verdicts.len() as u64;
     Ok(())
 }

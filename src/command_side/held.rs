@@ -2,13 +2,13 @@
 //! state leaves a batch boundary: a snapshot to the bucket ([`snapshot`]) and giving the
 //! partition up ([`release`]).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::context::Context;
-use super::matches::{MatchRecord, PartitionMatches};
-use super::publisher::Published;
+use super::matches::{MatchRecord, PartitionMatches, Published, Verdict};
 use super::snapshots::{Marker, SnapshotError, SnapshotStore};
-use super::stats::{Counters, Totals};
+use super::stats::{Counters, Figures, FiguresSource};
 use crate::metrics as m;
 use crate::nats::Partition;
 
@@ -18,8 +18,11 @@ pub struct HeldPartition {
     pub matches: PartitionMatches,
     /// Its keys in the snapshot bucket.
     pub store: SnapshotStore,
-    /// Its persistent counters (included in the totals while held).
+    /// Its counts of decided messages, as of `matches.applied_sequence()`.
     pub counters: Counters,
+    /// Decisions made by a replay of messages no process has acknowledged yet, in stream
+    /// order: counted in Prometheus when this replica acknowledges them.
+    pub unacked: VecDeque<(u64, Verdict)>,
     /// Per match, the last version the deltas stream holds.
     pub published: Published,
     /// The `Nats-Pin-Id` of the messages last processed: this replica is the writer while
@@ -45,6 +48,7 @@ impl HeldPartition {
             matches,
             store,
             counters,
+            unacked: VecDeque::new(),
             published: Published::new(),
             pin: None,
             foreign_pin: None,
@@ -58,10 +62,29 @@ impl HeldPartition {
         self.pin.is_some()
     }
 
-    /// `(active, completed, applied sequence)`, for the figures.
-    pub fn figures(&self) -> (u64, u64, u64) {
+    /// `(active, completed, applied sequence)`, for the match gauges.
+    pub fn match_figures(&self) -> (u64, u64, u64) {
         let (active, completed) = self.matches.match_counts();
         (active, completed, self.matches.applied_sequence())
+    }
+
+    /// Its counts as of its applied sequence.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            counters: self.counters.clone(),
+            sequence: self.matches.applied_sequence(),
+            source: FiguresSource::Memory,
+        }
+    }
+
+    /// Counts in Prometheus the replayed decisions up to `sequence`, now acknowledged.
+    pub fn acknowledged(&mut self, ctx: &Context, sequence: u64) {
+        while let Some(&(at, verdict)) = self.unacked.front()
+            && at <= sequence
+        {
+            ctx.stats.record_acknowledged(verdict);
+            self.unacked.pop_front();
+        }
     }
 }
 
@@ -101,7 +124,7 @@ pub fn release(
     why: Release,
 ) {
     let Some(h) = held.take() else { return };
-    ctx.stats.totals(&h.counters, Totals::Leave);
+    ctx.stats.forget_figures(partition);
     let slot = ctx.stats.partition(partition);
     slot.held.store(false, std::sync::atomic::Ordering::Relaxed);
     slot.writing

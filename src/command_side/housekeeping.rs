@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
 use super::publisher;
-use super::stats::ConsumerLag;
+use super::recovery;
+use super::snapshots::SnapshotStore;
+use super::stats::{ConsumerLag, Figures, FiguresSource};
 use crate::metrics as m;
 use crate::nats::Partition;
 
@@ -107,6 +109,52 @@ pub async fn run(
             Pinned::Unknown
         }
     };
+    // The partition's marker: the figures of a partition another replica writes, and a
+    // fence: a marker ahead of the state this replica holds was written by a writer that
+    // processed more since, so this replica's state (and its belief that it writes the
+    // partition) is stale.
+    let read = SnapshotStore::read_marker(&ctx.snapshots, partition);
+    let marked = match tokio::time::timeout(HOUSEKEEPING_INTERVAL, read).await {
+        Ok(Ok(marker)) => marker,
+        _ => None,
+    };
+    if let Some(marker) = &marked
+        && held
+            .as_ref()
+            .is_some_and(|h| marker.sequence > h.matches.applied_sequence())
+    {
+        tracing::info!(%partition, marker = marker.sequence, "another replica has snapshotted this partition further; giving it up");
+        release(ctx, partition, held, Release::StaleSnapshot);
+    }
+    let marked = marked.map(|m| {
+        let sequence = m.sequence;
+        ctx.stats.record_figures(
+            partition,
+            Figures {
+                counters: m.counters,
+                sequence,
+                source: FiguresSource::Snapshot,
+            },
+        );
+        sequence
+    });
+    if !held.as_ref().is_some_and(HeldPartition::is_writer) {
+        // Nobody writes it, everything is acknowledged, and what this replica knows of it
+        // (the state it holds, else the marker) is behind: the last writer stopped before
+        // snapshotting what it acknowledged. Catching up to the ack floor makes its
+        // figures exact here, and the snapshot that follows brings the marker up for every
+        // replica.
+        let known = held
+            .as_ref()
+            .map_or(marked.unwrap_or(0), |h| h.matches.applied_sequence());
+        if pinned == Pinned::Nobody
+            && let Some(floor) = settled_at
+            && known < floor
+            && recovery::catch_up_settled(ctx, partition, held, floor, token).await
+        {
+            tracing::info!(%partition, floor, "caught up on an unwritten partition whose snapshot was behind");
+        }
+    }
     if let Some(h) = held.as_mut() {
         match pin_check(h.pin.as_deref(), h.foreign_pin.as_deref(), &pinned) {
             PinCheck::Keep => h.foreign_pin = None,
@@ -123,7 +171,10 @@ pub async fn run(
     if age.as_secs_f64() > max_age.as_secs_f64() * SNAPSHOT_AGE_WARNING {
         tracing::warn!(%partition, ?age, ?max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
     }
-    if age >= ctx.lifecycle.snapshot_interval
+    // The writer snapshots; so does a holder when nobody writes the partition.
+    let may_snapshot = h.is_writer() || pinned == Pinned::Nobody;
+    if may_snapshot
+        && age >= ctx.lifecycle.snapshot_interval
         && h.matches.has_changes()
         && snapshot(ctx, partition, held).await == Snapshot::GaveUp
     {
@@ -145,7 +196,7 @@ pub async fn run(
             tracing::info!(%partition, matches = idle.len(), "ending idle matches");
             let effects: Vec<_> = idle.iter().map(|m| m.effect(&ctx.names)).collect();
             // Counted once stored (not when NATS drops a re-publish).
-            let _ = publisher::publish(ctx, &effects, token).await;
+            let _ = publisher::publish_effects(ctx, &effects, token).await;
         }
     }
     for id in h
@@ -157,7 +208,7 @@ pub async fn run(
             tracing::warn!(%error, match_id = %id, "could not remove an evicted match's snapshot");
         }
     }
-    ctx.stats.record_matches(partition, Some(h.figures()));
+    ctx.stats.record_matches(partition, Some(h.match_figures()));
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ pub const HEADER_DETAIL: &str = "Match-Stats-Detail";
 pub const HEADER_SOURCE_STREAM: &str = "Match-Stats-Source-Stream";
 /// Dead-letter header: the events stream sequence of the rejected message.
 pub const HEADER_SOURCE_SEQUENCE: &str = "Match-Stats-Source-Sequence";
-/// Dead-letter header: the subject the event was published to.
+/// Dead-letter header: the subject the event was published on (`<prefix>.<match>`, as
+/// the publisher wrote it; the stream stores it with the partition inserted).
 pub const HEADER_SOURCE_SUBJECT: &str = "Match-Stats-Source-Subject";
 
 /// One match in memory: its aggregate and where in the stream it stands (also its
@@ -96,7 +97,7 @@ pub enum EffectKind {
 }
 
 /// One message to publish as the effect of an event.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Effect {
     /// What it is.
     pub kind: EffectKind,
@@ -104,11 +105,30 @@ pub struct Effect {
     pub subject: String,
     /// `Nats-Msg-Id`.
     pub msg_id: String,
+    /// `Nats-Expected-Last-Subject-Sequence`: the stream stores it only if the last
+    /// message on its subject is the one this writer knows (0: none). A delta carries it,
+    /// so two writers of one match (a hand-over in progress) can never store a version
+    /// twice.
+    pub expected_last_subject_sequence: Option<u64>,
     /// Headers (dead letters, trace context).
     pub headers: HeaderMap,
     /// Payload.
     pub payload: Bytes,
 }
+
+/// The last delta the deltas stream holds for a match: its version and its stream
+/// sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// The last version.
+    pub version: u64,
+    /// The stream sequence of the message that carries it (0: none).
+    pub sequence: u64,
+}
+
+/// Per match, what the deltas stream holds: looked up once per match while this replica
+/// holds the partition, then kept up by its own publishes.
+pub type Published = HashMap<MatchId, Stored>;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy)]
@@ -117,8 +137,22 @@ pub struct Source<'a> {
     pub sequence: u64,
     /// When the stream stored it, Unix milliseconds.
     pub stored_at_ms: i64,
-    /// Its subject.
+    /// The subject the stream stored it on: `<prefix>.<P>.<n>.<match token>`.
     pub subject: &'a str,
+}
+
+impl Source<'_> {
+    /// The match the subject names: its last token (what the publisher put after the
+    /// prefix).
+    pub fn match_token(&self) -> &str {
+        self.subject.rsplit('.').next().unwrap_or_default()
+    }
+
+    /// The subject the event was published on: `<prefix>.<match token>` (the stream's
+    /// subject transform inserted the partition).
+    pub fn published_subject(&self, names: &StreamNames) -> String {
+        format!("{}.{}", names.events_subject, self.match_token())
+    }
 }
 
 /// An active match with no event stored for the idle timeout, and the `match_end` that
@@ -144,6 +178,7 @@ impl IdleMatch {
         Effect {
             subject: format!("{}.{}", names.events_subject, self.match_id),
             msg_id: self.event_id.clone(),
+            expected_last_subject_sequence: None,
             headers: HeaderMap::new(),
             payload: payload.into(),
             kind: EffectKind::IdleMatchEnd,
@@ -254,6 +289,19 @@ impl PartitionMatches {
             Ok(event) => event,
             Err(rejection) => return rejected(payload, source, rejection, names),
         };
+        // Routing follows the subject, statistics the payload: a mismatch could reach
+        // another partition's writer, so it never reaches an aggregate (contract
+        // section 1).
+        if event.match_id.as_str() != source.match_token() {
+            let detail = format!(
+                "match_id {:?} differs from the match {:?} named by the subject {}",
+                event.match_id.as_str(),
+                source.match_token(),
+                source.published_subject(names)
+            );
+            let rejection = Rejection::new(Reason::InvalidField, detail);
+            return rejected(payload, source, rejection, names);
+        }
         let record = self
             .matches
             .entry(event.match_id)
@@ -329,17 +377,20 @@ impl DeltaBatch {
         self.segments.iter_mut().map(|(delta, _)| delta)
     }
 
-    /// The messages to publish: each delta, and for a match that ended, its final object
-    /// for the completed-matches bucket.
-    pub fn into_effects(self, names: &StreamNames) -> Vec<Effect> {
+    /// The messages to publish: each delta (the first of each match expecting the last
+    /// message `published` says its subject holds), and for a match that ended, its
+    /// final object for the completed-matches bucket.
+    pub fn effects(&self, names: &StreamNames, published: &Published) -> Vec<Effect> {
         let mut effects = Vec::with_capacity(self.segments.len());
-        for (delta, headers) in self.segments {
+        let mut expecting = HashSet::new();
+        for (delta, headers) in &self.segments {
             if let Some(view) = &delta.match_view {
                 // A key-value put is a publish to the bucket's subject. (Also when a
                 // replay trimmed the delta itself: the put may be what was missing.)
                 effects.push(Effect {
                     subject: format!("$KV.{}.{}", names.completed_bucket, delta.match_id),
                     msg_id: format!("{}:{}:final", delta.match_id, view.event_count),
+                    expected_last_subject_sequence: None,
                     headers: HeaderMap::new(),
                     payload: match_stats_commands::view::stored::encode(view).into(),
                     kind: EffectKind::CompletedMatch,
@@ -349,11 +400,15 @@ impl DeltaBatch {
                 continue;
             };
             let version = last.version;
+            let expected = expecting
+                .insert(delta.match_id)
+                .then(|| published.get(&delta.match_id).map_or(0, |s| s.sequence));
             effects.push(Effect {
                 subject: format!("{}.{}", names.deltas_subject, delta.match_id),
                 msg_id: delta.msg_id(),
-                headers,
-                payload: rmp_serde::to_vec_named(&delta)
+                expected_last_subject_sequence: expected,
+                headers: headers.clone(),
+                payload: rmp_serde::to_vec_named(delta)
                     .expect("deltas serialize")
                     .into(),
                 kind: EffectKind::Delta {
@@ -385,10 +440,14 @@ fn dead_letter(
     headers.insert(HEADER_DETAIL, detail.as_str());
     headers.insert(HEADER_SOURCE_STREAM, names.events_stream.as_str());
     headers.insert(HEADER_SOURCE_SEQUENCE, source.sequence.to_string().as_str());
-    headers.insert(HEADER_SOURCE_SUBJECT, source.subject);
+    headers.insert(
+        HEADER_SOURCE_SUBJECT,
+        source.published_subject(names).as_str(),
+    );
     Effect {
         subject: format!("{}.{}", names.dead_letter_subject, reason.as_str()),
         msg_id: format!("{}:{}", names.events_stream, source.sequence),
+        expected_last_subject_sequence: None,
         headers,
         payload: payload.clone(),
         kind: EffectKind::DeadLetter(reason),

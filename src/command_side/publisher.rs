@@ -1,73 +1,141 @@
-//! Publishing a batch's effects: every effect is sent, then every acknowledgement awaited;
-//! the whole set is retried (idempotent by `Nats-Msg-Id`) until JetStream confirms it.
-//! Before that, [`trim`] drops the delta entries the deltas stream already holds, so a
-//! redelivery batched differently after a crash never stores a version twice.
+//! Publishing a batch's effects until JetStream has confirmed every one.
+//!
+//! Each attempt first drops the delta entries the deltas stream already holds
+//! ([`trim`]), so a redelivery batched differently after a crash never stores a version
+//! twice; then sends every effect and awaits every acknowledgement. What was stored is
+//! noted and not sent again; a transient failure is retried with back-off. Each match's
+//! first delta expects the last message its subject holds (`Nats-Expected-Last-Subject-
+//! Sequence`): when another writer stored one in between (a hand-over in progress), the
+//! stream refuses it, the match is looked up again and trimmed, and the rest goes out at
+//! once: two writers never store one version twice.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use async_nats::jetstream::{
-    self, context::PublishAckFuture, message::PublishMessage, publish::PublishAck,
+    self,
+    context::{PublishError, PublishErrorKind},
+    message::PublishMessage,
+    publish::PublishAck,
 };
 use match_stats_commands::MatchId;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::matches::{DeltaBatch, Effect};
+use super::matches::{DeltaBatch, Effect, EffectKind, Published, Stored};
 use crate::metrics as m;
 use crate::retry::{Cancelled, Retry};
 
-/// Publishes effects and waits for JetStream to confirm them all, retrying the whole set
-/// until it succeeds; counts what the streams stored.
+/// Publishes a batch's effects (its dead letters, then its deltas and completed matches)
+/// and waits until JetStream has confirmed them all; counts what the streams stored and
+/// keeps `published` up to date.
 pub async fn publish(
+    ctx: &Context,
+    published: &mut Published,
+    deltas: &mut DeltaBatch,
+    others: &[Effect],
+    token: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let mut retry = Retry::new(token, "publishing effects").counted(m::PUBLISH_RETRIES);
+    let mut stored: HashSet<String> = HashSet::new();
+    loop {
+        trim(ctx, published, deltas, token).await?;
+        let effects: Vec<Effect> = others
+            .iter()
+            .cloned()
+            .chain(deltas.effects(&ctx.names, published))
+            .filter(|e| !stored.contains(&e.msg_id))
+            .collect();
+        if effects.is_empty() {
+            break;
+        }
+        let results = retry.attempt(send_all(&ctx.js, &effects)).await?;
+        let mut failure = None;
+        for (effect, result) in effects.iter().zip(results) {
+            match result {
+                Ok(ack) => {
+                    ctx.stats.record_effect(&effect.kind, ack.duplicate);
+                    if let EffectKind::Delta {
+                        match_id, version, ..
+                    } = effect.kind
+                    {
+                        published.insert(
+                            match_id,
+                            Stored {
+                                version,
+                                sequence: ack.sequence,
+                            },
+                        );
+                    }
+                    stored.insert(effect.msg_id.clone());
+                }
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    if let EffectKind::Delta { match_id, .. } = effect.kind {
+                        tracing::info!(%match_id, "another writer stored deltas of this match meanwhile; looking it up again");
+                        published.remove(&match_id);
+                    }
+                }
+                Err(error) => failure = Some(error),
+            }
+        }
+        if let Some(error) = failure {
+            retry.failed(&error).await?;
+        }
+    }
+    retry.succeeded();
+    Ok(())
+}
+
+/// Publishes effects with no batch around them (an idle match's `match_end`), until
+/// confirmed; counts what the streams stored.
+pub async fn publish_effects(
     ctx: &Context,
     effects: &[Effect],
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    if effects.is_empty() {
-        return Ok(());
-    }
-    let acks = Retry::new(token, "publishing effects")
-        .counted(m::PUBLISH_RETRIES)
-        .run(|| try_publish(&ctx.js, effects))
-        .await?;
-    for (effect, ack) in effects.iter().zip(acks) {
-        ctx.stats.record_effect(&effect.kind, ack.duplicate);
-    }
-    Ok(())
+    publish(
+        ctx,
+        &mut Published::new(),
+        &mut DeltaBatch::default(),
+        effects,
+        token,
+    )
+    .await
 }
 
-async fn try_publish(
+/// Sends every effect, then awaits every acknowledgement: one result per effect.
+async fn send_all(
     js: &jetstream::Context,
     effects: &[Effect],
-) -> anyhow::Result<Vec<PublishAck>> {
-    let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(effects.len());
+) -> Vec<Result<PublishAck, PublishError>> {
+    let mut pending = Vec::with_capacity(effects.len());
     for e in effects {
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .payload(e.payload.clone())
             .headers(e.headers.clone())
             .message_id(&e.msg_id);
-        pending.push(js.send_publish(e.subject.clone(), message).await?);
+        if let Some(sequence) = e.expected_last_subject_sequence {
+            message = message.expected_last_subject_sequence(sequence);
+        }
+        pending.push(js.send_publish(e.subject.clone(), message).await);
     }
-    let mut acks = Vec::with_capacity(pending.len());
-    for ack in futures::future::join_all(pending.into_iter().map(|p| p.into_future())).await {
-        acks.push(ack?);
+    let mut results = Vec::with_capacity(pending.len());
+    for sent in pending {
+        results.push(match sent {
+            Ok(ack) => ack.await,
+            Err(error) => Err(error),
+        });
     }
-    Ok(acks)
+    results
 }
 
-/// Per match, the last version the deltas stream holds: looked up once per match while
-/// this replica holds the partition, then kept up by its own publishes.
-pub type Published = HashMap<MatchId, u64>;
-
 /// Drops from `batch` the entries the deltas stream already holds, per `published` (a
-/// match not in it is looked up, retrying until NATS answers). Returns each match's last
-/// version in the trimmed batch, to note once it is published.
+/// match not in it is looked up, retrying until NATS answers).
 pub async fn trim(
     ctx: &Context,
     published: &mut Published,
     batch: &mut DeltaBatch,
     token: &CancellationToken,
-) -> Result<Vec<(MatchId, u64)>, Cancelled> {
+) -> Result<(), Cancelled> {
     let unknown: Vec<MatchId> = batch
         .deltas_mut()
         .map(|d| d.match_id)
@@ -75,41 +143,42 @@ pub async fn trim(
         .collect();
     if !unknown.is_empty() {
         let found = Retry::new(token, "looking up published versions")
-            .run(|| last_versions(ctx, &unknown))
+            .run(|| last_stored(ctx, &unknown))
             .await?;
         published.extend(found);
     }
-    let mut last = Vec::new();
     let mut dropped = 0;
     for delta in batch.deltas_mut() {
-        let stored = published[&delta.match_id];
+        let stored = published[&delta.match_id].version;
         let before = delta.entries.len();
         delta.entries.retain(|e| e.version > stored);
         dropped += before - delta.entries.len();
-        if let Some(entry) = delta.entries.last() {
-            last.push((delta.match_id, entry.version));
-        }
     }
     if dropped > 0 {
         ctx.stats.record_deduplicated(dropped as u64);
     }
-    Ok(last)
+    Ok(())
 }
 
-/// The last version the deltas stream holds for each match: from the `Nats-Msg-Id` of
-/// the last delta stored on its subject (`<match>:<version>` or `<match>:<first>-<last>`),
-/// 0 when there is none.
-async fn last_versions(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(MatchId, u64)>> {
+/// What the deltas stream holds for each match: the last delta stored on its subject
+/// (its version from its `Nats-Msg-Id`, `<match>:<version>` or `<match>:<first>-<last>`),
+/// nothing when there is none.
+async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(MatchId, Stored)>> {
     let deltas = ctx.js.get_stream(&ctx.names.deltas_stream).await?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         let subject = format!("{}.{id}", ctx.names.deltas_subject);
-        let version = match deltas.direct_get_last_for_subject(subject).await {
-            Ok(message) => version_of(&message)?,
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
+        let stored = match deltas.direct_get_last_for_subject(subject).await {
+            Ok(message) => Stored {
+                version: version_of(&message)?,
+                sequence: message.sequence,
+            },
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                Stored::default()
+            }
             Err(e) => return Err(e.into()),
         };
-        found.push((*id, version));
+        found.push((*id, stored));
     }
     Ok(found)
 }

@@ -18,7 +18,6 @@ use super::context::Context;
 use super::held::{HeldPartition, Release, release};
 use super::matches::PartitionMatches;
 use super::snapshots::SnapshotStore;
-use super::stats::Totals;
 use crate::metrics as m;
 use crate::nats::Partition;
 use crate::retry::{Cancelled, Retry};
@@ -41,7 +40,7 @@ pub async fn restore_at_start(
     loop {
         let attempt = async {
             let floor = consumer.get_info().await?.ack_floor.stream_sequence;
-            restore(ctx, partition, held, Some(floor), token).await
+            restore(ctx, partition, held, Some(floor), floor, token).await
         };
         match retry.attempt(attempt).await? {
             Ok(()) => break,
@@ -52,6 +51,24 @@ pub async fn restore_at_start(
     Ok(())
 }
 
+/// Brings a partition nobody writes up to its consumer's ack floor `floor` (one
+/// attempt): from its snapshot, or from the state this replica holds; whether it did.
+pub async fn catch_up_settled(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    floor: u64,
+    token: &CancellationToken,
+) -> bool {
+    match catch_up(ctx, partition, held, Some(floor), floor, token).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%partition, error = format!("{error:#}"), "catching up on a settled partition failed; trying again later");
+            false
+        }
+    }
+}
+
 /// This replica became the partition's writer (messages with a new pin arrived, the
 /// first at sequence `first`): catches up on what another writer may have done, from its
 /// snapshot if it wrote one, then by replaying the partition up to `first`. Retries
@@ -59,6 +76,7 @@ pub async fn restore_at_start(
 pub async fn acquire(
     ctx: &Context,
     partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
     held: &mut Option<HeldPartition>,
     pin: Option<String>,
     first: u64,
@@ -68,7 +86,7 @@ pub async fn acquire(
         Retry::new(token, "catching up on a partition").counted(m::PARTITION_RESTORE_RETRIES);
     loop {
         match retry
-            .attempt(try_acquire(ctx, partition, held, first, token))
+            .attempt(try_acquire(ctx, partition, consumer, held, first, token))
             .await?
         {
             Ok(()) => break,
@@ -97,37 +115,65 @@ pub async fn acquire(
 async fn try_acquire(
     ctx: &Context,
     partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
     held: &mut Option<HeldPartition>,
     first: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let until = Some(first.saturating_sub(1));
+    let floor = consumer.get_info().await?.ack_floor.stream_sequence;
+    catch_up(
+        ctx,
+        partition,
+        held,
+        Some(first.saturating_sub(1)),
+        floor,
+        token,
+    )
+    .await
+}
+
+/// Catches up to `until` (the consumer had acknowledged up to `acknowledged_to`): from
+/// the state this replica holds if no other replica has snapshotted the partition since,
+/// else from the snapshot.
+async fn catch_up(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    until: Option<u64>,
+    acknowledged_to: u64,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
     let current = match held.as_ref() {
         Some(h) => h.store.is_current().await?,
         None => false,
     };
     if current {
         let h = held.as_mut().expect("held");
-        replay(ctx, partition, h, until, token).await
+        // Another writer may have published since this replica last looked.
+        h.published.clear();
+        replay(ctx, partition, h, until, acknowledged_to, token).await?;
+        ctx.stats.record_figures(partition, h.figures());
+        Ok(())
     } else {
         release(ctx, partition, held, Release::StaleSnapshot);
-        restore(ctx, partition, held, until, token).await
+        restore(ctx, partition, held, until, acknowledged_to, token).await
     }
 }
 
 /// Loads the partition's snapshot into `held` and replays the partition after it (up to
-/// `until`). On an error, `held` is left empty.
+/// `until`; the consumer had acknowledged up to `acknowledged_to`). On an error, `held`
+/// is left empty.
 async fn restore(
     ctx: &Context,
     partition: Partition,
     held: &mut Option<HeldPartition>,
     until: Option<u64>,
+    acknowledged_to: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (store, restored) = SnapshotStore::load(ctx.snapshots.clone(), partition).await?;
     let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
     let counters = restored.marker.map(|m| m.counters).unwrap_or_default();
-    ctx.stats.totals(&counters, Totals::Join);
     ctx.stats
         .partition(partition)
         .held
@@ -137,23 +183,27 @@ async fn restore(
         PartitionMatches::restore(restored.matches, from),
         counters,
     ));
-    if let Err(error) = replay(ctx, partition, h, until, token).await {
+    if let Err(error) = replay(ctx, partition, h, until, acknowledged_to, token).await {
         release(ctx, partition, held, Release::Failed);
         return Err(error);
     }
-    ctx.stats
-        .record_matches(partition, held.as_ref().map(HeldPartition::figures));
+    if let Some(h) = held.as_ref() {
+        ctx.stats.record_matches(partition, Some(h.match_figures()));
+        ctx.stats.record_figures(partition, h.figures());
+    }
     Ok(())
 }
 
 /// Replays the partition of the events stream from its applied sequence + 1 to the last
-/// message stored when the replay starts (or to `until`).
+/// message stored when the replay starts (or to `until`); the consumer had acknowledged
+/// up to `acknowledged_to`.
 #[tracing::instrument(skip_all, fields(%partition))]
 async fn replay(
     ctx: &Context,
     partition: Partition,
     held: &mut HeldPartition,
     until: Option<u64>,
+    acknowledged_to: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut stream = ctx.js.get_stream(&ctx.names.events_stream).await?;
@@ -199,9 +249,16 @@ async fn replay(
                     .is_ok_and(|i| i.stream_sequence >= last || i.pending == 0)
             });
         chunk.truncate(within);
-        batch::process(ctx, partition, held, &chunk, Mode::Replay, token)
-            .await
-            .map_err(|_| anyhow::anyhow!("stopped during recovery"))?;
+        batch::process(
+            ctx,
+            partition,
+            held,
+            &chunk,
+            Mode::Replay { acknowledged_to },
+            token,
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("stopped during recovery"))?;
         done += chunk.len() as u64;
         ctx.stats.record_replayed(chunk.len() as u64, 0);
         if last_log.elapsed() >= PROGRESS_INTERVAL {

@@ -7,7 +7,9 @@
 //! marker, every key with compare-and-swap on the revision this writer last saw: a writer
 //! that another replica has overtaken fails with [`SnapshotError::Stale`] at the first key
 //! the other wrote, and gives the partition up. Recovery replays the partition from the
-//! marker's sequence + 1, skipping for each match what its own record already holds.
+//! marker's sequence + 1, skipping for each match what its own record already holds. A
+//! record newer than the marker (a snapshot stopped between them) is rolled back to the
+//! revision before it, so the matches never run ahead of the marker's counts.
 
 use std::collections::HashMap;
 
@@ -126,11 +128,18 @@ impl SnapshotStore {
                 restored.matches.insert(record.aggregate.match_id(), record);
             }
         }
-        if restored.marker.is_none() && !repartitioned {
-            // Records written before any marker was: replay from the stream's start. (After
-            // a change of the partition count, the records are kept: each carries its own
-            // sequence, and the new partitions' subjects hold only newer events.)
-            restored.matches.clear();
+        match &restored.marker {
+            None if !repartitioned => {
+                // Records written before any marker was: replay from the stream's start.
+                // (After a change of the partition count, the records are kept: each
+                // carries its own sequence, and the new partitions' subjects hold only
+                // newer events.)
+                restored.matches.clear();
+            }
+            None => {}
+            Some(marker) => {
+                Self::roll_back_to(&kv, marker.sequence, &mut restored.matches).await?;
+            }
         }
         Ok((
             SnapshotStore {
@@ -140,6 +149,67 @@ impl SnapshotStore {
             },
             restored,
         ))
+    }
+
+    /// A snapshot writes its matches, then the marker: records newer than the marker were
+    /// written by a snapshot that stopped before its marker. Each is replaced by the
+    /// revision before it (the bucket keeps two), which the marker covers, or dropped if
+    /// it has none; the replay from the marker decides their events again, so the
+    /// matches and the marker's counts stay consistent.
+    async fn roll_back_to(
+        kv: &kv::Store,
+        sequence: u64,
+        matches: &mut HashMap<MatchId, MatchRecord>,
+    ) -> Result<(), SnapshotError> {
+        let ahead: Vec<MatchId> = matches
+            .values()
+            .filter(|r| r.sequence > sequence)
+            .map(|r| r.aggregate.match_id())
+            .collect();
+        for id in &ahead {
+            let key = format!("{MATCH_PREFIX}{id}");
+            let history: Vec<kv::Entry> = kv
+                .history(key.as_str())
+                .await
+                .map_err(bucket_error)?
+                .try_collect()
+                .await
+                .map_err(bucket_error)?;
+            let mut older = None;
+            for entry in history.iter().rev().skip(1) {
+                if entry.operation != kv::Operation::Put {
+                    break;
+                }
+                let record: MatchRecord = decode(&entry.value)?;
+                if record.sequence <= sequence {
+                    older = Some(record);
+                    break;
+                }
+            }
+            match older {
+                Some(record) => matches.insert(*id, record),
+                None => matches.remove(id),
+            };
+        }
+        if !ahead.is_empty() {
+            tracing::info!(
+                matches = ahead.len(),
+                marker = sequence,
+                "a snapshot had stopped before its marker; those matches restart from their previous records"
+            );
+        }
+        Ok(())
+    }
+
+    /// A partition's marker, as the bucket holds it now.
+    pub async fn read_marker(
+        kv: &kv::Store,
+        partition: Partition,
+    ) -> Result<Option<Marker>, SnapshotError> {
+        match kv.get(partition.marker_key()).await.map_err(bucket_error)? {
+            Some(value) => decode(&value).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Whether the partition's marker is still the one this store last read or wrote (no

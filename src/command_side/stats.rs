@@ -1,12 +1,20 @@
-//! The command side's counters: totals for `/ready`, `/system/stats` and tests
-//! ([`IngestStats`]), each partition's persistent counts ([`Counters`], carried in its
-//! snapshot marker), and per-partition figures as this replica sees them
-//! ([`PartitionStats`]).
+//! The command side's counters.
 //!
-//! Every `record_*` method bumps the in-process atomic and its Prometheus counter
-//! together, so the two cannot drift.
+//! - Each partition's counts of decided messages ([`Counters`]) are exact: kept with its
+//!   state, persisted in its snapshot marker with the sequence they belong to, and
+//!   replayed with it, so a crash, a redelivery or a hand-over never counts a stream
+//!   message twice or loses one. Every replica shows every partition's latest figures
+//!   ([`Figures`]): its own live counts for the partitions it holds, the persisted marker
+//!   for the others, so any replica answers for the whole deployment.
+//! - The Prometheus counters of decisions count what this process decides for the first
+//!   time, when it acknowledges it ([`IngestStats::record_acknowledged`]): a replay of
+//!   messages another process already acknowledged is not counted again, so the sum over
+//!   replicas of `increase()` equals what the stream received.
+//! - The rest counts this process's work ([`IngestStats`]); every `record_*` method bumps
+//!   the in-process atomic and its Prometheus counter together.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use match_stats_commands::Reason;
@@ -17,7 +25,7 @@ use crate::metrics as m;
 use crate::nats::Partition;
 
 /// A partition's counts of decided messages, carried across restarts in its snapshot
-/// marker.
+/// marker. `received = applied + duplicates + rejected` always holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     /// Messages decided.
@@ -30,19 +38,77 @@ pub struct Counters {
     pub rejected: [u64; 7],
 }
 
-/// Counters of the ingest path, shared with HTTP handlers and tests. `received`,
-/// `applied`, `duplicates` and `rejected` are the sums of the held partitions'
-/// [`Counters`]; the others count this process's work.
+impl Counters {
+    /// Counts one decision (a redelivery of a decided message is not one).
+    pub fn count(&mut self, verdict: Verdict) {
+        let slot = match verdict {
+            Verdict::Applied => &mut self.applied,
+            Verdict::Duplicate => &mut self.duplicates,
+            Verdict::Rejected(reason) => &mut self.rejected[reason as usize],
+            Verdict::AlreadyApplied => return,
+        };
+        *slot += 1;
+        self.received += 1;
+    }
+
+    /// Whether every received message is applied, a duplicate or rejected.
+    pub fn conserved(&self) -> bool {
+        self.received == self.applied + self.duplicates + self.rejected.iter().sum::<u64>()
+    }
+
+    fn add(&mut self, other: &Counters) {
+        self.received += other.received;
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        for (a, b) in self.rejected.iter_mut().zip(other.rejected) {
+            *a += b;
+        }
+    }
+
+    /// `{received, applied, duplicates, rejected: {reason: n}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rejected: BTreeMap<&str, u64> = Reason::ALL
+            .iter()
+            .zip(self.rejected)
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        serde_json::json!({
+            "received": self.received,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "rejected": rejected,
+        })
+    }
+}
+
+/// Where a partition's figures come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FiguresSource {
+    /// Not known yet.
+    #[default]
+    Unknown,
+    /// This replica holds the partition: its live counts.
+    Memory,
+    /// The partition's snapshot marker, as last read (another replica writes it).
+    Snapshot,
+}
+
+/// A partition's counts as of a sequence of the events stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// The counts.
+    pub counters: Counters,
+    /// Every message of the partition up to this sequence is counted.
+    pub sequence: u64,
+    /// Where they come from.
+    pub source: FiguresSource,
+}
+
+/// Counters of the ingest path, shared with HTTP handlers and tests. The decided-message
+/// counts are the partitions' [`Figures`]; the rest counts this process's work.
 #[derive(Debug, Default)]
 pub struct IngestStats {
-    /// Messages decided (redeliveries of applied messages not included).
-    pub received: AtomicU64,
-    /// Events applied.
-    pub applied: AtomicU64,
-    /// Events dropped as duplicates.
-    pub duplicates: AtomicU64,
-    /// Rejections, indexed like [`Reason::ALL`].
-    pub rejected: [AtomicU64; 7],
     /// Redelivered or replayed messages already applied, acknowledged without effect.
     pub redelivered_skipped: AtomicU64,
     /// Delta messages stored by the deltas stream (each coalesces a batch's entries for
@@ -75,6 +141,9 @@ pub struct IngestStats {
     pub releases: AtomicU64,
     /// Partitions per live replica, rounded up (0 until the balancer has counted).
     pub share: AtomicUsize,
+    /// Batches stopped by shutdown before their effects were confirmed (NATS redelivers
+    /// them): work abandoned.
+    pub abandoned: AtomicU64,
 }
 
 /// One partition as this replica sees it. Consumer figures are refreshed every second.
@@ -100,6 +169,8 @@ pub struct PartitionStats {
     pub found: AtomicBool,
     /// The balancer asks this replica to hand the partition over to another.
     pub hand_over: AtomicBool,
+    /// Its counts of decided messages, as last known.
+    pub figures: Mutex<Figures>,
 }
 
 /// The partitions' consumers summed, as last read.
@@ -127,6 +198,7 @@ pub struct IngestCounts {
     pub dead_letters: u64,
     pub effects_deduplicated: u64,
     pub applied_sequence: u64,
+    pub conserved: bool,
     pub matches_active: u64,
     pub matches_completed: u64,
     pub snapshots_written: u64,
@@ -155,15 +227,6 @@ pub fn flagged(
     (0..slots.len() as u16)
         .filter(|&n| field(&slots[usize::from(n)]).load(Ordering::Relaxed))
         .collect()
-}
-
-/// Whether a partition's counters join or leave the totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Totals {
-    /// The partition is taken: its counters join the totals.
-    Join,
-    /// The partition is given up: its counters leave them.
-    Leave,
 }
 
 impl IngestStats {
@@ -200,18 +263,37 @@ impl IngestStats {
             })
     }
 
+    /// Every partition's figures, in partition order.
+    pub fn figures(&self) -> Vec<Figures> {
+        self.partitions
+            .iter()
+            .map(|s| s.figures.lock().expect("figures").clone())
+            .collect()
+    }
+
+    /// Every partition's counts summed: the whole deployment's.
+    pub fn decided(&self) -> Counters {
+        let mut total = Counters::default();
+        for figures in self.figures() {
+            total.add(&figures.counters);
+        }
+        total
+    }
+
     /// Reads every counter.
     pub fn counts(&self) -> IngestCounts {
         let slots = &self.partitions;
+        let decided = self.decided();
         IngestCounts {
-            received: get(&self.received),
-            applied: get(&self.applied),
-            duplicates: get(&self.duplicates),
+            received: decided.received,
+            applied: decided.applied,
+            duplicates: decided.duplicates,
             rejected: Reason::ALL
                 .iter()
-                .zip(&self.rejected)
-                .map(|(r, c)| (r.as_str(), get(c)))
+                .zip(decided.rejected)
+                .map(|(r, n)| (r.as_str(), n))
                 .collect(),
+            conserved: decided.conserved(),
             redelivered_skipped: get(&self.redelivered_skipped),
             deltas_published: get(&self.deltas_published),
             delta_entries_published: get(&self.delta_entries_published),
@@ -231,50 +313,45 @@ impl IngestStats {
         }
     }
 
-    /// Adds (a partition is taken) or subtracts (it is given up) a partition's
-    /// persistent counters: the totals are those of the partitions this replica holds.
-    pub fn totals(&self, counters: &Counters, change: Totals) {
-        let apply = |slot: &AtomicU64, n: u64| match change {
-            Totals::Join => slot.fetch_add(n, Ordering::Relaxed),
-            Totals::Leave => slot.fetch_sub(n, Ordering::Relaxed),
-        };
-        apply(&self.received, counters.received);
-        apply(&self.applied, counters.applied);
-        apply(&self.duplicates, counters.duplicates);
-        for (slot, n) in self.rejected.iter().zip(counters.rejected) {
-            apply(slot, n);
+    /// A partition's latest counts: this replica's own while it holds the partition
+    /// (`Memory`), else its marker's (`Snapshot`), whichever covers more of the stream.
+    pub fn record_figures(&self, partition: Partition, figures: Figures) {
+        let mut current = self.partition(partition).figures.lock().expect("figures");
+        if figures.source == FiguresSource::Memory
+            || current.source == FiguresSource::Unknown
+            || figures.sequence > current.sequence
+        {
+            *current = figures;
         }
     }
 
-    /// Counts one decision, in the totals and in the partition's own `counters`.
-    pub fn record_verdict(&self, verdict: Verdict, counters: &mut Counters) {
-        if matches!(verdict, Verdict::AlreadyApplied) {
-            bump(&self.redelivered_skipped, 1);
-            metrics::counter!(m::REDELIVERED_SKIPPED).increment(1);
-            return;
+    /// Marks a partition's figures as no longer this replica's own (it gave it up): the
+    /// next marker read replaces them, even if older.
+    pub fn forget_figures(&self, partition: Partition) {
+        let mut current = self.partition(partition).figures.lock().expect("figures");
+        if current.source == FiguresSource::Memory {
+            current.source = FiguresSource::Unknown;
         }
-        bump(&self.received, 1);
-        counters.received += 1;
-        metrics::counter!(m::EVENTS_RECEIVED).increment(1);
+    }
+
+    /// Counts a redelivered or replayed message already decided.
+    pub fn record_redelivered(&self) {
+        bump(&self.redelivered_skipped, 1);
+        metrics::counter!(m::REDELIVERED_SKIPPED).increment(1);
+    }
+
+    /// Counts, in Prometheus, a decision this process acknowledged: the first time any
+    /// process acknowledged that message.
+    pub fn record_acknowledged(&self, verdict: Verdict) {
         match verdict {
-            Verdict::Applied => {
-                bump(&self.applied, 1);
-                counters.applied += 1;
-                metrics::counter!(m::EVENTS_PROCESSED).increment(1);
-            }
-            Verdict::Duplicate => {
-                bump(&self.duplicates, 1);
-                counters.duplicates += 1;
-                metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
-            }
+            Verdict::Applied => metrics::counter!(m::EVENTS_PROCESSED).increment(1),
+            Verdict::Duplicate => metrics::counter!(m::EVENTS_DUPLICATE).increment(1),
             Verdict::Rejected(reason) => {
-                let i = reason as usize;
-                bump(&self.rejected[i], 1);
-                counters.rejected[i] += 1;
-                metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(1);
+                metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(1)
             }
-            Verdict::AlreadyApplied => {}
+            Verdict::AlreadyApplied => return,
         }
+        metrics::counter!(m::EVENTS_RECEIVED).increment(1);
     }
 
     /// Counts an effect the streams stored (`duplicate`: a stream already held it).

@@ -109,7 +109,10 @@ impl PartitionWriter {
             };
             match self.on_chunk(chunk).await {
                 Turn::Continue => {}
-                Turn::Stopped => break Ok(Turn::Stopped),
+                Turn::Stopped => {
+                    ctx.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                    break Ok(Turn::Stopped);
+                }
             }
         };
         self.finish(matches!(result, Ok(Turn::Continue))).await;
@@ -131,9 +134,18 @@ impl PartitionWriter {
         };
         if self.held.as_ref().is_none_or(|h| h.pin != pin) {
             let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
-            if recovery::acquire(&ctx, partition, &mut self.held, pin, first, &self.token)
-                .await
-                .is_err()
+            let consumer = &self.consumer;
+            if recovery::acquire(
+                &ctx,
+                partition,
+                consumer,
+                &mut self.held,
+                pin,
+                first,
+                &self.token,
+            )
+            .await
+            .is_err()
             {
                 // Caught up part of the way when stopped: nothing to snapshot.
                 release(&ctx, partition, &mut self.held, Release::Shutdown);

@@ -97,7 +97,9 @@ pub fn snapshot_bucket(config: &Config) -> kv::Config {
         bucket: config.streams.snapshot_bucket.clone(),
         description: "Command-side snapshots: match.<id> aggregates and partition.<n> markers"
             .into(),
-        history: 1,
+        // Two revisions per key: a record newer than its partition's marker is rolled
+        // back to the one before it at restore.
+        history: 2,
         storage: stream::StorageType::File,
         num_replicas: config.streams.stream_replicas.into(),
         ..Default::default()

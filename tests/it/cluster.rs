@@ -13,12 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
-use match_stats_harness::{NatsCluster, contract, json};
+use async_nats::jetstream;
+use match_stats_harness::{NatsCluster, json};
 use serde_json::Value;
 
 use crate::command_side::{assert_gapless, assert_matches_expected, fold_deltas};
-use crate::support::{ServiceProcess, WAIT, read_stream, subject_for};
+use crate::support::{ServiceProcess, WAIT, publish_lines, read_stream, scenario_copies};
 
 /// Copies of the scenario.
 const COPIES: usize = 8;
@@ -26,111 +26,6 @@ const COPIES: usize = 8;
 const PARTITIONS: u16 = 16;
 /// Pin timeout in this test: the failover time it allows.
 const PIN_TIMEOUT: &str = "2s";
-
-/// Copy `c` of a match id: its first character replaced (same length).
-fn renamed(id: &str, c: usize) -> String {
-    format!("{}{}", (b'a' + c as u8) as char, &id[1..])
-}
-
-/// Replaces every occurrence of `from` by `to` (same length) in `bytes`.
-fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let mut i = 0;
-    while i + from.len() <= out.len() {
-        if &out[i..i + from.len()] == from {
-            out[i..i + from.len()].copy_from_slice(to);
-            i += from.len();
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The workload, in publishing order, and its expected results.
-fn workload() -> (Vec<(String, Vec<u8>)>, Value, u64) {
-    let scenario = contract::scenario("small");
-    let ids: Vec<String> = scenario.expected["matches"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    let mut lines = Vec::new();
-    for (i, message) in scenario.messages.iter().enumerate() {
-        for c in 0..COPIES {
-            let mut payload = message.payload.clone();
-            for id in &ids {
-                payload = replace_all(&payload, id.as_bytes(), renamed(id, c).as_bytes());
-            }
-            lines.push((format!("copy{c}-line{i}"), payload));
-        }
-    }
-    let mut matches = serde_json::Map::new();
-    for c in 0..COPIES {
-        for id in &ids {
-            let mut want = scenario.expected["matches"][id].clone();
-            want["match_id"] = Value::String(renamed(id, c));
-            matches.insert(renamed(id, c), want);
-        }
-    }
-    let rejected: u64 = scenario.expected["counts"]["rejected"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
-    (
-        lines,
-        serde_json::json!({ "matches": matches }),
-        rejected * COPIES as u64,
-    )
-}
-
-/// Publishes lines in order with their `Nats-Msg-Id`, 100 at a time; after a failure,
-/// again one by one from the first unconfirmed line (the ids drop what was stored).
-async fn publish(js: &jetstream::Context, lines: &[(String, Vec<u8>)]) {
-    for chunk in lines.chunks(100) {
-        let mut acks = Vec::new();
-        for (id, payload) in chunk {
-            let message = PublishMessage::build()
-                .payload(payload.clone().into())
-                .message_id(id);
-            acks.push(
-                js.send_publish(subject_for("match_stats.events", payload), message)
-                    .await,
-            );
-        }
-        let mut first_failed = None;
-        for (i, ack) in acks.into_iter().enumerate() {
-            let stored = match ack {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if !stored && first_failed.is_none() {
-                first_failed = Some(i);
-            }
-        }
-        let Some(first) = first_failed else { continue };
-        for (id, payload) in &chunk[first..] {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let message = PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(id);
-                if let Ok(ack) = js
-                    .send_publish(subject_for("match_stats.events", payload), message)
-                    .await
-                    && ack.await.is_ok()
-                {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the cluster stores {id}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
 
 /// Waits until JetStream answers (a meta leader is elected), with the stream at R3.
 async fn jetstream_ready(url: &str) -> jetstream::Context {
@@ -206,9 +101,15 @@ async fn start_replica(cluster: &NatsCluster) -> ServiceProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_node_crash() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     let mut cluster = NatsCluster::start();
     let js = jetstream_ready(&cluster.url()).await;
-    let (lines, expected, dead_letters) = workload();
+    let workload = scenario_copies(COPIES);
+    let (lines, expected, dead_letters) = (
+        workload.lines.clone(),
+        workload.expected.clone(),
+        workload.rejected(),
+    );
     let applied: u64 = expected["matches"]
         .as_object()
         .unwrap()
@@ -225,7 +126,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
     // 1. All up: the replicas share the partitions (none writes more than 16 / 3,
     // rounded up, once the balancer has run), then more events flow.
     let share = usize::from(PARTITIONS).div_ceil(3);
-    publish(&js, &lines[..third / 2]).await;
+    publish_lines(&js, &lines[..third / 2]).await;
     wait_drained(&js, "with every replica up").await;
     let balancing = Instant::now();
     loop {
@@ -239,7 +140,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
         assert!(balancing.elapsed() < WAIT, "partitions shared out");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    publish(&js, &lines[third / 2..third]).await;
+    publish_lines(&js, &lines[third / 2..third]).await;
     wait_drained(&js, "with every replica up").await;
     // Partitions that got their first events meanwhile may have landed on one replica
     // at once; the balancer hands the excess over.
@@ -269,7 +170,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
     let publisher = {
         let js = js.clone();
         let lines = lines[third..2 * third].to_vec();
-        tokio::spawn(async move { publish(&js, &lines).await })
+        tokio::spawn(async move { publish_lines(&js, &lines).await })
     };
     let failover = loop {
         let mut taken = Vec::new();
@@ -291,7 +192,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
     // 3. A NATS node crashes (not the last); the last third is published meanwhile.
     cluster.nodes[2].kill();
     let node_killed = Instant::now();
-    publish(&js, &lines[2 * third..]).await;
+    publish_lines(&js, &lines[2 * third..]).await;
     wait_drained(&js, "with a NATS node down").await;
     let with_node_down = node_killed.elapsed();
 
@@ -317,6 +218,11 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
     assert_matches_expected(&deltas, &expected);
     let dead = read_stream(&js, "MATCH_DEAD_LETTERS").await;
     assert_eq!(dead.len() as u64, dead_letters, "each bad payload once");
+
+    // Every replica shows the whole deployment's counts, conserved.
+    for replica in &replicas {
+        crate::support::assert_conservation(replica.http(), &js, "MATCH_EVENTS").await;
+    }
 
     // Any replica answers for any match, the same.
     let ids: Vec<&String> = expected["matches"].as_object().unwrap().keys().collect();

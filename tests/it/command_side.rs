@@ -130,6 +130,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     publish_all(&js, &config.streams.events_subject, payloads()).await;
     service.wait_received(published).await;
     assert_counts(&service, &scenario.expected, 1);
+    support::assert_conservation(&service.http, &js, &config.streams.events_stream).await;
 
     // The stream stores each event on its partition's subject (`<prefix>.16.<n>.<match>`),
     // the partition NATS computed being the one `partition_of` gives.
@@ -216,6 +217,7 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     publish_all(&js, &config.streams.events_subject, payloads()).await;
     service.wait_received(2 * published).await;
     assert_counts(&service, &scenario.expected, 2);
+    support::assert_conservation(&service.http, &js, &config.streams.events_stream).await;
     let again = fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_eq!(
         (again.messages, again.entries),
@@ -269,6 +271,7 @@ async fn kill_9_and_sigterm_mid_scenario_lose_nothing_and_publish_nothing_twice(
     // A third process only replays: same counts, nothing left to publish.
     let service = ServiceProcess::start(&nats).await;
     service.wait_received(published).await;
+    support::assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
     let counts = service.counts().await;
     let e = &scenario.expected["counts"];
     assert_eq!(counts["applied"], e["applied"]);

@@ -60,6 +60,7 @@ async fn publish_in_order(js: jetstream::Context, lines: Vec<Line>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_lost_nothing_counted_twice_through_kills_and_server_restarts() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     let seed: u64 = std::env::var("CONSERVATION_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -136,6 +137,7 @@ async fn nothing_lost_nothing_counted_twice_through_kills_and_server_restarts() 
     let publish_retries = publisher.await.expect("publisher");
     service.wait_received(total).await;
     service.wait_read_model_caught_up().await;
+    crate::support::assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
     let counts = service.counts().await;
 
     // Counts.

@@ -39,6 +39,7 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
     .await;
     service.wait_received(scenario.messages.len() as u64).await;
     service.wait_read_model_caught_up().await;
+    crate::support::assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
     let id = scenario.expected["matches"]
         .as_object()
         .unwrap()

@@ -184,6 +184,7 @@ async fn ingest_scenario(
     )
     .await;
     service.wait_received(scenario.messages.len() as u64).await;
+    crate::support::assert_conservation(&service.http, &js, &config.streams.events_stream).await;
     wait_served(&service.http, &scenario.expected).await;
     scenario
 }

@@ -40,6 +40,7 @@ async fn flows(service: &Service, js: &jetstream::Context, config: &match_stats:
     )
     .await;
     service.wait_received(20).await;
+    crate::support::assert_conservation(&service.http, js, &config.streams.events_stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

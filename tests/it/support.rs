@@ -294,13 +294,48 @@ impl ServiceProcess {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) {
+        self.sigterm();
+        let exit = self.child.wait().expect("exit");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(status.success());
-        let exit = self.child.wait().expect("exit");
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+
+    /// Waits up to `limit` for the process to exit: its status and how long it took.
+    pub async fn wait_exit(
+        &mut self,
+        limit: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.exited() {
+                return Some((status, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// `/metrics`: every sample of the series `name` whose labels contain `labels`, summed.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 
@@ -309,4 +344,274 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How many messages a stream holds.
+pub async fn stored(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("stream exists")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}
+
+/// The conservation invariant, through `/system/stats` of the service at `http` (any
+/// replica: it shows every partition): per partition and in total, `received = applied +
+/// duplicates + rejected` (every reason), the partitions add up to the totals, and
+/// `received` equals what the events stream stored. Waits (up to [`WAIT`]) for the
+/// figures to reach the stream's count (another replica's partitions show their last
+/// snapshot). Returns the totals.
+pub async fn assert_conservation(
+    http: &str,
+    js: &jetstream::Context,
+    events_stream: &str,
+) -> serde_json::Value {
+    let stored = stored(js, events_stream).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stats = loop {
+        let stats: serde_json::Value =
+            reqwest::get(format!("{http}/api/v1/match-stats/system/stats"))
+                .await
+                .expect("GET /system/stats")
+                .json()
+                .await
+                .expect("JSON");
+        if stats["events"]["received"].as_u64() == Some(stored) {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "received never reached the {stored} messages the events stream stored: {}\npartitions: {}",
+            stats["events"],
+            stats["partitions"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sum = |v: &serde_json::Value| -> u64 {
+        v["rejected"]
+            .as_object()
+            .expect("rejected by reason")
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    let events = &stats["events"];
+    let total = |key: &str| events[key].as_u64().unwrap();
+    assert_eq!(
+        total("received"),
+        total("processed") + total("duplicates") + sum(events),
+        "received = applied + duplicates + rejected: {events}"
+    );
+    let partitions = stats["partitions"]["figures"]
+        .as_array()
+        .expect("per-partition figures");
+    let mut received = 0;
+    for p in partitions {
+        let n = |key: &str| p[key].as_u64().unwrap();
+        assert_eq!(
+            n("received"),
+            n("applied") + n("duplicates") + sum(p),
+            "partition {}: received = applied + duplicates + rejected: {p}",
+            p["partition"]
+        );
+        received += n("received");
+    }
+    assert_eq!(
+        received, stored,
+        "the partitions add up to what the stream stored"
+    );
+    events.clone()
+}
+
+/// The small scenario several times over, each copy with its own match ids (the first
+/// character replaced: same length, so every payload keeps its size), interleaved line
+/// by line; its expected matches and counts are the contract's, renamed and multiplied.
+pub struct Workload {
+    /// `(Nats-Msg-Id, payload)` in publishing order.
+    pub lines: Vec<(String, Vec<u8>)>,
+    /// `{"matches": {id: object}, "counts": {...}}`, like `expected.json`.
+    pub expected: serde_json::Value,
+}
+
+impl Workload {
+    /// Rejections expected, every reason.
+    pub fn rejected(&self) -> u64 {
+        self.expected["counts"]["rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    }
+}
+
+/// Copy `c` of a match id: its first character replaced (same length).
+fn renamed(id: &str, c: usize) -> String {
+    format!("{}{}", (b'a' + c as u8) as char, &id[1..])
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in `bytes`.
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The small scenario `copies` times over (see [`Workload`]).
+pub fn scenario_copies(copies: usize) -> Workload {
+    let scenario = match_stats_harness::contract::scenario("small");
+    let ids: Vec<String> = scenario.expected["matches"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut lines = Vec::new();
+    for (i, message) in scenario.messages.iter().enumerate() {
+        for c in 0..copies {
+            let mut payload = message.payload.clone();
+            for id in &ids {
+                payload = replace_all(&payload, id.as_bytes(), renamed(id, c).as_bytes());
+            }
+            lines.push((format!("copy{c}-line{i}"), payload));
+        }
+    }
+    let mut matches = serde_json::Map::new();
+    for c in 0..copies {
+        for id in &ids {
+            let mut want = scenario.expected["matches"][id].clone();
+            want["match_id"] = serde_json::Value::String(renamed(id, c));
+            matches.insert(renamed(id, c), want);
+        }
+    }
+    let e = &scenario.expected["counts"];
+    let times = |v: &serde_json::Value| serde_json::json!(v.as_u64().unwrap() * copies as u64);
+    let rejected: serde_json::Map<String, serde_json::Value> = e["rejected"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(reason, n)| (reason.clone(), times(n)))
+        .collect();
+    Workload {
+        lines,
+        expected: serde_json::json!({
+            "matches": matches,
+            "counts": {
+                "published": times(&e["published"]),
+                "applied": times(&e["applied"]),
+                "duplicates": times(&e["duplicates"]),
+                "rejected": rejected,
+            },
+        }),
+    }
+}
+
+/// Publishes lines in order with their `Nats-Msg-Id` (on the subject naming the match in
+/// each payload), 100 at a time; after a failure, again one by one from the first
+/// unconfirmed line (the ids drop what was stored).
+pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)]) {
+    for chunk in lines.chunks(100) {
+        let mut acks = Vec::new();
+        for (id, payload) in chunk {
+            let message = PublishMessage::build()
+                .payload(payload.clone().into())
+                .message_id(id);
+            acks.push(
+                js.send_publish(subject_for("match_stats.events", payload), message)
+                    .await,
+            );
+        }
+        let mut first_failed = None;
+        for (i, ack) in acks.into_iter().enumerate() {
+            let stored = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored && first_failed.is_none() {
+                first_failed = Some(i);
+            }
+        }
+        let Some(first) = first_failed else { continue };
+        for (id, payload) in &chunk[first..] {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let message = PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(id);
+                if let Ok(ack) = js
+                    .send_publish(subject_for("match_stats.events", payload), message)
+                    .await
+                    && ack.await.is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the stream stores {id}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A core kept busy by a spinning thread until dropped: the CPU contention of a shared
+/// node.
+pub struct BusyCore(Arc<std::sync::atomic::AtomicBool>);
+
+impl BusyCore {
+    /// Starts spinning.
+    pub fn start() -> BusyCore {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+        BusyCore(stop)
+    }
+}
+
+impl Drop for BusyCore {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Asserts the decided counts of `/system/stats` `events` equal the expected ones.
+pub fn assert_counts_equal(events: &serde_json::Value, expected: &serde_json::Value) {
+    let e = &expected["counts"];
+    assert_eq!(events["processed"], e["applied"], "applied: {events}");
+    assert_eq!(
+        events["duplicates"], e["duplicates"],
+        "duplicates: {events}"
+    );
+    for (reason, n) in events["rejected"].as_object().unwrap() {
+        let want = e["rejected"]
+            .get(reason)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        assert_eq!(n.as_u64(), Some(want), "rejected as {reason}: {events}");
+    }
+}
+
+/// Tests that load the CPU or kill processes (the cluster, conservation and exact-count
+/// tests) hold this while they run, so that they run one at a time (lighter tests still
+/// run beside them).
+pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
 }

@@ -1,23 +1,30 @@
-//! The contract's test data, read from `../shared/contract` beside the repository
-//! (or from `MATCH_STATS_CONTRACT_DIR`).
+//! The contract's test data: the repository's own copy in `tests/data/contract/` (or
+//! `MATCH_STATS_CONTRACT_DIR`). `contract_copy_is_current` in the integration tests checks
+//! that copy against `../shared/contract` whenever that folder exists beside the
+//! repository.
 
 use std::path::PathBuf;
 
 use base64::Engine;
 use serde::Deserialize;
 
-/// The contract folder.
+/// The contract folder: the repository's copy.
 pub fn dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MATCH_STATS_CONTRACT_DIR") {
         return dir.into();
     }
+    data_dir().join("contract")
+}
+
+/// `tests/data/`: the contract's copy and the project's own cases.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
+}
+
+/// The shared contract folder beside the repository (`../shared/contract`), if present.
+pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/contract");
-    assert!(
-        dir.join("CONTRACT.md").exists(),
-        "contract test data not found at {}: check out ../shared beside the repository or set MATCH_STATS_CONTRACT_DIR",
-        dir.display()
-    );
-    dir
+    dir.join("CONTRACT.md").exists().then_some(dir)
 }
 
 /// `vectors/expected.json`.

@@ -4,7 +4,8 @@
 //!   `redis-server` processes on free loopback ports with temporary directories, and
 //!   kill them on drop. A missing binary panics with the command that installs it.
 //!   [`NatsCluster`] runs three clustered nodes from `nats/cluster/node.conf`.
-//! - [`contract`] reads `../shared/contract` (vectors, scenarios, expected results).
+//! - [`contract`] reads the contract's test data (vectors, scenarios, expected results)
+//!   from the repository's copy in `tests/data/contract/`.
 //! - [`json`] compares JSON documents with the contract's float tolerance.
 
 pub mod contract;

@@ -80,6 +80,17 @@ fn answers_ping(port: u16, auth: bool) -> bool {
 struct Process(Option<Child>);
 
 impl Process {
+    /// Sends a signal (`STOP`, `CONT`...) with `kill`.
+    fn signal(&self, signal: &str) {
+        let Some(child) = &self.0 else { return };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", child.id());
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
@@ -90,6 +101,12 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // A frozen process must be able to die.
+        if let Some(child) = &self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
         self.kill();
     }
 }
@@ -404,6 +421,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.child.signal("STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        self.child.signal("CONT");
     }
 }
 
