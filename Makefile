@@ -64,7 +64,7 @@ run: nats-server build ## Start local NATS and Redis under .run/, the service an
 	NATS_URL=nats://127.0.0.1:$(NATS_PORT) LOG_LEVEL=warn $(BIN) demo-feed --forever
 
 test: deps ## Run every test (unit, property, contract, integration against real servers)
-	cargo test --workspace --all-targets
+	cargo test --workspace --all-targets --no-fail-fast
 
 bench: ## Criterion benchmarks of decode and apply, and heap allocations per event
 	cargo bench -p match-stats-commands --bench hot_path

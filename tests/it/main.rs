@@ -6,6 +6,7 @@ mod command_side;
 mod config;
 mod conservation;
 mod contract_data;
+mod event_schema;
 mod exact_counts;
 mod lifecycle;
 mod operations;
