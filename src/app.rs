@@ -102,7 +102,7 @@ impl App {
             model: Arc::new(ReadModel::default()),
             redis,
             completed: Some(CompletedStore::with_redis_timeout(
-                provisioned.completed,
+                provisioned.completed.clone(),
                 config.cache.redis_timeout,
             )),
             lookups: Default::default(),
@@ -117,6 +117,7 @@ impl App {
             provisioned.consumers,
             provisioned.snapshots,
             provisioned.replicas,
+            provisioned.completed,
             stats.clone(),
         );
         // The query side reads the deltas on a connection of its own: one connection's
@@ -130,6 +131,7 @@ impl App {
         let projector = Projector {
             js: query_js,
             deltas_stream: config.streams.deltas_stream.clone(),
+            deltas_subject: config.streams.deltas_subject.clone(),
             model: api.model.clone(),
             dirty: dirty.clone(),
             batch_size: config.batch_size as usize,

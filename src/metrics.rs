@@ -15,6 +15,10 @@ pub const EVENTS_PROCESSED: &str = "match_stats_events_processed_total";
 pub const EVENTS_DUPLICATE: &str = "match_stats_events_duplicate_total";
 /// Events rejected, by reason.
 pub const EVENTS_REJECTED: &str = "match_stats_events_rejected_total";
+/// Events parked: their effects could never be stored.
+pub const EVENTS_PARKED: &str = "match_stats_events_parked_total";
+/// Effects the streams refused for good (over a size limit).
+pub const EFFECTS_PARKED: &str = "match_stats_effects_parked_total";
 /// Redelivered or replayed messages already decided.
 pub const REDELIVERED_SKIPPED: &str = "match_stats_redelivered_skipped_total";
 /// Dead letters stored, by reason.
@@ -67,6 +71,8 @@ pub const RECOVERY_GAPS: &str = "match_stats_recovery_gaps_total";
 pub const DELTAS_UNDECODABLE: &str = "match_stats_deltas_undecodable_total";
 /// Deltas the projector could not apply.
 pub const DELTA_GAPS: &str = "match_stats_delta_gaps_total";
+/// Matches the projector rebuilt from their deltas after an error.
+pub const PROJECTION_RESYNCS: &str = "match_stats_projection_resyncs_total";
 /// Matches in the read model.
 pub const READ_MODEL_MATCHES: &str = "match_stats_read_model_matches";
 /// Completed matches that left the read model.
@@ -101,6 +107,16 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Events rejected and dead-lettered, by contract reason.",
     ),
     (
+        EVENTS_PARKED,
+        Kind::Counter,
+        "Events decided but parked: an effect of theirs could never be stored (over a size limit); acknowledged so the partition moves on.",
+    ),
+    (
+        EFFECTS_PARKED,
+        Kind::Counter,
+        "Effects a stream refused for good (over max_payload or the stream's max_msg_size).",
+    ),
+    (
         REDELIVERED_SKIPPED,
         Kind::Counter,
         "Redelivered or replayed messages already decided, acknowledged without effect.",
@@ -128,7 +144,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         COMPLETED_MATCHES_STORED,
         Kind::Counter,
-        "Final match objects put into the completed-matches bucket.",
+        "Final match objects put into the completed-matches object store.",
     ),
     (
         IDLE_MATCHES_ENDED,
@@ -229,6 +245,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         DELTA_GAPS,
         Kind::Counter,
         "Deltas the projector could not apply (a version gap or a bad value).",
+    ),
+    (
+        PROJECTION_RESYNCS,
+        Kind::Counter,
+        "Matches the projector rebuilt from their deltas after a delta it could not apply.",
     ),
     (
         READ_MODEL_MATCHES,

@@ -199,6 +199,7 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             "processed": counts.applied,
             "duplicates": counts.duplicates,
             "rejected": counts.rejected,
+            "parked": counts.parked,
             "conserved": counts.conserved,
         },
         "consumer_lag": consumer,

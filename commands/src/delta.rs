@@ -6,7 +6,9 @@
 //! Derived values (`kd_ratio`, `score`, `playtime_ms`...) are not sent: they follow from
 //! the stored fields by the formulas in [`crate::stats`].
 //!
-//! Encoding: MessagePack maps with string keys (`rmp_serde::to_vec_named`).
+//! Encoding: MessagePack maps with string keys (`rmp_serde::to_vec_named`), format
+//! version [`FORMAT_VERSION`]. An event whose changes would not fit one message is split
+//! into parts ([`DeltaEntry::split`]); its version is applied once its last part is.
 //!
 //! [`Change::apply_to_match`] and [`Change::apply_to_player`] fold a change into the
 //! stored statistics: what a consumer of deltas does to hold the same state.
@@ -18,30 +20,79 @@ use crate::id::{EventId, Label, MatchId, PlayerId};
 use crate::stats::{FirstBlood, MatchStats, MatchStatus, PlayerStats};
 use crate::view::MatchView;
 
+/// The version of this format, in every delta's `Match-Stats-Delta-Version` header.
+pub const FORMAT_VERSION: u32 = 2;
+/// The header carrying [`FORMAT_VERSION`].
+pub const FORMAT_HEADER: &str = "Match-Stats-Delta-Version";
+
 /// One message on the deltas stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatDelta {
     /// The match.
     pub match_id: MatchId,
-    /// Consecutive applied events, oldest first.
+    /// Consecutive applied events, oldest first (or one part of one event's changes).
     pub entries: Vec<DeltaEntry>,
-    /// The whole match object (as `GET .../matches/{id}` returns it), present on every
-    /// delta of a completed match: the `match_end` and any late event after it.
+    /// The match object without `player_stats` (as the active-matches list shows it),
+    /// present on every delta of a completed match: the `match_end` and any late event
+    /// after it.
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub match_view: Option<Box<MatchView>>,
 }
 
+/// Where a delta message stands in its match's sequence of versions: its last version,
+/// and for one part of a version split over several messages, which part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// The last version the message carries.
+    pub version: u64,
+    /// `Some((part, parts))` for a part of a split version; `None` when it is whole.
+    pub part: Option<(u32, u32)>,
+}
+
+impl Position {
+    /// Whether a message at this position holds everything up to `other`.
+    pub fn covers(&self, version: u64, part: Option<u32>) -> bool {
+        match (version.cmp(&self.version), part, self.part) {
+            (std::cmp::Ordering::Less, _, _) => true,
+            (std::cmp::Ordering::Greater, _, _) => false,
+            (std::cmp::Ordering::Equal, _, None) => true,
+            (std::cmp::Ordering::Equal, None, Some(_)) => false,
+            (std::cmp::Ordering::Equal, Some(part), Some((stored, _))) => part <= stored,
+        }
+    }
+}
+
 impl StatDelta {
     /// The deltas stream's `Nats-Msg-Id`: the same for the same match and versions, so a
-    /// replay never publishes a change twice.
+    /// replay never publishes a change twice: `<match>:<version>`,
+    /// `<match>:<first>-<last>`, or for a part, `<match>:<version>#<part>/<parts>`.
     pub fn msg_id(&self) -> String {
         let first = self.entries.first().map_or(0, |e| e.version);
-        let last = self.entries.last().map_or(0, |e| e.version);
-        if first == last {
-            format!("{}:{last}", self.match_id)
-        } else {
-            format!("{}:{first}-{last}", self.match_id)
+        let last = self.entries.last();
+        match last {
+            Some(e) if !e.is_whole() => {
+                format!("{}:{}#{}/{}", self.match_id, e.version, e.part, e.parts)
+            }
+            Some(e) if e.version != first => format!("{}:{first}-{}", self.match_id, e.version),
+            _ => format!("{}:{first}", self.match_id),
         }
+    }
+
+    /// The position a `Nats-Msg-Id` written by [`StatDelta::msg_id`] names.
+    pub fn position_of(msg_id: &str) -> Option<Position> {
+        let (_, tail) = msg_id.rsplit_once(':')?;
+        if let Some((version, part)) = tail.split_once('#') {
+            let (part, parts) = part.split_once('/')?;
+            return Some(Position {
+                version: version.parse().ok()?,
+                part: Some((part.parse().ok()?, parts.parse().ok()?)),
+            });
+        }
+        let last = tail.rsplit('-').next()?;
+        Some(Position {
+            version: last.parse().ok()?,
+            part: None,
+        })
     }
 }
 
@@ -56,8 +107,70 @@ pub struct DeltaEntry {
     pub stream_sequence: u64,
     /// The event's `timestamp`, Unix milliseconds.
     pub timestamp: TimestampMs,
-    /// What changed, in the order it changed.
+    /// What changed, in the order it changed (for a part, this part's share).
     pub changes: Vec<Change>,
+    /// For an event whose changes are split over several messages: this part, from 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub part: u32,
+    /// For an event whose changes are split over several messages: how many parts (1:
+    /// the entry is whole).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub parts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl DeltaEntry {
+    /// Whether it carries all of its event's changes.
+    pub fn is_whole(&self) -> bool {
+        self.parts <= 1
+    }
+
+    /// How many parts of at most `max_changes` changes it takes.
+    pub fn parts_of(changes: usize, max_changes: usize) -> u32 {
+        changes.div_ceil(max_changes.max(1)).max(1) as u32
+    }
+
+    /// Splits a whole entry into parts of at most `max_changes` changes, in order (one
+    /// part, the entry itself, when it fits). The split depends only on the entry, so
+    /// every writer splits it the same way.
+    pub fn split(self, max_changes: usize) -> Vec<DeltaEntry> {
+        let parts = Self::parts_of(self.changes.len(), max_changes);
+        if parts == 1 {
+            return vec![self];
+        }
+        let DeltaEntry {
+            version,
+            event_id,
+            stream_sequence,
+            timestamp,
+            changes,
+            ..
+        } = self;
+        changes
+            .chunks(max_changes)
+            .enumerate()
+            .map(|(part, changes)| DeltaEntry {
+                version,
+                event_id,
+                stream_sequence,
+                timestamp,
+                changes: changes.to_vec(),
+                part: part as u32,
+                parts,
+            })
+            .collect()
+    }
 }
 
 /// One stored field's change.
@@ -170,7 +283,9 @@ impl Change {
     }
 }
 
-/// A field's value: nil, bool, integer, float, string, status or first blood.
+/// A field's value: nil, bool, integer, float, text or first blood. Each decodes to one
+/// variant only: `status` is text (`"active"`, `"completed"`) that its field interprets,
+/// so a player or a team named `active` is text like any other name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FieldValue {
@@ -182,9 +297,7 @@ pub enum FieldValue {
     Int(i64),
     /// Sums of numbers and coordinates.
     Float(f64),
-    /// `status`.
-    Status(MatchStatus),
-    /// Names, modes.
+    /// Names, modes, and `status`.
     Text(Label),
     /// `first_blood`.
     FirstBlood(FirstBlood),
@@ -217,7 +330,7 @@ impl From<bool> for FieldValue {
 }
 impl From<MatchStatus> for FieldValue {
     fn from(v: MatchStatus) -> Self {
-        FieldValue::Status(v)
+        FieldValue::Text(Label::from(v.as_str()).expect("short"))
     }
 }
 impl From<Label> for FieldValue {
@@ -316,7 +429,7 @@ fn text(v: &FieldValue) -> Option<Label> {
 
 fn status(v: &FieldValue) -> Option<MatchStatus> {
     match v {
-        FieldValue::Status(s) => Some(*s),
+        FieldValue::Text(s) => MatchStatus::parse(s),
         _ => None,
     }
 }
@@ -326,5 +439,121 @@ fn opt<T>(v: &FieldValue, f: impl Fn(&FieldValue) -> Option<T>) -> Option<Option
     match v {
         FieldValue::Null => Some(None),
         other => f(other).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::label;
+
+    fn entry(version: u64, changes: usize) -> DeltaEntry {
+        DeltaEntry {
+            version,
+            event_id: EventId::parse("e").unwrap(),
+            stream_sequence: version,
+            timestamp: 0,
+            changes: (0..changes)
+                .map(|i| Change {
+                    player_id: None,
+                    field: Field::EventCount,
+                    key: None,
+                    before: FieldValue::Int(i as i64),
+                    after: FieldValue::Int(i as i64 + 1),
+                })
+                .collect(),
+            part: 0,
+            parts: 1,
+        }
+    }
+
+    #[test]
+    fn an_entry_too_large_for_one_message_splits_into_numbered_parts_in_order() {
+        let parts = entry(7, 2_501).split(1_000);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts
+                .iter()
+                .map(|p| (p.part, p.parts, p.changes.len()))
+                .collect::<Vec<_>>(),
+            vec![(0, 3, 1_000), (1, 3, 1_000), (2, 3, 501)]
+        );
+        assert_eq!(
+            entry(7, 10).split(1_000).len(),
+            1,
+            "a small entry stays whole"
+        );
+    }
+
+    #[test]
+    fn a_message_id_names_its_position() {
+        let id = MatchId::parse("m-1").unwrap();
+        let whole = StatDelta {
+            match_id: id,
+            entries: vec![entry(3, 1), entry(4, 1)],
+            match_view: None,
+        };
+        assert_eq!(whole.msg_id(), "m-1:3-4");
+        let part = StatDelta {
+            match_id: id,
+            entries: vec![entry(9, 2_000).split(1_000).remove(1)],
+            match_view: None,
+        };
+        assert_eq!(part.msg_id(), "m-1:9#1/2");
+        assert_eq!(
+            StatDelta::position_of("m-1:9#1/2"),
+            Some(Position {
+                version: 9,
+                part: Some((1, 2))
+            })
+        );
+        assert_eq!(
+            StatDelta::position_of("m-1:3-4"),
+            Some(Position {
+                version: 4,
+                part: None
+            })
+        );
+        assert_eq!(
+            StatDelta::position_of("m-1:5"),
+            Some(Position {
+                version: 5,
+                part: None
+            })
+        );
+        assert_eq!(StatDelta::position_of("junk"), None);
+    }
+
+    #[test]
+    fn a_position_covers_what_came_before_it() {
+        let half = Position {
+            version: 9,
+            part: Some((1, 3)),
+        };
+        assert!(half.covers(8, None) && half.covers(9, Some(0)) && half.covers(9, Some(1)));
+        assert!(!half.covers(9, Some(2)) && !half.covers(10, None));
+        let whole = Position {
+            version: 9,
+            part: None,
+        };
+        assert!(whole.covers(9, None) && whole.covers(9, Some(2)) && !whole.covers(10, Some(0)));
+    }
+
+    #[test]
+    fn a_status_is_text_read_by_its_field() {
+        let change = |after: &str| Change {
+            player_id: None,
+            field: Field::Status,
+            key: None,
+            before: FieldValue::Null,
+            after: FieldValue::Text(label(after).unwrap()),
+        };
+        let mut stats = MatchStats::default();
+        change("completed").apply_to_match(&mut stats).unwrap();
+        assert_eq!(stats.status, MatchStatus::Completed);
+        assert!(change("paused").apply_to_match(&mut stats).is_err());
+        // the MessagePack of a status is the plain string
+        let bytes = rmp_serde::to_vec_named(&FieldValue::from(MatchStatus::Active)).unwrap();
+        assert_eq!(rmp_serde::from_slice::<String>(&bytes).unwrap(), "active");
     }
 }

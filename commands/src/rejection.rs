@@ -19,11 +19,16 @@ pub enum Reason {
     TimestampOutOfRange,
     /// The match has ended and the event is after its end, or it is a second `match_end`.
     MatchClosed,
+    /// Applied, the match would hold more than [`crate::aggregate::MAX_PLAYERS`] players.
+    LimitExceeded,
 }
 
 impl Reason {
-    /// Every reason, in the contract's order.
-    pub const ALL: [Reason; 7] = [
+    /// How many reasons there are.
+    pub const COUNT: usize = 8;
+
+    /// Every reason, in the contract's order (`reason as usize` is its index).
+    pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Malformed,
         Reason::TooLarge,
         Reason::MissingField,
@@ -31,6 +36,7 @@ impl Reason {
         Reason::UnknownEventType,
         Reason::TimestampOutOfRange,
         Reason::MatchClosed,
+        Reason::LimitExceeded,
     ];
 
     /// The contract's exact string.
@@ -43,7 +49,19 @@ impl Reason {
             Reason::UnknownEventType => "unknown_event_type",
             Reason::TimestampOutOfRange => "timestamp_out_of_range",
             Reason::MatchClosed => "match_closed",
+            Reason::LimitExceeded => "limit_exceeded",
         }
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a rejection reason"))
     }
 }
 

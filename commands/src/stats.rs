@@ -21,6 +21,25 @@ pub enum MatchStatus {
     Completed,
 }
 
+impl MatchStatus {
+    /// `active` or `completed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchStatus::Active => "active",
+            MatchStatus::Completed => "completed",
+        }
+    }
+
+    /// The status a text names, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(MatchStatus::Active),
+            "completed" => Some(MatchStatus::Completed),
+            _ => None,
+        }
+    }
+}
+
 /// The first non-suicide kill of a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FirstBlood {

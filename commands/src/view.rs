@@ -179,6 +179,10 @@ pub mod stored {
 
     /// Values larger than this are compressed.
     pub const COMPRESS_OVER: usize = 1024;
+    /// Largest match object a stored value may decode to: a match of 10,000 players is
+    /// about 30 MB of JSON. A value that claims more is refused before anything is
+    /// allocated for it (a cache is not trusted).
+    pub const MAX_DECODED_BYTES: usize = 64 << 20;
 
     const PLAIN: u8 = b'J';
     const LZ4: u8 = b'Z';
@@ -207,13 +211,26 @@ pub mod stored {
         }
     }
 
-    /// Decodes what [`encode`] wrote.
+    /// Decodes what [`encode`] wrote, refusing a value that claims more than
+    /// [`MAX_DECODED_BYTES`].
     pub fn decode(value: &[u8]) -> Result<MatchView, Corrupt> {
         let json = match value.split_first() {
             Some((&PLAIN, json)) => std::borrow::Cow::Borrowed(json),
-            Some((&LZ4, packed)) => std::borrow::Cow::Owned(
-                lz4_flex::decompress_size_prepended(packed).map_err(|e| Corrupt(e.to_string()))?,
-            ),
+            Some((&LZ4, packed)) => {
+                let claimed = packed
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                    .ok_or_else(|| Corrupt("no size".into()))?;
+                if claimed > MAX_DECODED_BYTES {
+                    return Err(Corrupt(format!(
+                        "claims {claimed} bytes, over the limit of {MAX_DECODED_BYTES}"
+                    )));
+                }
+                std::borrow::Cow::Owned(
+                    lz4_flex::decompress_size_prepended(packed)
+                        .map_err(|e| Corrupt(e.to_string()))?,
+                )
+            }
             _ => return Err(Corrupt("unknown encoding tag".into())),
         };
         serde_json::from_slice(&json).map_err(|e| Corrupt(e.to_string()))
@@ -231,6 +248,15 @@ pub mod stored {
             let packed = encode_json(large.as_bytes());
             assert_eq!(packed[0], LZ4);
             assert!(packed.len() < large.len() / 10);
+        }
+
+        #[test]
+        fn a_value_claiming_a_huge_size_is_refused_before_decompressing() {
+            let mut bomb = vec![LZ4];
+            bomb.extend(u32::MAX.to_le_bytes());
+            bomb.extend([0u8; 16]);
+            let error = decode(&bomb).unwrap_err();
+            assert!(error.0.contains("over the limit"), "{error}");
         }
     }
 }

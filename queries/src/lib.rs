@@ -22,5 +22,5 @@ pub mod projection;
 pub mod read_model;
 
 pub use api::{ApiState, router};
-pub use projection::{MatchProjection, ProjectionError};
+pub use projection::{Lenient, MatchProjection, ProjectionError};
 pub use read_model::{MatchBuilder, MatchSnapshot, ReadModel};

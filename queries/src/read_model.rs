@@ -17,7 +17,7 @@ use match_stats_commands::{
 use serde::Serialize;
 
 use crate::leaderboard::{Leaderboards, Metric, Ranked};
-use crate::projection::{MatchProjection, ProjectionError};
+use crate::projection::{Lenient, MatchProjection, ProjectionError};
 
 /// One match as of one version: what every route reads.
 #[derive(Debug)]
@@ -199,6 +199,19 @@ impl MatchBuilder {
             );
         }
         Ok(applied)
+    }
+
+    /// Applies what it can (see [`MatchProjection::apply_lenient`]): for a re-sync.
+    pub fn apply_lenient(&mut self, delta: &StatDelta) -> Lenient {
+        let outcome = self.projection.apply_lenient(delta);
+        self.changed.extend(
+            delta
+                .entries
+                .iter()
+                .flat_map(|e| &e.changes)
+                .filter_map(|c| c.player_id),
+        );
+        outcome
     }
 
     /// A snapshot of the current state: copies the players that changed; rendering waits

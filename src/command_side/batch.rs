@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use super::held::HeldPartition;
 use super::matches::{Decision, DeltaBatch, Source, Verdict};
-use super::publisher;
+use super::{completed, publisher};
 use crate::metrics as m;
 use crate::nats::Partition;
 use crate::retry::Cancelled;
@@ -95,15 +95,24 @@ pub async fn process(
     }
     // A redelivery after a crash may be batched differently than what the crashed writer
     // published: only what the deltas stream lacks goes out.
-    if let Err(cancelled) =
-        publisher::publish(ctx, &mut held.published, &mut deltas, &effects, token).await
-    {
+    let stopped = |cancelled| {
         tracing::info!(
             %partition,
             unacked = batch.len(),
             "stopped before effects were confirmed; NATS will redeliver"
         );
-        return Err(cancelled);
+        cancelled
+    };
+    let parked = publisher::publish(ctx, &mut held.published, &deltas, &effects, token)
+        .await
+        .map_err(stopped)?;
+    completed::store(ctx, &held.matches, deltas.completed(), token)
+        .await
+        .map_err(stopped)?;
+    for (at, verdict) in &mut verdicts {
+        if parked.contains(at) {
+            *verdict = Verdict::Parked;
+        }
     }
     for &(_, verdict) in &verdicts {
         match verdict {

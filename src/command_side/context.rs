@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 
 use super::stats::IngestStats;
 use crate::config::{Lifecycle, StreamNames};
@@ -22,6 +22,8 @@ pub struct Context {
     pub lifecycle: Lifecycle,
     /// The snapshot bucket.
     pub snapshots: kv::Store,
+    /// The completed-matches object store.
+    pub completed: ObjectStore,
     /// The replicas bucket (for sharing the partitions).
     pub replicas: kv::Store,
     /// Messages per batch.

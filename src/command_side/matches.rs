@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use match_stats_commands::delta::{FORMAT_HEADER, FORMAT_VERSION, Position};
 use match_stats_commands::{
-    Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta, decode,
+    DeltaEntry, Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta, decode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,9 @@ pub enum Verdict {
     Duplicate,
     /// Rejected (contract section 3) and dead-lettered.
     Rejected(Reason),
+    /// Decided, but an effect could never be stored (over a size limit): acknowledged
+    /// and set aside, so the partition moves on.
+    Parked,
     /// Already decided (a redelivery or a replay of a message the state holds): no effect.
     AlreadyApplied,
 }
@@ -79,17 +83,16 @@ impl Decision {
 /// What an [`Effect`] is, for counting it and for the checks specific to it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EffectKind {
-    /// A stat delta: its match and last version (to skip what the stream already has).
+    /// A stat delta: its match and where it stands (to skip what the stream already
+    /// has).
     Delta {
         /// The match.
         match_id: MatchId,
-        /// The delta's last version.
-        version: u64,
-        /// Its entries (applied events).
+        /// Its last version (and part).
+        position: Position,
+        /// Its entries (applied events, or a part of one).
         entries: u64,
     },
-    /// A completed match's final object, put into the completed-matches bucket.
-    CompletedMatch,
     /// A rejected event, dead-lettered.
     DeadLetter(Reason),
     /// A `match_end` the service publishes to the events stream for an idle match.
@@ -114,17 +117,24 @@ pub struct Effect {
     pub headers: HeaderMap,
     /// Payload.
     pub payload: Bytes,
+    /// The events stream sequences of the events it is an effect of: if it can never be
+    /// stored, those events are parked.
+    pub sources: Vec<u64>,
 }
 
-/// The last delta the deltas stream holds for a match: its version and its stream
+/// The last delta the deltas stream holds for a match: where it stands and its stream
 /// sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stored {
-    /// The last version.
-    pub version: u64,
+    /// Its last version (and part).
+    pub position: Position,
     /// The stream sequence of the message that carries it (0: none).
     pub sequence: u64,
 }
+
+/// Most changes in one delta message: with the largest change under 400 bytes, a message
+/// stays well under NATS's 1 MiB `max_payload` whatever the match.
+pub const MAX_CHANGES_PER_MESSAGE: usize = 1500;
 
 /// Per match, what the deltas stream holds: looked up once per match while this replica
 /// holds the partition, then kept up by its own publishes.
@@ -181,6 +191,7 @@ impl IdleMatch {
             expected_last_subject_sequence: None,
             headers: HeaderMap::new(),
             payload: payload.into(),
+            sources: Vec::new(),
             kind: EffectKind::IdleMatchEnd,
         }
     }
@@ -322,7 +333,7 @@ impl PartitionMatches {
                 Decision::Applied(StatDelta {
                     match_id: event.match_id,
                     entries: vec![entry],
-                    match_view: completed.then(|| Box::new(record.aggregate.view())),
+                    match_view: completed.then(|| Box::new(record.aggregate.summary())),
                 })
             }
             Outcome::Duplicate => Decision::Duplicate,
@@ -371,54 +382,105 @@ impl DeltaBatch {
         }
     }
 
-    /// The deltas, in order, to trim before publishing (a replay drops what the stream
-    /// already holds).
-    pub fn deltas_mut(&mut self) -> impl Iterator<Item = &mut StatDelta> {
-        self.segments.iter_mut().map(|(delta, _)| delta)
+    /// The matches whose deltas it holds.
+    pub fn match_ids(&self) -> impl Iterator<Item = MatchId> + '_ {
+        self.segments.iter().map(|(delta, _)| delta.match_id)
     }
 
-    /// The messages to publish: each delta (the first of each match expecting the last
-    /// message `published` says its subject holds), and for a match that ended, its
-    /// final object for the completed-matches bucket.
-    pub fn effects(&self, names: &StreamNames, published: &Published) -> Vec<Effect> {
+    /// The matches that ended, or changed after their end, in this batch.
+    pub fn completed(&self) -> impl Iterator<Item = MatchId> + '_ {
+        self.segments
+            .iter()
+            .filter(|(delta, _)| delta.match_view.is_some())
+            .map(|(delta, _)| delta.match_id)
+    }
+
+    /// The delta messages to publish, less what `published` says the deltas stream
+    /// already holds; and how many entries (or parts) that dropped. Each event's changes
+    /// are split into parts of at most [`MAX_CHANGES_PER_MESSAGE`] (the same way by any
+    /// writer); whole entries are coalesced per match up to that many changes a message;
+    /// each match's first message expects the last one its subject holds.
+    pub fn effects(&self, names: &StreamNames, published: &Published) -> (Vec<Effect>, u64) {
         let mut effects = Vec::with_capacity(self.segments.len());
         let mut expecting = HashSet::new();
+        let mut dropped = 0;
         for (delta, headers) in &self.segments {
-            if let Some(view) = &delta.match_view {
-                // A key-value put is a publish to the bucket's subject. (Also when a
-                // replay trimmed the delta itself: the put may be what was missing.)
-                effects.push(Effect {
-                    subject: format!("$KV.{}.{}", names.completed_bucket, delta.match_id),
-                    msg_id: format!("{}:{}:final", delta.match_id, view.event_count),
-                    expected_last_subject_sequence: None,
-                    headers: HeaderMap::new(),
-                    payload: match_stats_commands::view::stored::encode(view).into(),
-                    kind: EffectKind::CompletedMatch,
-                });
+            let stored = published.get(&delta.match_id).copied().unwrap_or_default();
+            let mut open: Vec<DeltaEntry> = Vec::new();
+            let mut open_changes = 0;
+            let mut messages: Vec<Vec<DeltaEntry>> = Vec::new();
+            for entry in &delta.entries {
+                for part in entry.clone().split(MAX_CHANGES_PER_MESSAGE) {
+                    let at = (!part.is_whole()).then_some(part.part);
+                    if stored.position.covers(part.version, at) {
+                        dropped += 1;
+                        continue;
+                    }
+                    if !part.is_whole() {
+                        messages.extend((!open.is_empty()).then(|| std::mem::take(&mut open)));
+                        open_changes = 0;
+                        messages.push(vec![part]);
+                        continue;
+                    }
+                    if open_changes + part.changes.len() > MAX_CHANGES_PER_MESSAGE
+                        && !open.is_empty()
+                    {
+                        messages.push(std::mem::take(&mut open));
+                        open_changes = 0;
+                    }
+                    open_changes += part.changes.len();
+                    open.push(part);
+                }
             }
-            let Some(last) = delta.entries.last() else {
-                continue;
-            };
-            let version = last.version;
-            let expected = expecting
-                .insert(delta.match_id)
-                .then(|| published.get(&delta.match_id).map_or(0, |s| s.sequence));
-            effects.push(Effect {
-                subject: format!("{}.{}", names.deltas_subject, delta.match_id),
-                msg_id: delta.msg_id(),
-                expected_last_subject_sequence: expected,
-                headers: headers.clone(),
-                payload: rmp_serde::to_vec_named(delta)
-                    .expect("deltas serialize")
-                    .into(),
-                kind: EffectKind::Delta {
+            messages.extend((!open.is_empty()).then_some(open));
+            let count = messages.len();
+            for (i, entries) in messages.into_iter().enumerate() {
+                let message = StatDelta {
                     match_id: delta.match_id,
-                    version,
-                    entries: delta.entries.len() as u64,
-                },
-            });
+                    entries,
+                    // The match object goes with the last message of the batch's delta.
+                    match_view: if i + 1 == count {
+                        delta.match_view.clone()
+                    } else {
+                        None
+                    },
+                };
+                let expected = expecting.insert(delta.match_id).then_some(stored.sequence);
+                effects.push(delta_effect(names, message, headers, expected));
+            }
         }
-        effects
+        (effects, dropped)
+    }
+}
+
+/// One delta message as an effect.
+fn delta_effect(
+    names: &StreamNames,
+    delta: StatDelta,
+    headers: &HeaderMap,
+    expected: Option<u64>,
+) -> Effect {
+    let last = delta.entries.last().expect("a message carries an entry");
+    let position = Position {
+        version: last.version,
+        part: (!last.is_whole()).then_some((last.part, last.parts)),
+    };
+    let mut headers = headers.clone();
+    headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
+    Effect {
+        subject: format!("{}.{}", names.deltas_subject, delta.match_id),
+        msg_id: delta.msg_id(),
+        expected_last_subject_sequence: expected,
+        sources: delta.entries.iter().map(|e| e.stream_sequence).collect(),
+        kind: EffectKind::Delta {
+            match_id: delta.match_id,
+            position,
+            entries: delta.entries.len() as u64,
+        },
+        payload: rmp_serde::to_vec_named(&delta)
+            .expect("deltas serialize")
+            .into(),
+        headers,
     }
 }
 
@@ -448,6 +510,7 @@ fn dead_letter(
         subject: format!("{}.{}", names.dead_letter_subject, reason.as_str()),
         msg_id: format!("{}:{}", names.events_stream, source.sequence),
         expected_last_subject_sequence: None,
+        sources: vec![source.sequence],
         headers,
         payload: payload.clone(),
         kind: EffectKind::DeadLetter(reason),

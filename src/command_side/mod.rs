@@ -12,6 +12,7 @@
 //! - `batch`: one batch, decided, published, acknowledged and counted (live and replay);
 //! - `matches`: the matches in memory and the decision for one message, with its effects;
 //! - `publisher`: effects published until confirmed, trimmed of what the streams hold;
+//! - `completed`: completed matches' final objects into the object store;
 //! - `recovery`: restore from the snapshot and replay; catch up on becoming the writer;
 //! - `held`: a partition in memory, its snapshot and its release;
 //! - `snapshots`: the compare-and-swap fenced snapshot store;
@@ -21,6 +22,7 @@
 
 mod balance;
 mod batch;
+mod completed;
 mod context;
 mod held;
 mod housekeeping;
@@ -33,7 +35,7 @@ mod writer;
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, consumer, kv, object_store::ObjectStore};
 use tokio_util::sync::CancellationToken;
 
 pub use context::Context;
@@ -61,10 +63,12 @@ impl Ingest {
         consumers: Vec<consumer::Consumer<consumer::pull::Config>>,
         snapshots: kv::Store,
         replicas: kv::Store,
+        completed: ObjectStore,
         stats: Arc<IngestStats>,
     ) -> Self {
         let ctx = Context {
             js,
+            completed,
             names: config.streams.clone(),
             partitioning: Partitioning::of(&config.streams),
             lifecycle: config.lifecycle.clone(),

@@ -1,13 +1,17 @@
 //! Publishing a batch's effects until JetStream has confirmed every one.
 //!
-//! Each attempt first drops the delta entries the deltas stream already holds
-//! ([`trim`]), so a redelivery batched differently after a crash never stores a version
-//! twice; then sends every effect and awaits every acknowledgement. What was stored is
-//! noted and not sent again; a transient failure is retried with back-off. Each match's
-//! first delta expects the last message its subject holds (`Nats-Expected-Last-Subject-
+//! Each attempt builds the batch's delta messages less what the deltas stream already
+//! holds (so a redelivery batched differently after a crash never stores a version
+//! twice), sends every effect and awaits every acknowledgement. What was stored is noted
+//! and not sent again; a transient failure is retried with back-off. Each match's first
+//! delta expects the last message its subject holds (`Nats-Expected-Last-Subject-
 //! Sequence`): when another writer stored one in between (a hand-over in progress), the
-//! stream refuses it, the match is looked up again and trimmed, and the rest goes out at
-//! once: two writers never store one version twice.
+//! stream refuses it, the match is looked up again, and the rest goes out at once: two
+//! writers never store one version twice.
+//!
+//! An effect the stream can never store (over its size limits: with bounded messages,
+//! only when a server's or stream's limit is set below them) is not retried: the events
+//! it carries are parked, a counted outcome of its own, and the partition moves on.
 
 use std::collections::HashSet;
 
@@ -17,7 +21,7 @@ use async_nats::jetstream::{
     message::PublishMessage,
     publish::PublishAck,
 };
-use match_stats_commands::MatchId;
+use match_stats_commands::{MatchId, StatDelta};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
@@ -25,54 +29,66 @@ use super::matches::{DeltaBatch, Effect, EffectKind, Published, Stored};
 use crate::metrics as m;
 use crate::retry::{Cancelled, Retry};
 
-/// Publishes a batch's effects (its dead letters, then its deltas and completed matches)
-/// and waits until JetStream has confirmed them all; counts what the streams stored and
-/// keeps `published` up to date.
+/// The events stream sequences of events whose effects could never be stored.
+pub type Parked = HashSet<u64>;
+
+/// Publishes a batch's effects (`others`: its dead letters; then its deltas) and waits
+/// until JetStream has confirmed (or refused for good) every one; counts what the
+/// streams stored and keeps `published` up to date.
 pub async fn publish(
     ctx: &Context,
     published: &mut Published,
-    deltas: &mut DeltaBatch,
+    deltas: &DeltaBatch,
     others: &[Effect],
     token: &CancellationToken,
-) -> Result<(), Cancelled> {
+) -> Result<Parked, Cancelled> {
     let mut retry = Retry::new(token, "publishing effects").counted(m::PUBLISH_RETRIES);
-    let mut stored: HashSet<String> = HashSet::new();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut parked = Parked::new();
     loop {
-        trim(ctx, published, deltas, token).await?;
-        let effects: Vec<Effect> = others
+        look_up(ctx, published, deltas.match_ids(), token).await?;
+        let (delta_effects, dropped) = deltas.effects(&ctx.names, published);
+        let effects: Vec<&Effect> = others
             .iter()
-            .cloned()
-            .chain(deltas.effects(&ctx.names, published))
-            .filter(|e| !stored.contains(&e.msg_id))
+            .chain(&delta_effects)
+            .filter(|e| !done.contains(&e.msg_id))
             .collect();
         if effects.is_empty() {
+            if dropped > 0 {
+                ctx.stats.record_deduplicated(dropped);
+            }
             break;
         }
         let results = retry.attempt(send_all(&ctx.js, &effects)).await?;
         let mut failure = None;
-        for (effect, result) in effects.iter().zip(results) {
+        for (effect, result) in effects.into_iter().zip(results) {
             match result {
                 Ok(ack) => {
                     ctx.stats.record_effect(&effect.kind, ack.duplicate);
-                    if let EffectKind::Delta {
-                        match_id, version, ..
-                    } = effect.kind
-                    {
-                        published.insert(
-                            match_id,
-                            Stored {
-                                version,
-                                sequence: ack.sequence,
-                            },
-                        );
-                    }
-                    stored.insert(effect.msg_id.clone());
+                    note_stored(published, effect, ack.sequence);
+                    done.insert(effect.msg_id.clone());
                 }
                 Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
                     if let EffectKind::Delta { match_id, .. } = effect.kind {
                         tracing::info!(%match_id, "another writer stored deltas of this match meanwhile; looking it up again");
                         published.remove(&match_id);
                     }
+                }
+                Err(error) if is_permanent(&error) => {
+                    tracing::error!(
+                        %error,
+                        subject = %effect.subject,
+                        bytes = effect.payload.len(),
+                        events = ?effect.sources,
+                        "an effect the stream can never store: its events are parked"
+                    );
+                    metrics::counter!(m::EFFECTS_PARKED).increment(1);
+                    parked.extend(&effect.sources);
+                    // Replays skip it too: what follows it is what the stream lacks.
+                    if let Some(sequence) = published_sequence(published, effect) {
+                        note_stored(published, effect, sequence);
+                    }
+                    done.insert(effect.msg_id.clone());
                 }
                 Err(error) => failure = Some(error),
             }
@@ -82,7 +98,7 @@ pub async fn publish(
         }
     }
     retry.succeeded();
-    Ok(())
+    Ok(parked)
 }
 
 /// Publishes effects with no batch around them (an idle match's `match_end`), until
@@ -92,20 +108,46 @@ pub async fn publish_effects(
     effects: &[Effect],
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    publish(
-        ctx,
-        &mut Published::new(),
-        &mut DeltaBatch::default(),
-        effects,
-        token,
-    )
-    .await
+    let empty = DeltaBatch::default();
+    publish(ctx, &mut Published::new(), &empty, effects, token)
+        .await
+        .map(|_| ())
+}
+
+/// Errors no retry can fix: the message is over the server's `max_payload` or the
+/// stream's `max_msg_size`.
+fn is_permanent(error: &PublishError) -> bool {
+    use std::error::Error as _;
+    error.kind() == PublishErrorKind::MaxPayloadExceeded
+        || error
+            .source()
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+}
+
+/// After a delta was stored at `sequence`, the match's subject holds it.
+fn note_stored(published: &mut Published, effect: &Effect, sequence: u64) {
+    if let EffectKind::Delta {
+        match_id, position, ..
+    } = effect.kind
+    {
+        published.insert(match_id, Stored { position, sequence });
+    }
+}
+
+fn published_sequence(published: &Published, effect: &Effect) -> Option<u64> {
+    match effect.kind {
+        EffectKind::Delta { match_id, .. } => {
+            Some(published.get(&match_id).map_or(0, |s| s.sequence))
+        }
+        _ => None,
+    }
 }
 
 /// Sends every effect, then awaits every acknowledgement: one result per effect.
 async fn send_all(
     js: &jetstream::Context,
-    effects: &[Effect],
+    effects: &[&Effect],
 ) -> Vec<Result<PublishAck, PublishError>> {
     let mut pending = Vec::with_capacity(effects.len());
     for e in effects {
@@ -128,41 +170,26 @@ async fn send_all(
     results
 }
 
-/// Drops from `batch` the entries the deltas stream already holds, per `published` (a
-/// match not in it is looked up, retrying until NATS answers).
-pub async fn trim(
+/// Looks up, retrying until NATS answers, what the deltas stream holds for the matches
+/// `published` does not know yet.
+async fn look_up(
     ctx: &Context,
     published: &mut Published,
-    batch: &mut DeltaBatch,
+    ids: impl Iterator<Item = MatchId>,
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    let unknown: Vec<MatchId> = batch
-        .deltas_mut()
-        .map(|d| d.match_id)
-        .filter(|id| !published.contains_key(id))
-        .collect();
+    let unknown: Vec<MatchId> = ids.filter(|id| !published.contains_key(id)).collect();
     if !unknown.is_empty() {
         let found = Retry::new(token, "looking up published versions")
             .run(|| last_stored(ctx, &unknown))
             .await?;
         published.extend(found);
     }
-    let mut dropped = 0;
-    for delta in batch.deltas_mut() {
-        let stored = published[&delta.match_id].version;
-        let before = delta.entries.len();
-        delta.entries.retain(|e| e.version > stored);
-        dropped += before - delta.entries.len();
-    }
-    if dropped > 0 {
-        ctx.stats.record_deduplicated(dropped as u64);
-    }
     Ok(())
 }
 
 /// What the deltas stream holds for each match: the last delta stored on its subject
-/// (its version from its `Nats-Msg-Id`, `<match>:<version>` or `<match>:<first>-<last>`),
-/// nothing when there is none.
+/// (where it stands, from its `Nats-Msg-Id`), nothing when there is none.
 async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(MatchId, Stored)>> {
     let deltas = ctx.js.get_stream(&ctx.names.deltas_stream).await?;
     let mut found = Vec::with_capacity(ids.len());
@@ -170,7 +197,7 @@ async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(Matc
         let subject = format!("{}.{id}", ctx.names.deltas_subject);
         let stored = match deltas.direct_get_last_for_subject(subject).await {
             Ok(message) => Stored {
-                version: version_of(&message)?,
+                position: position_of(&message)?,
                 sequence: message.sequence,
             },
             Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
@@ -183,16 +210,22 @@ async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(Matc
     Ok(found)
 }
 
-fn version_of(message: &jetstream::message::StreamMessage) -> anyhow::Result<u64> {
+fn position_of(
+    message: &jetstream::message::StreamMessage,
+) -> anyhow::Result<match_stats_commands::delta::Position> {
     let from_id = message
         .headers
         .get(async_nats::header::NATS_MESSAGE_ID)
-        .and_then(|id| id.as_str().rsplit([':', '-']).next()?.parse().ok());
+        .and_then(|id| StatDelta::position_of(id.as_str()));
     match from_id {
-        Some(version) => Ok(version),
+        Some(position) => Ok(position),
         None => {
-            let delta: match_stats_commands::StatDelta = rmp_serde::from_slice(&message.payload)?;
-            Ok(delta.entries.last().map_or(0, |e| e.version))
+            let delta: StatDelta = rmp_serde::from_slice(&message.payload)?;
+            let last = delta.entries.last();
+            Ok(match_stats_commands::delta::Position {
+                version: last.map_or(0, |e| e.version),
+                part: last.filter(|e| !e.is_whole()).map(|e| (e.part, e.parts)),
+            })
         }
     }
 }

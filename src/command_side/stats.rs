@@ -25,7 +25,7 @@ use crate::metrics as m;
 use crate::nats::Partition;
 
 /// A partition's counts of decided messages, carried across restarts in its snapshot
-/// marker. `received = applied + duplicates + rejected` always holds.
+/// marker. `received = applied + duplicates + rejected + parked` always holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     /// Messages decided.
@@ -34,8 +34,64 @@ pub struct Counters {
     pub applied: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
-    /// Rejections, indexed like `Reason::ALL`.
-    pub rejected: [u64; 7],
+    /// Rejections, indexed like `Reason::ALL` (stored by reason name, so a new reason
+    /// reads back into an old marker and the reverse).
+    #[serde(with = "by_reason")]
+    pub rejected: [u64; Reason::COUNT],
+    /// Events whose effects could never be stored.
+    #[serde(default)]
+    pub parked: u64,
+}
+
+/// `rejected` as a map from reason to count; an older marker's array (in `Reason::ALL`
+/// order) reads too.
+mod by_reason {
+    use std::collections::BTreeMap;
+
+    use match_stats_commands::Reason;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        counts: &[u64; Reason::COUNT],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let map: BTreeMap<&str, u64> = Reason::ALL
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (r.as_str(), *n))
+            .collect();
+        map.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        ByName(BTreeMap<String, u64>),
+        InOrder(Vec<u64>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; Reason::COUNT], D::Error> {
+        let mut counts = [0; Reason::COUNT];
+        match Stored::deserialize(d)? {
+            Stored::ByName(map) => {
+                for (name, n) in map {
+                    match name.parse::<Reason>() {
+                        Ok(reason) => counts[reason as usize] = n,
+                        Err(_) => {
+                            tracing::warn!(reason = %name, "a count of an unknown rejection reason in a marker; dropped")
+                        }
+                    }
+                }
+            }
+            Stored::InOrder(values) => {
+                for (slot, n) in counts.iter_mut().zip(values) {
+                    *slot = n;
+                }
+            }
+        }
+        Ok(counts)
+    }
 }
 
 impl Counters {
@@ -45,21 +101,24 @@ impl Counters {
             Verdict::Applied => &mut self.applied,
             Verdict::Duplicate => &mut self.duplicates,
             Verdict::Rejected(reason) => &mut self.rejected[reason as usize],
+            Verdict::Parked => &mut self.parked,
             Verdict::AlreadyApplied => return,
         };
         *slot += 1;
         self.received += 1;
     }
 
-    /// Whether every received message is applied, a duplicate or rejected.
+    /// Whether every received message is applied, a duplicate, rejected or parked.
     pub fn conserved(&self) -> bool {
-        self.received == self.applied + self.duplicates + self.rejected.iter().sum::<u64>()
+        self.received
+            == self.applied + self.duplicates + self.rejected.iter().sum::<u64>() + self.parked
     }
 
     fn add(&mut self, other: &Counters) {
         self.received += other.received;
         self.applied += other.applied;
         self.duplicates += other.duplicates;
+        self.parked += other.parked;
         for (a, b) in self.rejected.iter_mut().zip(other.rejected) {
             *a += b;
         }
@@ -77,6 +136,7 @@ impl Counters {
             "applied": self.applied,
             "duplicates": self.duplicates,
             "rejected": rejected,
+            "parked": self.parked,
         })
     }
 }
@@ -192,6 +252,7 @@ pub struct IngestCounts {
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: BTreeMap<&'static str, u64>,
+    pub parked: u64,
     pub redelivered_skipped: u64,
     pub deltas_published: u64,
     pub delta_entries_published: u64,
@@ -293,6 +354,7 @@ impl IngestStats {
                 .zip(decided.rejected)
                 .map(|(r, n)| (r.as_str(), n))
                 .collect(),
+            parked: decided.parked,
             conserved: decided.conserved(),
             redelivered_skipped: get(&self.redelivered_skipped),
             deltas_published: get(&self.deltas_published),
@@ -349,6 +411,7 @@ impl IngestStats {
             Verdict::Rejected(reason) => {
                 metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(1)
             }
+            Verdict::Parked => metrics::counter!(m::EVENTS_PARKED).increment(1),
             Verdict::AlreadyApplied => return,
         }
         metrics::counter!(m::EVENTS_RECEIVED).increment(1);
@@ -366,9 +429,6 @@ impl IngestStats {
                 bump(&self.delta_entries_published, *entries);
                 metrics::counter!(m::DELTAS_PUBLISHED).increment(1);
                 metrics::counter!(m::DELTA_ENTRIES_PUBLISHED).increment(*entries);
-            }
-            EffectKind::CompletedMatch => {
-                metrics::counter!(m::COMPLETED_MATCHES_STORED).increment(1);
             }
             EffectKind::DeadLetter(reason) => {
                 bump(&self.dead_letters, 1);

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 
 use super::partition::{Partition, Partitioning};
 use crate::config::{Config, StreamNames};
@@ -124,15 +124,21 @@ pub fn replicas_bucket(config: &Config) -> kv::Config {
     }
 }
 
-/// The completed-matches bucket: one value per match, kept for the completed retention.
-pub fn completed_bucket(config: &Config) -> kv::Config {
-    kv::Config {
-        bucket: config.streams.completed_bucket.clone(),
-        description: "Final match objects of completed matches (LZ4/JSON, see README)".into(),
-        history: 1,
+/// The completed-matches object store's stream: one object per match (its final match
+/// object, any size: chunked by the object store), kept for the completed retention.
+/// The same stream `create_object_store` makes, so it can be created or updated.
+pub fn completed_store(config: &Config) -> stream::Config {
+    let bucket = &config.streams.completed_bucket;
+    stream::Config {
+        name: format!("OBJ_{bucket}"),
+        description: Some("Final match objects of completed matches (LZ4/JSON, see README)".into()),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
         max_age: config.cache.completed_retention,
         storage: stream::StorageType::File,
         num_replicas: config.streams.stream_replicas.into(),
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
         ..Default::default()
     }
 }
@@ -144,8 +150,8 @@ pub struct Provisioned {
     pub events: stream::Stream,
     /// The durable consumer of each partition, in partition order.
     pub consumers: Vec<consumer::Consumer<consumer::pull::Config>>,
-    /// The completed-matches bucket.
-    pub completed: kv::Store,
+    /// The completed-matches object store.
+    pub completed: object_store::ObjectStore,
     /// The snapshot bucket.
     pub snapshots: kv::Store,
     /// The replicas bucket.
@@ -226,15 +232,18 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
             );
         }
     }
-    let completed = js
-        .create_or_update_key_value(completed_bucket(config))
+    js.create_or_update_stream(completed_store(config))
         .await
         .with_context(|| {
             format!(
-                "cannot create or update key-value bucket {}",
+                "cannot create or update object store {}",
                 names.completed_bucket
             )
         })?;
+    let completed = js
+        .get_object_store(&names.completed_bucket)
+        .await
+        .with_context(|| format!("object store {}", names.completed_bucket))?;
     let snapshots = js
         .create_or_update_key_value(snapshot_bucket(config))
         .await

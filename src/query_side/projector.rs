@@ -19,12 +19,50 @@ pub const CATCH_UP_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the projector drops completed matches past their retention.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A match built again from its deltas, up to the stream sequence `upto`, applying what
+/// can be applied (a missing version is jumped, a value that does not fit its field is
+/// left out: both counted).
+async fn resync(
+    stream: &jetstream::stream::Stream,
+    subject: String,
+    id: MatchId,
+    upto: u64,
+    batch_size: usize,
+) -> anyhow::Result<MatchBuilder> {
+    let mut builder = MatchBuilder::new(id);
+    let (total, mut messages) =
+        crate::nats::streams::read_from(stream, 0, batch_size, Some(subject)).await?;
+    let (mut read, mut skipped, mut bad) = (0u64, 0, 0);
+    'read: while read < total {
+        let Some(chunk) = messages.next().await else {
+            break;
+        };
+        for message in chunk {
+            let message = message?;
+            read += 1;
+            if let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) {
+                let outcome = builder.apply_lenient(&delta);
+                skipped += outcome.skipped_versions;
+                bad += outcome.bad_changes;
+            }
+            if message.info().is_ok_and(|i| i.stream_sequence >= upto) {
+                break 'read;
+            }
+        }
+    }
+    metrics::counter!(m::PROJECTION_RESYNCS).increment(1);
+    tracing::warn!(match_id = %id, versions_missing = skipped, changes_left_out = bad, "match rebuilt from its deltas");
+    Ok(builder)
+}
+
 /// Reads the deltas stream into the read model.
 pub struct Projector {
     /// JetStream, on the query side's own connection.
     pub js: jetstream::Context,
     /// The deltas stream.
     pub deltas_stream: String,
+    /// Its subject prefix (a match's deltas are on `<prefix>.<match_id>`).
+    pub deltas_subject: String,
     /// The read model it publishes to.
     pub model: Arc<ReadModel>,
     /// What the cache writer should write.
@@ -42,6 +80,7 @@ impl Projector {
         let Projector {
             js,
             deltas_stream,
+            deltas_subject,
             model,
             dirty,
             batch_size,
@@ -99,9 +138,8 @@ impl Projector {
                         continue;
                     }
                 };
-                if let Ok(info) = message.info() {
-                    last_sequence = info.stream_sequence;
-                }
+                let sequence = message.info().map_or(0, |i| i.stream_sequence);
+                last_sequence = last_sequence.max(sequence);
                 let delta: StatDelta = match rmp_serde::from_slice(&message.payload) {
                     Ok(delta) => delta,
                     Err(error) => {
@@ -119,8 +157,20 @@ impl Projector {
                         touched.insert(delta.match_id);
                     }
                     Err(error) => {
+                        // Never frozen: the match is built again from its deltas,
+                        // jumping what is missing.
                         metrics::counter!(m::DELTA_GAPS).increment(1);
-                        tracing::error!(%error, "delta not applied");
+                        tracing::warn!(%error, match_id = %delta.match_id, "delta not applied; rebuilding the match from its deltas");
+                        let subject = format!("{deltas_subject}.{}", delta.match_id);
+                        match resync(&stream, subject, delta.match_id, sequence, batch_size).await {
+                            Ok(rebuilt) => {
+                                *builder = rebuilt;
+                                touched.insert(delta.match_id);
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, match_id = %delta.match_id, "rebuilding a match from its deltas failed")
+                            }
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use clap::Args;
 use futures::StreamExt;
 use match_stats_commands::{MatchStatus, StatDelta};
+use match_stats_queries::MatchProjection;
 use rand::RngExt;
 
 use super::sim::SimMatch;
@@ -130,23 +131,28 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints one line per match as its first completed delta arrives.
+/// Folds the deltas of each match and prints one line per match as its first completed
+/// delta arrives.
 async fn print_summaries(mut deltas: async_nats::Subscriber) {
     let mut seen = std::collections::HashSet::new();
+    let mut projections = std::collections::HashMap::new();
     while let Some(message) = deltas.next().await {
         let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) else {
             continue;
         };
+        let projection = projections
+            .entry(delta.match_id)
+            .or_insert_with(|| MatchProjection::new(delta.match_id));
+        projection.apply_lenient(&delta);
         let Some(view) = delta.match_view else {
             continue;
         };
         if view.status != MatchStatus::Completed || !seen.insert(view.match_id) {
             continue;
         }
-        let players = view.player_stats.unwrap_or_default();
-        let top = players
-            .iter()
-            .max_by_key(|p| (p.score, std::cmp::Reverse(p.player_id)));
+        let top = projection
+            .players()
+            .max_by_key(|(id, p)| (p.score(), std::cmp::Reverse(**id)));
         println!(
             "match {} ended after {:.1} s: {} kills, {} assists, {:.0} damage; top score {}",
             view.match_id,
@@ -154,7 +160,7 @@ async fn print_summaries(mut deltas: async_nats::Subscriber) {
             view.total_kills,
             view.total_assists,
             view.total_damage,
-            top.map(|p| format!("{} ({} pts, {} kills)", p.player_id, p.score, p.kills))
+            top.map(|(id, p)| format!("{id} ({} pts, {} kills)", p.score(), p.kills))
                 .unwrap_or_default(),
         );
     }

@@ -85,10 +85,13 @@ pub(crate) fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
             want,
             &format!("deltas folded for {id}"),
         );
-        // The final delta carries the service's own aggregate as REST renders it.
+        // The final delta carries the service's own aggregate as the active-matches
+        // list renders it: the match object without its players.
+        let mut summary = want.clone();
+        summary.as_object_mut().unwrap().remove("player_stats");
         json::assert_close(
             &deltas.final_views[id],
-            want,
+            &summary,
             &format!("final match object of {id}"),
         );
     }

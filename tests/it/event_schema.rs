@@ -96,7 +96,9 @@ fn the_event_schema_accepts_what_the_service_accepts_and_rejects_what_it_rejects
         accepted > 1000 && rejected >= 10,
         "enough cases: {accepted} accepted, {rejected} rejected"
     );
-    eprintln!("event schema: {accepted} accepted payloads validate, {rejected} rejected ones do not");
+    eprintln!(
+        "event schema: {accepted} accepted payloads validate, {rejected} rejected ones do not"
+    );
 }
 
 #[test]

@@ -303,7 +303,7 @@ async fn cold_replica(
     });
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let bucket = js
-        .get_key_value(&config.streams.completed_bucket)
+        .get_object_store(&config.streams.completed_bucket)
         .await
         .unwrap();
     let state = ApiState {

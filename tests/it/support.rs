@@ -390,20 +390,22 @@ pub async fn assert_conservation(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Rejected (every reason) and parked: the outcomes besides applied and duplicate.
     let sum = |v: &serde_json::Value| -> u64 {
-        v["rejected"]
+        let rejected: u64 = v["rejected"]
             .as_object()
             .expect("rejected by reason")
             .values()
             .map(|n| n.as_u64().unwrap())
-            .sum()
+            .sum();
+        rejected + v["parked"].as_u64().expect("parked")
     };
     let events = &stats["events"];
     let total = |key: &str| events[key].as_u64().unwrap();
     assert_eq!(
         total("received"),
         total("processed") + total("duplicates") + sum(events),
-        "received = applied + duplicates + rejected: {events}"
+        "received = applied + duplicates + rejected + parked: {events}"
     );
     let partitions = stats["partitions"]["figures"]
         .as_array()
@@ -414,7 +416,7 @@ pub async fn assert_conservation(
         assert_eq!(
             n("received"),
             n("applied") + n("duplicates") + sum(p),
-            "partition {}: received = applied + duplicates + rejected: {p}",
+            "partition {}: received = applied + duplicates + rejected + parked: {p}",
             p["partition"]
         );
         received += n("received");

@@ -42,6 +42,13 @@ pub const LONGSHOT_DISTANCE: f64 = 50.0;
 pub const MAX_STEP_DISTANCE: f64 = 1_000.0;
 /// The `weapon_used` key of a kill without a weapon.
 pub const UNKNOWN_WEAPON: &str = "unknown";
+/// Most players a match holds: every player it ever named (contract section 3, Limits).
+pub const MAX_PLAYERS: usize = 10_000;
+/// Most distinct keys of a player's `weapon_used` or `items_used` besides [`OTHER_KEY`].
+pub const MAX_KEYS: usize = 64;
+/// The key that counts what comes after [`MAX_KEYS`] distinct keys (and a publisher's own
+/// `"other"`).
+pub const OTHER_KEY: &str = "other";
 
 /// What [`Match::handle`] decided for one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +129,16 @@ impl Match {
         MatchView::render(self.match_id, &self.stats, Some(self.players()))
     }
 
+    /// The match object without `player_stats`.
+    pub fn summary(&self) -> MatchView {
+        MatchView::render(self.match_id, &self.stats, None::<std::iter::Empty<_>>)
+    }
+
+    /// How many players it holds (every player it ever named).
+    pub fn player_count(&self) -> usize {
+        self.players.len()
+    }
+
     /// Decides and applies one event of this match; `stream_sequence` is carried into
     /// the delta.
     pub fn handle(&mut self, event: &Event, stream_sequence: u64) -> Outcome {
@@ -147,6 +164,17 @@ impl Match {
                 ));
             }
         }
+        let new_players = self.new_players(event);
+        if self.players.len() + new_players > MAX_PLAYERS {
+            return Outcome::Rejected(Rejection::new(
+                Reason::LimitExceeded,
+                format!(
+                    "match {} holds {} players; this event names {new_players} more, over the limit of {MAX_PLAYERS}",
+                    self.match_id,
+                    self.players.len()
+                ),
+            ));
+        }
         let changes = self.apply(event);
         self.recent.insert(fingerprint);
         Outcome::Applied(DeltaEntry {
@@ -155,7 +183,22 @@ impl Match {
             stream_sequence,
             timestamp: event.timestamp_ms,
             changes,
+            part: 0,
+            parts: 1,
         })
+    }
+
+    /// How many players the event names that the match does not hold yet.
+    fn new_players(&self, event: &Event) -> usize {
+        let mut seen = [None; 3];
+        let mut new = 0;
+        for (i, id) in named_players(event).enumerate() {
+            if !self.players.contains_key(&id) && !seen.contains(&Some(id)) {
+                new += 1;
+            }
+            seen[i] = Some(id);
+        }
+        new
     }
 
     /// The shared prologue (event count, times, the players the event names), then the

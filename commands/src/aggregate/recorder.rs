@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::{MAX_KEYS, OTHER_KEY};
 use crate::delta::{Change, Field, FieldValue};
 use crate::id::{Label, PlayerId};
 
@@ -90,6 +91,16 @@ impl Recorder {
         map: &mut BTreeMap<Label, u64>,
         key: Label,
     ) {
+        // At most MAX_KEYS distinct keys besides "other": a new key past them counts
+        // under "other" (contract section 3, Limits).
+        let other = Label::from(OTHER_KEY).expect("short");
+        let key = if map.contains_key(&key)
+            || map.len() - usize::from(map.contains_key(&other)) < MAX_KEYS
+        {
+            key
+        } else {
+            other
+        };
         let count = map.entry(key).or_insert(0);
         *count += 1;
         self.changes.push(Change {

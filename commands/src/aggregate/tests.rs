@@ -421,3 +421,139 @@ fn the_delta_lists_each_change_with_before_and_after() {
             .any(|c| c.field == Field::EventCount && c.player_id.is_none())
     );
 }
+
+fn join(n: u32, player: &str) -> Event {
+    ev(
+        n,
+        0,
+        Some(player),
+        EventKind::PlayerJoin {
+            player_name: None,
+            team_id: None,
+        },
+    )
+}
+
+/// A match already holding `n` players `p0`..`p<n-1>`.
+fn match_of(n: usize) -> Match {
+    let mut m = Match::new(MatchId::parse("m").unwrap());
+    for i in 0..n {
+        assert!(matches!(
+            m.handle(&join(i as u32, &format!("p{i}")), 1),
+            Outcome::Applied(_)
+        ));
+    }
+    m
+}
+
+fn reason(outcome: &Outcome) -> Option<Reason> {
+    match outcome {
+        Outcome::Rejected(r) => Some(r.reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_match_holds_at_most_ten_thousand_players_and_an_event_past_them_is_rejected_whole() {
+    // given 9,999 players
+    let mut m = match_of(MAX_PLAYERS - 1);
+    // when a kill names two new players
+    let outcome = m.handle(&ev(100_000, 1, Some("x"), kill("x", "y")), 2);
+    // then it is rejected whole, nobody added
+    assert_eq!(reason(&outcome), Some(Reason::LimitExceeded));
+    assert_eq!(m.player_count(), MAX_PLAYERS - 1);
+    // a kill naming one new player (the 10,000th) and a known one applies
+    let outcome = m.handle(&ev(100_001, 1, Some("x"), kill("x", "p0")), 3);
+    assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
+    assert_eq!(m.player_count(), MAX_PLAYERS);
+    // then any event naming a new player is rejected, known players still count
+    let outcome = m.handle(&join(100_002, "z"), 4);
+    assert_eq!(reason(&outcome), Some(Reason::LimitExceeded));
+    let outcome = m.handle(&ev(100_003, 1, Some("x"), kill("x", "p1")), 5);
+    assert!(matches!(outcome, Outcome::Applied(_)));
+}
+
+#[test]
+fn duplicate_then_match_closed_then_limit_exceeded_in_that_order() {
+    let mut m = match_of(MAX_PLAYERS);
+    let end = ev(50_000, 10, None, EventKind::MatchEnd);
+    assert!(matches!(m.handle(&end, 2), Outcome::Applied(_)));
+    // a retry of the match_end: a duplicate, though the match is closed
+    assert_eq!(m.handle(&end, 3), Outcome::Duplicate);
+    // after the end, with a new player: match_closed, though over the limit
+    let late = ev(50_001, 11, Some("new"), pos(0.0));
+    assert_eq!(reason(&m.handle(&late, 4)), Some(Reason::MatchClosed));
+}
+
+fn weapon_kill(n: u32, weapon: &str) -> Event {
+    ev(
+        n,
+        i64::from(n) * 10_000,
+        Some("k"),
+        EventKind::Kill {
+            killer_id: p("k"),
+            victim_id: p("v"),
+            weapon: label(weapon),
+            headshot: false,
+            distance: None,
+        },
+    )
+}
+
+#[test]
+fn past_sixty_four_weapons_a_new_one_counts_under_other() {
+    let mut m = Match::new(MatchId::parse("m").unwrap());
+    // given a publisher's own "other" and 64 distinct weapons ("unknown" among them)
+    m.handle(&weapon_kill(0, "other"), 1);
+    m.handle(&weapon_kill(1, "unknown"), 1);
+    for n in 2..65 {
+        m.handle(&weapon_kill(n, &format!("w{n}")), 1);
+    }
+    let weapons = &stats(&m, "k").weapon_used;
+    assert_eq!(weapons.len(), 65, "64 keys and other");
+    // when a 65th distinct weapon is used, then it counts under other
+    m.handle(&weapon_kill(65, "w-new"), 1);
+    m.handle(&weapon_kill(66, "w-newer"), 1);
+    let weapons = &stats(&m, "k").weapon_used;
+    assert_eq!(weapons.len(), 65);
+    assert_eq!(weapons[&label("other").unwrap()], 3);
+    assert!(!weapons.contains_key(&label("w-new").unwrap()));
+    // and a known weapon still counts under its own key
+    m.handle(&weapon_kill(67, "w2"), 1);
+    assert_eq!(stats(&m, "k").weapon_used[&label("w2").unwrap()], 2);
+}
+
+#[test]
+fn a_player_named_active_and_a_team_named_completed_are_names() {
+    let mut m = Match::new(MatchId::parse("m").unwrap());
+    let join = ev(
+        1,
+        0,
+        Some("a"),
+        EventKind::PlayerJoin {
+            player_name: label("active"),
+            team_id: label("completed"),
+        },
+    );
+    let Outcome::Applied(entry) = m.handle(&join, 1) else {
+        panic!("applies")
+    };
+    let delta = crate::StatDelta {
+        match_id: m.match_id(),
+        entries: vec![entry],
+        match_view: None,
+    };
+    // through MessagePack and back, as a consumer reads it
+    let bytes = rmp_serde::to_vec_named(&delta).unwrap();
+    let read: crate::StatDelta = rmp_serde::from_slice(&bytes).unwrap();
+    let mut player = crate::PlayerStats::default();
+    for change in read.entries[0]
+        .changes
+        .iter()
+        .filter(|c| c.player_id.is_some())
+    {
+        change.apply_to_player(&mut player).expect("a name is text");
+    }
+    assert_eq!(player.player_name, label("active"));
+    assert_eq!(player.team_id, label("completed"));
+}
