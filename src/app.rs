@@ -111,15 +111,7 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
         let stats = Arc::new(IngestStats::new(config.streams.partitions));
-        let ingest = Ingest::new(
-            &config,
-            js,
-            provisioned.consumers,
-            provisioned.snapshots,
-            provisioned.replicas,
-            provisioned.completed,
-            stats.clone(),
-        );
+        let ingest = Ingest::new(&config, js, provisioned, stats.clone());
         // The query side reads the deltas on a connection of its own: one connection's
         // reader task would otherwise carry events, acks and deltas alike.
         let query_js = jetstream::new(

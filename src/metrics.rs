@@ -57,12 +57,16 @@ pub const MATCHES_ACTIVE: &str = "match_stats_matches_active";
 pub const MATCHES_COMPLETED: &str = "match_stats_matches_completed";
 /// Completed matches that left the command side's memory.
 pub const MATCHES_EVICTED: &str = "match_stats_matches_evicted_total";
+/// Completed matches brought back into memory by a late event.
+pub const MATCHES_RELOADED: &str = "match_stats_matches_reloaded_total";
 /// Snapshots written.
 pub const SNAPSHOTS_WRITTEN: &str = "match_stats_snapshots_written_total";
 /// Snapshot writes that failed.
 pub const SNAPSHOT_ERRORS: &str = "match_stats_snapshot_errors_total";
 /// Snapshot writes refused because another replica wrote first.
 pub const SNAPSHOT_STALE: &str = "match_stats_snapshot_stale_total";
+/// Unreadable snapshot values set aside.
+pub const SNAPSHOT_QUARANTINED: &str = "match_stats_snapshot_quarantined_total";
 /// Age of the last snapshot.
 pub const SNAPSHOT_AGE: &str = "match_stats_snapshot_age_seconds";
 /// Recoveries that needed events gone from the stream.
@@ -209,7 +213,12 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         MATCHES_EVICTED,
         Kind::Counter,
-        "Completed matches that left the command side's memory.",
+        "Completed matches that left the command side's memory (their records stay in the snapshot bucket).",
+    ),
+    (
+        MATCHES_RELOADED,
+        Kind::Counter,
+        "Completed matches brought back into memory from their records by an event of theirs.",
     ),
     (
         SNAPSHOTS_WRITTEN,
@@ -225,6 +234,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         SNAPSHOT_STALE,
         Kind::Counter,
         "Snapshot writes refused because another replica wrote the partition since.",
+    ),
+    (
+        SNAPSHOT_QUARANTINED,
+        Kind::Counter,
+        "Unreadable snapshot values (junk, another version, a missing object) set aside under quarantine.<key>; the match is rebuilt by replay.",
     ),
     (
         SNAPSHOT_AGE,

@@ -14,6 +14,11 @@
 //! The service binary feeds it messages in stream order; time comes only from the
 //! events and the stream's stored time, so replaying a stream decides the same.
 
+/// The version of the rules that decide events (contract sections 3 and 4), carried by
+/// every snapshot record: 1 before the contract's limits; 2 with them (10,000 players a
+/// match, 64 weapon and item keys a player) and with the subject naming the match.
+pub const RULES_VERSION: u32 = 2;
+
 pub mod aggregate;
 pub mod decode;
 pub mod delta;

@@ -51,6 +51,9 @@ pub async fn process(
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
     let started = Instant::now();
+    // A completed match that left memory comes back from its record before its events.
+    held.reload_evicted(batch.iter().map(|m| m.subject.as_str()), token)
+        .await?;
     let matches = &mut held.matches;
     let mut effects = Vec::new();
     let mut deltas = DeltaBatch::default();

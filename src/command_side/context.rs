@@ -24,6 +24,8 @@ pub struct Context {
     pub snapshots: kv::Store,
     /// The completed-matches object store.
     pub completed: ObjectStore,
+    /// The snapshot records object store (records too large for a key).
+    pub records: ObjectStore,
     /// The replicas bucket (for sharing the partitions).
     pub replicas: kv::Store,
     /// Messages per batch.

@@ -77,6 +77,34 @@ impl HeldPartition {
         }
     }
 
+    /// Reloads, from their records, the evicted matches that `subjects` name (the matches
+    /// of a batch about to be processed), retrying until the bucket answers.
+    pub async fn reload_evicted<'a>(
+        &mut self,
+        subjects: impl Iterator<Item = &'a str>,
+        token: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), crate::retry::Cancelled> {
+        let mut ids: Vec<match_stats_commands::MatchId> = subjects
+            .filter_map(|s| match_stats_commands::MatchId::parse(s.rsplit('.').next()?).ok())
+            .filter(|id| self.matches.is_evicted(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let mut retry = crate::retry::Retry::new(token, "reloading a completed match");
+            let record = loop {
+                match retry.attempt(self.store.read_record(&id)).await? {
+                    Ok(record) => break record,
+                    Err(error) => retry.failed(&error).await?,
+                }
+            };
+            retry.succeeded();
+            metrics::counter!(m::MATCHES_RELOADED).increment(1);
+            self.matches.reload(id, record);
+        }
+        Ok(())
+    }
+
     /// Counts in Prometheus the replayed decisions up to `sequence`, now acknowledged.
     pub fn acknowledged(&mut self, ctx: &Context, sequence: u64) {
         while let Some(&(at, verdict)) = self.unacked.front()

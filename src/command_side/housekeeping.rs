@@ -199,13 +199,19 @@ pub async fn run(
             let _ = publisher::publish_effects(ctx, &effects, token).await;
         }
     }
+    // Completed matches leave memory on the stream's clock (their records stay: an event
+    // for one reloads it); records go once their events have aged out of the stream.
+    let stream_now = h.matches.stream_time();
+    let evicted = h
+        .matches
+        .evict_completed(stream_now - ctx.lifecycle.completed_memory_retention.as_millis() as i64);
+    metrics::counter!(m::MATCHES_EVICTED).increment(evicted as u64);
     for id in h
         .matches
-        .evict_completed(now - ctx.lifecycle.completed_memory_retention.as_millis() as i64)
+        .expire(stream_now - ctx.lifecycle.events_max_age.as_millis() as i64)
     {
-        metrics::counter!(m::MATCHES_EVICTED).increment(1);
         if let Err(error) = h.store.forget(&id).await {
-            tracing::warn!(%error, match_id = %id, "could not remove an evicted match's snapshot");
+            tracing::warn!(%error, match_id = %id, "could not remove the record of a match whose events aged out");
         }
     }
     ctx.stats.record_matches(partition, Some(h.match_figures()));

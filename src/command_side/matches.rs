@@ -197,22 +197,70 @@ impl IdleMatch {
     }
 }
 
+/// The name space of the ids the service mints for its own events (UUID v5 of a name).
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d61_7463_685f_7374_6174_735f_6964_7331);
+
 /// Every match of a partition in memory, and how far into the stream the partition is.
+/// A completed match leaves memory after a while but keeps its record in the snapshot
+/// bucket: an event for it reloads it, so it is never mistaken for a new match.
 #[derive(Debug, Default)]
 pub struct PartitionMatches {
     matches: HashMap<MatchId, MatchRecord>,
     applied_sequence: u64,
     changed: HashSet<MatchId>,
+    /// Completed matches out of memory, their records in the bucket: when the stream
+    /// stored their last event.
+    evicted: HashMap<MatchId, i64>,
+    /// The latest time the stream stored an event of the partition at (Unix ms): the
+    /// clock of eviction, so that it depends on the stream, not on the machine.
+    stream_time_ms: i64,
 }
 
 impl PartitionMatches {
     /// Starts from restored snapshots, at `sequence`.
     pub fn restore(matches: HashMap<MatchId, MatchRecord>, sequence: u64) -> Self {
+        let stream_time_ms = matches.values().map(|r| r.stored_at_ms).max().unwrap_or(0);
         PartitionMatches {
             matches,
             applied_sequence: sequence,
             changed: HashSet::new(),
+            evicted: HashMap::new(),
+            stream_time_ms,
         }
+    }
+
+    /// The latest time the stream stored an event of the partition at (Unix ms).
+    pub fn stream_time(&self) -> i64 {
+        self.stream_time_ms
+    }
+
+    /// Whether a match left memory and its record must be reloaded before its events.
+    pub fn is_evicted(&self, id: &MatchId) -> bool {
+        self.evicted.contains_key(id)
+    }
+
+    /// Brings an evicted match back (its record, read from the bucket), or forgets it if
+    /// the bucket no longer has it.
+    pub fn reload(&mut self, id: MatchId, record: Option<MatchRecord>) {
+        self.evicted.remove(&id);
+        if let Some(record) = record {
+            self.matches.insert(id, record);
+        }
+    }
+
+    /// Evicted matches whose last event was stored before `stored_before_ms` (their
+    /// events have aged out of the stream): forgotten here; their records can go.
+    pub fn expire(&mut self, stored_before_ms: i64) -> Vec<MatchId> {
+        let old: Vec<MatchId> = self
+            .evicted
+            .iter()
+            .filter(|(_, at)| **at < stored_before_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &old {
+            self.evicted.remove(id);
+        }
+        old
     }
 
     /// The last processed stream sequence.
@@ -261,31 +309,37 @@ impl PartitionMatches {
             .map(|t| {
                 let stats = t.aggregate.stats();
                 let match_id = t.aggregate.match_id();
+                // A name-based id: the same from any replica and any replay, an id of the
+                // contract's alphabet whatever the match id's length.
+                let name = format!("{match_id}:idle:{}", stats.event_count);
                 IdleMatch {
                     match_id,
-                    event_id: format!("idle-{match_id}-{}", stats.event_count),
+                    event_id: uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string(),
                     last_update: stats.last_update,
                 }
             })
             .collect()
     }
 
-    /// Removes completed matches whose last event was stored before `stored_before_ms`.
-    pub fn evict_completed(&mut self, stored_before_ms: i64) -> Vec<MatchId> {
-        let old: Vec<MatchId> = self
+    /// Takes out of memory the completed matches whose last event was stored before
+    /// `stored_before_ms` and whose record is written (not changed since the last
+    /// snapshot); their records stay in the bucket. Returns how many.
+    pub fn evict_completed(&mut self, stored_before_ms: i64) -> usize {
+        let old: Vec<(MatchId, i64)> = self
             .matches
             .values()
             .filter(|t| {
                 t.aggregate.stats().status == MatchStatus::Completed
                     && t.stored_at_ms < stored_before_ms
+                    && !self.changed.contains(&t.aggregate.match_id())
             })
-            .map(|t| t.aggregate.match_id())
+            .map(|t| (t.aggregate.match_id(), t.stored_at_ms))
             .collect();
-        for id in &old {
+        for (id, at) in &old {
             self.matches.remove(id);
-            self.changed.remove(id);
+            self.evicted.insert(*id, *at);
         }
-        old
+        old.len()
     }
 
     /// Decides and applies one message.
@@ -296,6 +350,7 @@ impl PartitionMatches {
         names: &StreamNames,
     ) -> Decision {
         self.applied_sequence = self.applied_sequence.max(source.sequence);
+        self.stream_time_ms = self.stream_time_ms.max(source.stored_at_ms);
         let event = match decode(payload, source.stored_at_ms) {
             Ok(event) => event,
             Err(rejection) => return rejected(payload, source, rejection, names),

@@ -15,7 +15,8 @@
 //! - `completed`: completed matches' final objects into the object store;
 //! - `recovery`: restore from the snapshot and replay; catch up on becoming the writer;
 //! - `held`: a partition in memory, its snapshot and its release;
-//! - `snapshots`: the compare-and-swap fenced snapshot store;
+//! - `snapshots`: the compare-and-swap fenced snapshot store; `records`: its versioned
+//!   envelope;
 //! - `housekeeping`: consumer figures, pin checks, snapshots due, idle matches, eviction;
 //! - `balance`: sharing the partitions among replicas;
 //! - `stats`: the counters; `context`: what every part reads.
@@ -28,6 +29,7 @@ mod held;
 mod housekeeping;
 mod matches;
 mod publisher;
+mod records;
 mod recovery;
 mod snapshots;
 pub mod stats;
@@ -35,7 +37,7 @@ mod writer;
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, consumer, kv, object_store::ObjectStore};
+use async_nats::jetstream::{self, consumer};
 use tokio_util::sync::CancellationToken;
 
 pub use context::Context;
@@ -48,6 +50,7 @@ pub use stats::{ConsumerLag, IngestCounts, IngestStats};
 
 use crate::config::Config;
 use crate::nats::Partitioning;
+use crate::nats::streams::Provisioned;
 
 /// The command side, built and ready to run.
 pub struct Ingest {
@@ -60,26 +63,24 @@ impl Ingest {
     pub fn new(
         config: &Config,
         js: jetstream::Context,
-        consumers: Vec<consumer::Consumer<consumer::pull::Config>>,
-        snapshots: kv::Store,
-        replicas: kv::Store,
-        completed: ObjectStore,
+        provisioned: Provisioned,
         stats: Arc<IngestStats>,
     ) -> Self {
         let ctx = Context {
             js,
-            completed,
+            completed: provisioned.completed,
+            records: provisioned.records,
             names: config.streams.clone(),
             partitioning: Partitioning::of(&config.streams),
             lifecycle: config.lifecycle.clone(),
-            snapshots,
-            replicas,
+            snapshots: provisioned.snapshots,
+            replicas: provisioned.replicas,
             batch_size: config.batch_size as usize,
             stats,
         };
         Ingest {
             ctx: Arc::new(ctx),
-            consumers,
+            consumers: provisioned.consumers,
         }
     }
 

@@ -171,18 +171,19 @@ async fn restore(
     acknowledged_to: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (store, restored) = SnapshotStore::load(ctx.snapshots.clone(), partition).await?;
+    let (store, restored) =
+        SnapshotStore::load(ctx.snapshots.clone(), ctx.records.clone(), partition).await?;
     let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
     let counters = restored.marker.map(|m| m.counters).unwrap_or_default();
+    let mut matches = PartitionMatches::restore(restored.matches, from);
+    for id in restored.rebuild {
+        rebuild(ctx, partition, &mut matches, id, from).await?;
+    }
     ctx.stats
         .partition(partition)
         .held
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let h = held.insert(HeldPartition::new(
-        store,
-        PartitionMatches::restore(restored.matches, from),
-        counters,
-    ));
+    let h = held.insert(HeldPartition::new(store, matches, counters));
     if let Err(error) = replay(ctx, partition, h, until, acknowledged_to, token).await {
         release(ctx, partition, held, Release::Failed);
         return Err(error);
@@ -191,6 +192,50 @@ async fn restore(
         ctx.stats.record_matches(partition, Some(h.match_figures()));
         ctx.stats.record_figures(partition, h.figures());
     }
+    Ok(())
+}
+
+/// Rebuilds a match whose record was unreadable (set aside) by replaying its events up to
+/// `upto` (the marker's sequence: its counts, and the effects of these events, are
+/// already done), so the partition goes on from the marker with the match whole again.
+async fn rebuild(
+    ctx: &Context,
+    partition: Partition,
+    matches: &mut PartitionMatches,
+    id: match_stats_commands::MatchId,
+    upto: u64,
+) -> anyhow::Result<()> {
+    let stream = ctx.js.get_stream(&ctx.names.events_stream).await?;
+    let subject = format!(
+        "{}.{}.{}.{id}",
+        ctx.names.events_subject, partition.of, partition.n
+    );
+    let (total, mut messages) =
+        crate::nats::streams::read_from(&stream, 0, ctx.batch_size, Some(subject)).await?;
+    let mut read = 0;
+    'read: while read < total {
+        let Some(chunk) = messages.next().await else {
+            break;
+        };
+        for message in chunk {
+            let message = message?;
+            read += 1;
+            let info = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+            if info.stream_sequence > upto {
+                break 'read;
+            }
+            let source = super::matches::Source {
+                sequence: info.stream_sequence,
+                stored_at_ms: batch::stored_at_ms(&info),
+                subject: message.subject.as_str(),
+            };
+            matches.process(&message.payload, source, &ctx.names);
+        }
+    }
+    matches.mark_changed([id]);
+    tracing::warn!(%partition, match_id = %id, events = read, "rebuilt a match whose snapshot record was unreadable");
     Ok(())
 }
 

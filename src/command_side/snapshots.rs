@@ -13,18 +13,24 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, object_store::ObjectStore};
+use bytes::Bytes;
 use futures::TryStreamExt;
-use match_stats_commands::MatchId;
+use match_stats_commands::{MatchId, RULES_VERSION};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::matches::MatchRecord;
+use super::records::{self, Body, ObjectRef, Unreadable};
 use super::stats::Counters;
+use crate::metrics as m;
 use crate::nats::Partition;
 use crate::nats::partition::MARKER_PREFIX;
 
 /// Prefix of per-match keys.
 pub const MATCH_PREFIX: &str = "match.";
+/// Prefix under which an unreadable value is set aside.
+pub const QUARANTINE_PREFIX: &str = "quarantine.";
 
 /// The partition marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,42 +66,60 @@ pub enum SnapshotError {
 pub struct Restored {
     /// The marker, if a snapshot was ever written.
     pub marker: Option<Marker>,
-    /// Every match record.
+    /// Every readable match record.
     pub matches: HashMap<MatchId, MatchRecord>,
+    /// Matches whose record was unreadable and set aside: rebuilt by replaying their
+    /// events up to the marker.
+    pub rebuild: Vec<MatchId>,
 }
 
 /// Reads and writes one partition's keys in the snapshot bucket, remembering the revision
-/// of every key it last read or wrote: every write is a compare-and-swap on it.
+/// of every key it last read or wrote: every write is a compare-and-swap on it. Records
+/// too large for a key live in the records object store, the key pointing at them.
 pub struct SnapshotStore {
     kv: kv::Store,
+    objects: ObjectStore,
     marker_key: String,
     revisions: HashMap<String, u64>,
-}
-
-fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
-    let packed = rmp_serde::to_vec_named(value).expect("snapshots serialize");
-    lz4_flex::compress_prepend_size(&packed).into()
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
-    let packed = lz4_flex::decompress_size_prepended(bytes).map_err(bucket_error)?;
-    rmp_serde::from_slice(&packed).map_err(bucket_error)
+    /// Per key, the object its value points at (to delete once replaced).
+    pointing: HashMap<String, String>,
 }
 
 fn bucket_error(e: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::Bucket(e.to_string())
 }
 
+/// Why a value could not be read back: the bucket (retry) or the value (set it aside).
+enum ReadError {
+    Bucket(SnapshotError),
+    Unreadable(Unreadable),
+}
+
+impl From<Unreadable> for ReadError {
+    fn from(e: Unreadable) -> Self {
+        ReadError::Unreadable(e)
+    }
+}
+
 impl SnapshotStore {
     /// Loads a partition's marker and the records of its matches, with their revisions.
+    /// An unreadable value (junk, another version, a missing object) is set aside under
+    /// `quarantine.<key>`, counted and logged; the partition goes on without it.
     pub async fn load(
         kv: kv::Store,
+        objects: ObjectStore,
         partition: Partition,
     ) -> Result<(SnapshotStore, Restored), SnapshotError> {
-        let marker_key = partition.marker_key();
+        let mut store = SnapshotStore {
+            kv,
+            objects,
+            marker_key: partition.marker_key(),
+            revisions: HashMap::new(),
+            pointing: HashMap::new(),
+        };
         let mut restored = Restored::default();
-        let mut revisions = HashMap::new();
-        let keys: Vec<String> = kv
+        let keys: Vec<String> = store
+            .kv
             .keys()
             .await
             .map_err(bucket_error)?
@@ -106,27 +130,53 @@ impl SnapshotStore {
         let repartitioned = keys
             .iter()
             .any(|k| k.starts_with(MARKER_PREFIX) && !k.starts_with(&this_count));
+        let mut other_rules = 0;
         for key in keys {
-            let ours = key == marker_key
-                || key
-                    .strip_prefix(MATCH_PREFIX)
-                    .is_some_and(|id| partition.holds(id));
+            let id = key
+                .strip_prefix(MATCH_PREFIX)
+                .and_then(|id| MatchId::parse(id).ok());
+            let ours = key == store.marker_key || id.is_some_and(|id| partition.holds(id.as_str()));
             if !ours {
                 continue;
             }
-            let Some(entry) = kv.entry(key.as_str()).await.map_err(bucket_error)? else {
+            let Some(entry) = store.kv.entry(key.as_str()).await.map_err(bucket_error)? else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
                 continue;
             }
-            revisions.insert(key.clone(), entry.revision);
-            if key == marker_key {
-                restored.marker = Some(decode(&entry.value)?);
-            } else {
-                let record: MatchRecord = decode(&entry.value)?;
-                restored.matches.insert(record.aggregate.match_id(), record);
+            store.revisions.insert(key.clone(), entry.revision);
+            if key == store.marker_key {
+                match store.read::<Marker>(&key, &entry.value).await {
+                    Ok((marker, _)) => restored.marker = Some(marker),
+                    Err(ReadError::Bucket(e)) => return Err(e),
+                    Err(ReadError::Unreadable(e)) => {
+                        // Without a marker, the partition is replayed from the start.
+                        store.quarantine(&key, entry.value, &e).await?;
+                    }
+                }
+                continue;
             }
+            let id = id.expect("a match key");
+            match store.read::<MatchRecord>(&key, &entry.value).await {
+                Ok((record, rules)) if record.aggregate.match_id() == id => {
+                    other_rules += usize::from(rules != RULES_VERSION);
+                    restored.matches.insert(id, record);
+                }
+                Ok(_) => {
+                    let e = Unreadable("the record is of another match".into());
+                    store.quarantine(&key, entry.value, &e).await?;
+                    restored.rebuild.push(id);
+                }
+                Err(ReadError::Bucket(e)) => return Err(e),
+                Err(ReadError::Unreadable(e)) => {
+                    store.quarantine(&key, entry.value, &e).await?;
+                    restored.rebuild.push(id);
+                }
+            }
+        }
+        if other_rules > 0 {
+            tracing::info!(%partition, matches = other_rules, rules = RULES_VERSION, "restored matches built by another rules version (README: Upgrading)");
         }
         match &restored.marker {
             None if !repartitioned => {
@@ -135,20 +185,71 @@ impl SnapshotStore {
                 // carries its own sequence, and the new partitions' subjects hold only
                 // newer events.)
                 restored.matches.clear();
+                restored.rebuild.clear();
             }
             None => {}
             Some(marker) => {
-                Self::roll_back_to(&kv, marker.sequence, &mut restored.matches).await?;
+                store.roll_back_to(marker.sequence, &mut restored).await?;
             }
         }
-        Ok((
-            SnapshotStore {
-                kv,
-                marker_key,
-                revisions,
-            },
-            restored,
-        ))
+        Ok((store, restored))
+    }
+
+    /// Reads a value: inline, or from the records object store.
+    async fn read<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(T, u32), ReadError> {
+        match records::decode::<T>(value)? {
+            Body::Inline(value, rules) => Ok((value, rules)),
+            Body::Object(object) => {
+                let bytes = self.fetch(&object).await?;
+                self.pointing.insert(key.to_owned(), object.name);
+                Ok(records::decode_inline(&bytes)?)
+            }
+        }
+    }
+
+    async fn fetch(&self, object: &ObjectRef) -> Result<Vec<u8>, ReadError> {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        use tokio::io::AsyncReadExt;
+        if object.size as usize > records::MAX_DECODED_BYTES {
+            return Err(Unreadable(format!("object of {} bytes", object.size)).into());
+        }
+        let mut reader = match self.objects.get(&object.name).await {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == GetErrorKind::NotFound => {
+                return Err(Unreadable(format!("object {} is missing", object.name)).into());
+            }
+            Err(e) => return Err(ReadError::Bucket(bucket_error(e))),
+        };
+        let mut bytes = Vec::with_capacity(object.size as usize);
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| ReadError::Bucket(bucket_error(e)))?;
+        Ok(bytes)
+    }
+
+    /// Sets an unreadable value aside under `quarantine.<key>` and removes the key (if
+    /// nobody wrote it since): counted and logged once.
+    async fn quarantine(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        error: &Unreadable,
+    ) -> Result<(), SnapshotError> {
+        metrics::counter!(m::SNAPSHOT_QUARANTINED).increment(1);
+        tracing::error!(key, %error, "an unreadable snapshot value; set aside under {QUARANTINE_PREFIX}{key}, the partition goes on without it");
+        self.kv
+            .put(format!("{QUARANTINE_PREFIX}{key}"), value)
+            .await
+            .map_err(bucket_error)?;
+        if let Some(revision) = self.revisions.remove(key) {
+            let _ = self.kv.delete_expect_revision(key, Some(revision)).await;
+        }
+        Ok(())
     }
 
     /// A snapshot writes its matches, then the marker: records newer than the marker were
@@ -157,18 +258,20 @@ impl SnapshotStore {
     /// it has none; the replay from the marker decides their events again, so the
     /// matches and the marker's counts stay consistent.
     async fn roll_back_to(
-        kv: &kv::Store,
+        &mut self,
         sequence: u64,
-        matches: &mut HashMap<MatchId, MatchRecord>,
+        restored: &mut Restored,
     ) -> Result<(), SnapshotError> {
-        let ahead: Vec<MatchId> = matches
+        let ahead: Vec<MatchId> = restored
+            .matches
             .values()
             .filter(|r| r.sequence > sequence)
             .map(|r| r.aggregate.match_id())
             .collect();
         for id in &ahead {
             let key = format!("{MATCH_PREFIX}{id}");
-            let history: Vec<kv::Entry> = kv
+            let history: Vec<kv::Entry> = self
+                .kv
                 .history(key.as_str())
                 .await
                 .map_err(bucket_error)?
@@ -180,15 +283,22 @@ impl SnapshotStore {
                 if entry.operation != kv::Operation::Put {
                     break;
                 }
-                let record: MatchRecord = decode(&entry.value)?;
-                if record.sequence <= sequence {
-                    older = Some(record);
-                    break;
+                match self.read::<MatchRecord>(&key, &entry.value).await {
+                    Ok((record, _)) if record.sequence <= sequence => {
+                        older = Some(record);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(ReadError::Bucket(e)) => return Err(e),
+                    Err(ReadError::Unreadable(_)) => {
+                        restored.rebuild.push(*id);
+                        break;
+                    }
                 }
             }
             match older {
-                Some(record) => matches.insert(*id, record),
-                None => matches.remove(id),
+                Some(record) => restored.matches.insert(*id, record),
+                None => restored.matches.remove(id),
             };
         }
         if !ahead.is_empty() {
@@ -201,14 +311,41 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// A partition's marker, as the bucket holds it now.
+    /// A partition's marker, as the bucket holds it now (`None` when absent or
+    /// unreadable).
     pub async fn read_marker(
         kv: &kv::Store,
         partition: Partition,
     ) -> Result<Option<Marker>, SnapshotError> {
-        match kv.get(partition.marker_key()).await.map_err(bucket_error)? {
-            Some(value) => decode(&value).map(Some),
-            None => Ok(None),
+        let value = kv.get(partition.marker_key()).await.map_err(bucket_error)?;
+        Ok(value.and_then(|v| match records::decode::<Marker>(&v) {
+            Ok(Body::Inline(marker, _)) => Some(marker),
+            _ => None,
+        }))
+    }
+
+    /// One match's record, as the bucket holds it now (a completed match that left memory,
+    /// reloaded when an event of it arrives); `None` when there is none or it is
+    /// unreadable.
+    pub async fn read_record(
+        &mut self,
+        id: &MatchId,
+    ) -> Result<Option<MatchRecord>, SnapshotError> {
+        let key = format!("{MATCH_PREFIX}{id}");
+        let Some(entry) = self.kv.entry(key.as_str()).await.map_err(bucket_error)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        self.revisions.insert(key.clone(), entry.revision);
+        match self.read::<MatchRecord>(&key, &entry.value).await {
+            Ok((record, _)) => Ok(Some(record)),
+            Err(ReadError::Bucket(e)) => Err(e),
+            Err(ReadError::Unreadable(e)) => {
+                self.quarantine(&key, entry.value, &e).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -236,14 +373,38 @@ impl SnapshotStore {
         let mut written = 0;
         for record in changed {
             let key = format!("{MATCH_PREFIX}{}", record.aggregate.match_id());
-            self.swap(key, encode(record)).await?;
+            let inline = records::encode(record, RULES_VERSION);
+            if inline.len() <= records::INLINE_LIMIT {
+                self.swap(key, inline).await?;
+            } else {
+                // Too large for a key: the object holds it, the key points at it. Its
+                // name carries the sequence, so a stale writer never overwrites the
+                // object a current key points at.
+                let object = ObjectRef {
+                    name: format!("{key}.{}", record.sequence),
+                    size: inline.len() as u64,
+                };
+                self.objects
+                    .put(object.name.as_str(), &mut inline.as_ref())
+                    .await
+                    .map_err(bucket_error)?;
+                let replaced = self.pointing.insert(key.clone(), object.name.clone());
+                self.swap(key, records::encode_ref(&object)).await?;
+                if let Some(old) = replaced.filter(|old| *old != object.name) {
+                    let _ = self.objects.delete(&old).await;
+                }
+            }
             written += 1;
         }
-        self.swap(self.marker_key.clone(), encode(marker)).await?;
+        self.swap(
+            self.marker_key.clone(),
+            records::encode(marker, RULES_VERSION),
+        )
+        .await?;
         Ok(written)
     }
 
-    async fn swap(&mut self, key: String, value: bytes::Bytes) -> Result<(), SnapshotError> {
+    async fn swap(&mut self, key: String, value: Bytes) -> Result<(), SnapshotError> {
         let expected = self.revisions.get(&key).copied();
         let stale = |key: &str| SnapshotError::Stale {
             key: key.to_owned(),
@@ -272,8 +433,8 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Removes a match's record (after it left memory), if it is still the one this store
-    /// wrote.
+    /// Removes a match's record (its events have aged out of the stream), if it is still
+    /// the one this store wrote.
     pub async fn forget(&mut self, id: &MatchId) -> Result<(), SnapshotError> {
         let key = format!("{MATCH_PREFIX}{id}");
         let Some(revision) = self.revisions.remove(&key) else {
@@ -282,6 +443,10 @@ impl SnapshotStore {
         self.kv
             .delete_expect_revision(&key, Some(revision))
             .await
-            .map_err(bucket_error)
+            .map_err(bucket_error)?;
+        if let Some(object) = self.pointing.remove(&key) {
+            let _ = self.objects.delete(&object).await;
+        }
+        Ok(())
     }
 }

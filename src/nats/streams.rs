@@ -143,6 +143,28 @@ pub fn completed_store(config: &Config) -> stream::Config {
     }
 }
 
+/// The records object store's stream: snapshot records too large for a key-value value
+/// (the key points at the object). Objects are deleted when replaced, never aged out.
+pub fn records_store(config: &Config) -> stream::Config {
+    let bucket = records_bucket(config);
+    stream::Config {
+        name: format!("OBJ_{bucket}"),
+        description: Some("Command-side snapshot records too large for a key".into()),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        storage: stream::StorageType::File,
+        num_replicas: config.streams.stream_replicas.into(),
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The records object store's name: `<snapshot bucket>_records`.
+pub fn records_bucket(config: &Config) -> String {
+    format!("{}_records", config.streams.snapshot_bucket)
+}
+
 /// What start-up provisions: the events stream, the partitions' consumers and the
 /// buckets.
 pub struct Provisioned {
@@ -154,6 +176,8 @@ pub struct Provisioned {
     pub completed: object_store::ObjectStore,
     /// The snapshot bucket.
     pub snapshots: kv::Store,
+    /// The records object store (snapshot records too large for a key).
+    pub records: object_store::ObjectStore,
     /// The replicas bucket.
     pub replicas: kv::Store,
 }
@@ -253,6 +277,13 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
                 names.snapshot_bucket
             )
         })?;
+    js.create_or_update_stream(records_store(config))
+        .await
+        .context("cannot create or update the snapshot records object store")?;
+    let records = js
+        .get_object_store(records_bucket(config))
+        .await
+        .context("the snapshot records object store")?;
     let replicas = js
         .create_or_update_key_value(replicas_bucket(config))
         .await
@@ -283,6 +314,7 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
         consumers,
         completed,
         snapshots,
+        records,
         replicas,
     })
 }

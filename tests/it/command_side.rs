@@ -16,7 +16,7 @@ use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
 /// Everything the deltas stream says, folded: the projections, each match's versions in
 /// stream order, and the last full match object per match.
 pub(crate) struct Deltas {
-    projections: BTreeMap<MatchId, MatchProjection>,
+    pub(crate) projections: BTreeMap<MatchId, MatchProjection>,
     versions: BTreeMap<MatchId, Vec<u64>>,
     final_views: BTreeMap<MatchId, Value>,
     pub(crate) messages: usize,

@@ -1,6 +1,7 @@
 //! Integration tests: the service against real `nats-server` processes (one binary, many
 //! modules; each test starts its own servers, so streams and keys never collide).
 
+mod audit;
 mod cluster;
 mod command_side;
 mod config;
@@ -9,6 +10,7 @@ mod contract_data;
 mod event_schema;
 mod exact_counts;
 mod lifecycle;
+mod limits;
 mod operations;
 mod query_side;
 mod security;
