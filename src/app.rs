@@ -44,8 +44,8 @@ fn redis_tls(cache: &CacheConfig) -> anyhow::Result<Option<RedisTls>> {
     Ok(Some(RedisTls { ca, client }))
 }
 
-/// The Redis settings of the configuration.
-fn redis_settings(cache: &CacheConfig) -> anyhow::Result<RedisSettings> {
+/// The Redis settings of the configuration, values signed with `signing_key`.
+fn redis_settings(cache: &CacheConfig, signing_key: Vec<u8>) -> anyhow::Result<RedisSettings> {
     Ok(RedisSettings {
         addr: cache.redis_addr.clone(),
         username: cache.redis_username.clone(),
@@ -56,6 +56,7 @@ fn redis_settings(cache: &CacheConfig) -> anyhow::Result<RedisSettings> {
         ttl_active: cache.ttl_active,
         ttl_completed: cache.completed_retention,
         tls: redis_tls(cache)?,
+        signing_key,
     })
 }
 
@@ -89,7 +90,8 @@ impl App {
         let nats = nats::connect(&config).await?;
         let js = jetstream::new(nats.clone());
         let provisioned = nats::streams::ensure(&js, &config).await?;
-        let redis = RedisCache::connect(redis_settings(&config.cache)?)
+        let signing_key = nats::streams::cache_signing_key(&js, &config).await?;
+        let redis = RedisCache::connect(redis_settings(&config.cache, signing_key)?)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(

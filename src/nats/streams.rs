@@ -165,6 +165,38 @@ pub fn records_bucket(config: &Config) -> String {
     format!("{}_records", config.streams.snapshot_bucket)
 }
 
+/// The key Redis values are signed with: created once (random) in the key bucket
+/// `<snapshot bucket>_keys`, read by every replica. It lives in NATS, which only the
+/// service may read, never in Redis.
+pub async fn cache_signing_key(
+    js: &jetstream::Context,
+    config: &Config,
+) -> anyhow::Result<Vec<u8>> {
+    const KEY: &str = "cache-signing";
+    let keys = js
+        .create_or_update_key_value(kv::Config {
+            bucket: format!("{}_keys", config.streams.snapshot_bucket),
+            description: "Keys the replicas share (the Redis value signing key)".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: config.streams.stream_replicas.into(),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create or update the keys bucket")?;
+    let fresh: [u8; 32] = rand::random();
+    match keys.create(KEY, fresh.to_vec().into()).await {
+        Ok(_) => Ok(fresh.to_vec()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => keys
+            .get(KEY)
+            .await
+            .context("reading the cache signing key")?
+            .map(|k| k.to_vec())
+            .context("the cache signing key was deleted while being read"),
+        Err(e) => Err(e).context("creating the cache signing key"),
+    }
+}
+
 /// What start-up provisions: the events stream, the partitions' consumers and the
 /// buckets.
 pub struct Provisioned {

@@ -4,11 +4,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use match_stats_queries::ReadModel;
-use match_stats_queries::cache::{BreakerState, RedisCache};
+use match_stats_queries::cache::{BreakerState, CacheError, RedisCache};
 use tokio_util::sync::CancellationToken;
 
 use super::Dirty;
 use crate::metrics as m;
+
+/// Whether a write failed because Redis is away (retry everything later), not because
+/// of the key.
+fn is_outage(error: &CacheError) -> bool {
+    match error {
+        CacheError::Open | CacheError::Timeout(_) => true,
+        CacheError::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+        _ => false,
+    }
+}
 
 /// Writes changed matches through to Redis.
 pub struct CacheWriter {
@@ -75,12 +85,17 @@ impl CacheWriter {
                         let result = if written { "written" } else { "older" };
                         metrics::counter!(m::CACHE_WRITES, "result" => result).increment(1);
                     }
-                    Err(error) => {
+                    Err(error) if is_outage(&error) => {
                         metrics::counter!(m::REDIS_ERRORS).increment(1);
                         tracing::warn!(%error, "redis write failed; will retry");
                         failing = true;
                         dirty.extend(std::iter::once(id).chain(pending));
                         break;
+                    }
+                    Err(error) => {
+                        // This key only (Redis refused it): skipped, the others go on.
+                        metrics::counter!(m::REDIS_ERRORS).increment(1);
+                        tracing::warn!(%error, match_id = %id, "redis refused a write; skipped");
                     }
                 }
             }

@@ -207,9 +207,17 @@ async fn v5_names_that_read_like_statuses_are_names_at_every_layer() {
     // A consumer folding the deltas sees the same.
     let deltas = crate::command_side::fold_deltas(&js, "MATCH_DELTAS").await;
     let folded = &deltas.projections[&match_stats_commands::MatchId::parse("v5-player").unwrap()];
-    let a = folded.player(&match_stats_commands::PlayerId::parse("a").unwrap()).unwrap();
-    assert_eq!(a.player_name.map(|n| n.to_string()), Some("active".to_owned()));
-    assert_eq!(folded.stats().status, match_stats_commands::MatchStatus::Completed);
+    let a = folded
+        .player(&match_stats_commands::PlayerId::parse("a").unwrap())
+        .unwrap();
+    assert_eq!(
+        a.player_name.map(|n| n.to_string()),
+        Some("active".to_owned())
+    );
+    assert_eq!(
+        folded.stats().status,
+        match_stats_commands::MatchStatus::Completed
+    );
     // Redis holds the names, and a reader of it decodes them as names.
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port())).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -413,4 +421,116 @@ async fn v1_an_effect_the_stream_can_never_store_parks_its_event_and_the_partiti
         1.0
     );
     assert_eq!(dead.info().await.unwrap().state.messages, 0);
+}
+
+/// V7: Redis is not trusted: a forged match, a decompression bomb, a key of the wrong
+/// type and a non-numeric version are misses (and the next write replaces them); none
+/// opens the breaker for everyone or stops the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v7_values_in_redis_are_verified_before_they_are_served() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let env = [("REDIS_ADDR", format!("127.0.0.1:{}", redis.port()))];
+    let service = ServiceProcess::start_with(&nats, &env).await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port())).unwrap();
+    let mut r = client.get_multiplexed_async_connection().await.unwrap();
+    let forged = br#"J{"match_id":"forged","status":"active","start_time":"2026-01-01T00:00:00.000Z","end_time":null,"duration_ms":-5,"map_name":"<script>","game_mode":null,"max_players":null,"current_players":4294967295,"total_kills":9999,"total_deaths":0,"total_assists":0,"total_damage":0.0,"total_healing":0.0,"first_blood":null,"event_count":1,"last_update":"2026-01-01T00:00:00.000Z","player_stats":[]}"#;
+    let _: () = redis::cmd("HSET")
+        .arg("match_stats:match:forged")
+        .arg("v")
+        .arg(1)
+        .arg("b")
+        .arg(&forged[..])
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let mut bomb = vec![b'Z'];
+    bomb.extend(((1u32 << 30) as u32).to_le_bytes());
+    bomb.extend(vec![0u8; 1 << 20]);
+    let _: () = redis::cmd("HSET")
+        .arg("match_stats:match:bomb")
+        .arg("v")
+        .arg(1)
+        .arg("b")
+        .arg(bomb)
+        .arg("s")
+        .arg("x")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("match_stats:match:wrongtype")
+        .arg("x")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        for id in ["forged", "bomb", "wrongtype"] {
+            let (status, body) = get(format!(
+                "{}/api/v1/match-stats/matches/{id}",
+                service.http()
+            ))
+            .await;
+            assert_eq!(status, 404, "{id}: {body}");
+        }
+    }
+    let (_, stats) = get(format!(
+        "{}/api/v1/match-stats/system/stats",
+        service.http()
+    ))
+    .await;
+    assert_eq!(
+        stats["cache"]["redis"]["state"], "closed",
+        "no failure opened the breaker"
+    );
+
+    // A real match whose hash was tampered with (a version that is not a number, a key
+    // of another type) is written again by the writer, and the others with it.
+    let payloads = [
+        event("a1", "real-a", Some("p"), "weapon_fire", T0, json!({})),
+        event("b1", "real-b", Some("p"), "weapon_fire", T0, json!({})),
+    ];
+    let _: () = redis::cmd("HSET")
+        .arg("match_stats:match:real-a")
+        .arg("v")
+        .arg("junk")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("match_stats:match:real-b")
+        .arg("x")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    publish_all(
+        &js,
+        "match_stats.events",
+        payloads.iter().map(Vec::as_slice),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let a: Option<String> = redis::cmd("HGET")
+            .arg("match_stats:match:real-a")
+            .arg("v")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let b: Option<String> = redis::cmd("HGET")
+            .arg("match_stats:match:real-b")
+            .arg("v")
+            .query_async(&mut r)
+            .await
+            .unwrap_or(None);
+        if a.as_deref() == Some("1") && b.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rewritten: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -287,6 +287,11 @@ async fn cold_replica(
     nats: &NatsServer,
     config: &match_stats::Config,
 ) -> String {
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // The replicas' shared signing key, as a replica reads it from NATS.
+    let signing_key = match_stats::nats::streams::cache_signing_key(&js, config)
+        .await
+        .unwrap();
     let redis = redis.map(|r| {
         let settings = RedisSettings {
             addr: format!("127.0.0.1:{}", r.port()),
@@ -298,10 +303,10 @@ async fn cold_replica(
             ttl_active: config.cache.ttl_active,
             ttl_completed: config.cache.completed_retention,
             tls: None,
+            signing_key: signing_key.clone(),
         };
         std::sync::Arc::new(RedisCache::new(settings).unwrap())
     });
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let bucket = js
         .get_object_store(&config.streams.completed_bucket)
         .await
