@@ -446,7 +446,7 @@ async fn v7_values_in_redis_are_verified_before_they_are_served() {
         .await
         .unwrap();
     let mut bomb = vec![b'Z'];
-    bomb.extend(((1u32 << 30) as u32).to_le_bytes());
+    bomb.extend((1u32 << 30).to_le_bytes());
     bomb.extend(vec![0u8; 1 << 20]);
     let _: () = redis::cmd("HSET")
         .arg("match_stats:match:bomb")
