@@ -77,6 +77,7 @@ pub struct App {
     cache_writer: Option<CacheWriter>,
     routes: Router,
     listener: TcpListener,
+    admin: Option<(TcpListener, Router)>,
     stats: Arc<IngestStats>,
     api: ApiState,
     token: CancellationToken,
@@ -108,11 +109,15 @@ impl App {
                 config.cache.redis_timeout,
             )),
             lookups: Default::default(),
+            misses: Default::default(),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
-        let stats = Arc::new(IngestStats::new(config.streams.partitions));
+        let stats = Arc::new(IngestStats::new(
+            config.streams.partitions,
+            config.lifecycle.partition_stall_after,
+        ));
         let ingest = Ingest::new(&config, js, provisioned, stats.clone());
         // The query side reads the deltas on a connection of its own: one connection's
         // reader task would otherwise carry events, acks and deltas alike.
@@ -146,9 +151,23 @@ impl App {
             started: Instant::now(),
             ready_max_pending: config.ready_max_pending,
         };
-        let routes = api::with_api_layers(
-            api::router(api.clone()).merge(ops::router(state, config.pprof_enabled)),
-        );
+        let limits = api::RequestLimits {
+            timeout: config.http_limits.http_request_timeout,
+            max_concurrent: config.http_limits.http_max_concurrent_requests as usize,
+        };
+        // With ADMIN_ADDR, /metrics and pprof are served there only.
+        let (public_ops, admin_ops) =
+            ops::routers(state, config.pprof_enabled, config.admin_addr.is_some());
+        let routes = api::with_api_layers(api::router(api.clone()).merge(public_ops), limits);
+        let admin = match (config.admin_addr, admin_ops) {
+            (Some(addr), Some(ops)) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on ADMIN_ADDR {addr}"))?,
+                api::with_api_layers(ops, limits),
+            )),
+            _ => None,
+        };
         Ok(App {
             config,
             nats,
@@ -157,6 +176,7 @@ impl App {
             cache_writer,
             routes,
             listener,
+            admin,
             stats,
             api,
             token: CancellationToken::new(),
@@ -166,6 +186,13 @@ impl App {
     /// The bound HTTP address (port 0 in the config picks a free one).
     pub fn http_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The bound admin address, when `ADMIN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().expect("bound listener"))
     }
 
     /// Ingest counters, shared with the running service.
@@ -195,6 +222,7 @@ impl App {
             cache_writer,
             routes,
             listener,
+            admin,
             stats,
             api,
             token,
@@ -207,12 +235,15 @@ impl App {
         if let Some(writer) = cache_writer {
             tasks.spawn(writer.run(token.clone()));
         }
-        let http_token = token.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, routes)
-                .with_graceful_shutdown(http_token.cancelled_owned())
-                .await
-        });
+        let limits = crate::serve::ConnectionLimits {
+            header_read_timeout: config.http_limits.http_header_read_timeout,
+            max_connections: config.http_limits.http_max_connections as usize,
+        };
+        let mut servers = JoinSet::new();
+        servers.spawn(crate::serve::serve(listener, routes, limits, token.clone()));
+        if let Some((listener, routes)) = admin {
+            servers.spawn(crate::serve::serve(listener, routes, limits, token.clone()));
+        }
 
         // The first task to end (cancellation, or a fatal error) stops everything.
         let mut first_error = None;
@@ -249,9 +280,11 @@ impl App {
                 tracing::warn!("flushing acks to NATS did not finish within the grace period")
             }
         }
-        match tokio::time::timeout_at(deadline, server).await {
-            Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
-            Err(_) => tracing::warn!("HTTP server did not close within the grace period"),
+        if tokio::time::timeout_at(deadline, servers.join_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections did not close within the grace period");
         }
         if let Some(error) = first_error {
             return Err(error.context("a service task failed"));

@@ -14,9 +14,18 @@ use clap::Args;
 /// The service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// HTTP listen address for /health, /ready and /metrics.
+    /// HTTP listen address of the API, /health, /ready and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_addr)]
     pub http_addr: SocketAddr,
+
+    /// A second listen address for operators: when set, /metrics and
+    /// /debug/pprof/profile are served there only (keep it off the public network).
+    #[arg(long, env = "ADMIN_ADDR", value_parser = parse_addr)]
+    pub admin_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    /// Limits of the HTTP server.
+    pub http_limits: HttpLimits,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
@@ -81,6 +90,24 @@ pub struct Config {
     pub lifecycle: Lifecycle,
 }
 
+/// Limits of the HTTP server (the public port faces clients that may be slow, many or
+/// hostile).
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// A connection that has not sent a request's headers within this is closed (e.g. 5s).
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub http_header_read_timeout: Duration,
+    /// A request that has not been answered within this gets 408 (e.g. 10s).
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+    /// Connections open at once; more wait in the listen queue.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+    /// Requests handled at once; more get 503 with Retry-After at once.
+    #[arg(long, env = "HTTP_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_concurrent_requests: u32,
+}
+
 /// Snapshots and the match lifecycle.
 #[derive(Debug, Clone, Args)]
 pub struct Lifecycle {
@@ -98,6 +125,10 @@ pub struct Lifecycle {
     /// event (e.g. 24h).
     #[arg(long, env = "COMPLETED_MEMORY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub completed_memory_retention: Duration,
+    /// A partition written here with events waiting and no batch confirmed for this long
+    /// is reported stalled (e.g. 30s).
+    #[arg(long, env = "PARTITION_STALL_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub partition_stall_after: Duration,
     /// Retention of the events stream (e.g. 7d); snapshots must be younger.
     #[arg(long, env = "EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
     pub events_max_age: Duration,

@@ -11,6 +11,7 @@
 //! - [`query_side`]: the projector (deltas → read model) and the Redis cache writer;
 //! - [`ops`]: `/health`, `/ready`, `/metrics`, `/system/stats`, pprof (the API routes are
 //!   in `match_stats_queries::api`);
+//! - [`serve`]: the HTTP server and its connection limits;
 //! - [`retry`]: the one retry idiom (back-off with jitter until it succeeds or stops);
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`tools`]: the demo feed and the load generator.
@@ -24,6 +25,7 @@ pub mod nats;
 pub mod ops;
 pub mod query_side;
 pub mod retry;
+pub mod serve;
 pub mod telemetry;
 pub mod tools;
 

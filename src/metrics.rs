@@ -49,6 +49,13 @@ pub const PARTITION_ACQUISITIONS: &str = "match_stats_partition_acquisitions_tot
 pub const PARTITION_RELEASES: &str = "match_stats_partition_releases_total";
 /// Failed attempts to restore or catch up on a partition.
 pub const PARTITION_RESTORE_RETRIES: &str = "match_stats_partition_restore_retries_total";
+/// Per partition written here: seconds since a batch was last confirmed.
+pub const PARTITION_SECONDS_SINCE_PROGRESS: &str = "match_stats_partition_seconds_since_progress";
+/// Per partition written here: failed attempts in a row of its current publish or
+/// restore.
+pub const PARTITION_RETRY_STREAK: &str = "match_stats_partition_retry_streak";
+/// Per partition written here: 1 when stalled.
+pub const PARTITION_STALLED: &str = "match_stats_partition_stalled";
 /// Live replicas.
 pub const REPLICAS_LIVE: &str = "match_stats_replicas_live";
 /// Matches in memory (the original service's name).
@@ -194,6 +201,21 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         PARTITION_RESTORE_RETRIES,
         Kind::Counter,
         "Failed attempts to restore or catch up on a partition, retried with back-off.",
+    ),
+    (
+        PARTITION_SECONDS_SINCE_PROGRESS,
+        Kind::Gauge,
+        "Per partition this replica writes: seconds since a batch was last confirmed.",
+    ),
+    (
+        PARTITION_RETRY_STREAK,
+        Kind::Gauge,
+        "Per partition this replica writes: failed attempts in a row of its current publish, restore or catch-up.",
+    ),
+    (
+        PARTITION_STALLED,
+        Kind::Gauge,
+        "Per partition this replica writes: 1 when events wait and no batch was confirmed for 30 s.",
     ),
     (
         REPLICAS_LIVE,

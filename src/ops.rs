@@ -36,20 +36,29 @@ pub struct HttpState {
     pub ready_max_pending: u64,
 }
 
-/// The operational routes; testable without a socket. `/debug/pprof/profile` exists only
-/// when `PPROF_ENABLED`.
-pub fn router(state: HttpState, pprof: bool) -> Router {
-    let router = Router::new()
+/// The operational routes, testable without a socket: those of the public port, and,
+/// with `admin`, those of the admin port (`/metrics` and pprof move there).
+/// `/debug/pprof/profile` exists only when `PPROF_ENABLED`.
+pub fn routers(state: HttpState, pprof: bool, admin: bool) -> (Router, Option<Router>) {
+    let public = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/api/v1/match-stats/system/stats", get(system_stats));
-    let router = if pprof {
-        router.route("/debug/pprof/profile", get(profile))
+    let mut operators = Router::new().route("/metrics", get(metrics));
+    if pprof {
+        operators = operators.route("/debug/pprof/profile", get(profile));
+    }
+    if admin {
+        let admin = operators
+            .route("/health", get(health))
+            .route("/ready", get(ready));
+        (
+            public.with_state(state.clone()),
+            Some(admin.with_state(state)),
+        )
     } else {
-        router
-    };
-    router.with_state(state)
+        (public.merge(operators).with_state(state), None)
+    }
 }
 
 /// Longest CPU profile one request may take.
@@ -70,6 +79,10 @@ async fn profile(
             )));
         }
     };
+    // A client that goes away stops the profile: the flag is set when this request is
+    // dropped, and the sampling thread checks it ten times a second.
+    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(abandoned.clone());
     let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         use pprof::protos::Message as _;
         let guard = pprof::ProfilerGuardBuilder::default()
@@ -77,7 +90,13 @@ async fn profile(
             .blocklist(&["libc", "libgcc", "pthread", "vdso"])
             .build()
             .map_err(|e| e.to_string())?;
-        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let until = Instant::now() + std::time::Duration::from_secs(seconds);
+        while Instant::now() < until {
+            if abandoned.load(Ordering::Relaxed) {
+                return Err("the client went away".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let report = guard.report().build().map_err(|e| e.to_string())?;
         let profile = report.pprof().map_err(|e| e.to_string())?;
         profile.write_to_bytes().map_err(|e| e.to_string())
@@ -95,6 +114,15 @@ async fn profile(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("profiling failed: {error}"),
         )),
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +178,9 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
             "replayed": stats.recovery_done.load(Ordering::Relaxed),
             "total": stats.recovery_total.load(Ordering::Relaxed),
         },
+        // A stalled partition does not make the replica unready (the others, and the API,
+        // still work): it is shown here and alerted on (match_stats_partition_stalled).
+        "partitions_stalled": stats.stalled(),
         "counts": stats.counts(),
     });
     (status, Json(body))
@@ -157,6 +188,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.api.lookups.publish_hit_ratios();
+    state.stats.publish_partition_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -182,11 +214,19 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
         .into_iter()
         .enumerate()
         .map(|(n, f)| {
+            let slot = &stats.partitions[n];
+            let now = chrono::Utc::now().timestamp_millis();
             let mut entry = f.counters.to_json();
             entry["partition"] = json!(n);
             entry["sequence"] = json!(f.sequence);
             entry["source"] = json!(f.source);
             entry["conserved"] = json!(f.counters.conserved());
+            if slot.writing.load(Ordering::Relaxed) {
+                entry["seconds_since_progress"] =
+                    json!(slot.seconds_since_progress(now, stats.started_ms));
+                entry["retry_streak"] = json!(slot.retry_streak.load(Ordering::Relaxed));
+                entry["stalled"] = json!(slot.stalled(now, stats.started_ms, stats.stall_after));
+            }
             entry
         })
         .collect();

@@ -41,6 +41,7 @@ pub struct Retry<'a> {
     token: &'a CancellationToken,
     what: &'static str,
     counter: Option<&'static str>,
+    streak: Option<&'a std::sync::atomic::AtomicU64>,
     delays: backon::ExponentialBackoff,
     failures: u64,
     started: Instant,
@@ -53,6 +54,7 @@ impl<'a> Retry<'a> {
             token,
             what,
             counter: None,
+            streak: None,
             delays: ExponentialBuilder::default()
                 .with_min_delay(MIN_BACKOFF)
                 .with_max_delay(MAX_BACKOFF)
@@ -68,6 +70,14 @@ impl<'a> Retry<'a> {
     pub fn counted(self, counter: &'static str) -> Self {
         Retry {
             counter: Some(counter),
+            ..self
+        }
+    }
+
+    /// Also keeps `streak` at the number of failed attempts in a row (0 on success).
+    pub fn streak(self, streak: &'a std::sync::atomic::AtomicU64) -> Self {
+        Retry {
+            streak: Some(streak),
             ..self
         }
     }
@@ -102,6 +112,9 @@ impl<'a> Retry<'a> {
     /// the next back-off; `Err(Cancelled)` if the token is cancelled meanwhile.
     pub async fn failed(&mut self, error: &impl std::fmt::Display) -> Result<(), Cancelled> {
         self.failures += 1;
+        if let Some(streak) = self.streak {
+            streak.store(self.failures, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(counter) = self.counter {
             metrics::counter!(counter).increment(1);
         }
@@ -119,6 +132,9 @@ impl<'a> Retry<'a> {
 
     /// Notes the success that ends an outage (logged once, with the attempts it took).
     pub fn succeeded(&self) {
+        if let Some(streak) = self.streak {
+            streak.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.failures > 0 {
             tracing::info!(
                 what = self.what,

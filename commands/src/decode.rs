@@ -145,6 +145,12 @@ fn parse(payload: &[u8]) -> Result<Value> {
     }
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     let value = if first == Some(&b'{') {
+        if json_nesting(payload) > MAX_NESTING {
+            return Err(Rejection::new(
+                Reason::Malformed,
+                format!("JSON nested deeper than {MAX_NESTING}"),
+            ));
+        }
         let json: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid JSON: {e}")))?;
         from_json(json)
@@ -167,6 +173,33 @@ fn parse(payload: &[u8]) -> Result<Value> {
         value
     };
     Ok(value)
+}
+
+/// The deepest nesting of objects and arrays in JSON text (strings skipped), counted
+/// before parsing so that the same limit holds for JSON as for MessagePack.
+fn json_nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn from_json(json: serde_json::Value) -> Value {
@@ -426,5 +459,26 @@ fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_nested_deeper_than_msgpack_allows_is_malformed_like_it() {
+        let deep = format!(
+            r#"{{"event_id":"e","match_id":"m","event_type":"player_leave","player_id":"p","timestamp":1767225600000,"x":{}1{}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let rejection = decode(deep.as_bytes(), 1_767_225_600_000).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed, "{rejection}");
+        let shallow = r#"{"event_id":"e","match_id":"m","event_type":"player_leave","player_id":"p","timestamp":1767225600000,"x":"[[[[{{{{"}"#;
+        assert!(
+            decode(shallow.as_bytes(), 1_767_225_600_000).is_ok(),
+            "brackets in strings do not count"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -24,7 +24,7 @@ use match_stats_commands::{MatchId, MatchStatus, MatchView, PlayerId, PlayerView
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cache::{CompletedStore, RedisCache};
+use crate::cache::{CacheError, CompletedStore, RedisCache};
 use crate::leaderboard::{Metric, Ranked};
 use crate::read_model::{MatchSnapshot, ReadModel};
 
@@ -115,6 +115,32 @@ impl LookupStats {
     }
 }
 
+/// How long an id that no tier knows is answered 404 without asking Redis and the object
+/// store again (the read model is always asked: a match that appears is found at once).
+pub const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How many such ids are remembered.
+pub const NEGATIVE_CAPACITY: usize = 10_000;
+
+/// Ids no tier knew, and when that was found out.
+#[derive(Clone)]
+pub struct Misses(Arc<quick_cache::sync::Cache<MatchId, Instant>>);
+
+impl Default for Misses {
+    fn default() -> Self {
+        Misses(Arc::new(quick_cache::sync::Cache::new(NEGATIVE_CAPACITY)))
+    }
+}
+
+impl Misses {
+    fn recent(&self, id: &MatchId) -> bool {
+        self.0.get(id).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+    }
+
+    fn note(&self, id: MatchId) {
+        self.0.insert(id, Instant::now());
+    }
+}
+
 /// What the handlers read.
 #[derive(Clone)]
 pub struct ApiState {
@@ -126,6 +152,8 @@ pub struct ApiState {
     pub completed: Option<CompletedStore>,
     /// Hit/miss counters.
     pub lookups: Arc<LookupStats>,
+    /// Ids no tier knew a moment ago (a negative cache).
+    pub misses: Misses,
 }
 
 /// An error response: `{"error", "status", "timestamp"}`.
@@ -197,9 +225,21 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Wraps a router with JSON 404/405 responses, a bound on the request target (414), and
-/// request metrics by route template. The API is read-only: no route takes a body.
-pub fn with_api_layers(router: Router) -> Router {
+/// Bounds on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// A request not answered within this gets 408.
+    pub timeout: std::time::Duration,
+    /// Requests handled at once; more get 503 with `Retry-After` at once.
+    pub max_concurrent: usize,
+}
+
+/// Wraps a router with JSON 404/405 responses, a bound on the request target (414), a
+/// request timeout (408), a bound on requests in flight (503), and request metrics by
+/// route template and a fixed set of methods. The API is read-only: no route takes a
+/// body.
+pub fn with_api_layers(router: Router, limits: RequestLimits) -> Router {
+    use tower::ServiceBuilder;
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -209,7 +249,43 @@ pub fn with_api_layers(router: Router) -> Router {
             }
         })
         .layer(middleware::from_fn(limit_uri))
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
+                    let mut response = ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests in flight; try again",
+                    )
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    response
+                }))
+                .load_shed()
+                .concurrency_limit(limits.max_concurrent),
+        )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
         .layer(middleware::from_fn(record_request))
+}
+
+/// The method as a metrics label: the standard ones by name, anything else `OTHER` (a
+/// method is any token a client sends: as a label, an unbounded set of series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
 }
 
 /// Refuses over-long request targets before any routing or parsing.
@@ -233,7 +309,7 @@ async fn record_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -289,7 +365,12 @@ async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiE
         return Ok(snapshot.clone());
     }
     state.lookups.record(Level::Memory, false);
+    if memory.is_none() && state.misses.recent(id) {
+        return Err(ApiError::not_found(format!("match {id} not found")));
+    }
     let mut best = memory;
+    // Only a miss every tier answered is remembered (an error says nothing).
+    let mut answered = true;
     if let Some(redis) = &state.redis {
         match redis.get(id).await {
             Ok(Some(found)) => {
@@ -301,6 +382,7 @@ async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiE
             Ok(None) => state.lookups.record(Level::Redis, false),
             Err(error) => {
                 state.lookups.record(Level::Redis, false);
+                answered &= matches!(error, CacheError::Corrupt(_));
                 tracing::debug!(%error, "redis lookup failed");
             }
         }
@@ -316,30 +398,43 @@ async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiE
             Ok(None) => state.lookups.record(Level::Kv, false),
             Err(error) => {
                 state.lookups.record(Level::Kv, false);
-                tracing::debug!(%error, "key-value lookup failed");
+                answered &= matches!(error, CacheError::Corrupt(_));
+                tracing::debug!(%error, "object store lookup failed");
             }
         }
     }
-    best.ok_or_else(|| ApiError::not_found(format!("match {id} not found")))
+    best.ok_or_else(|| {
+        if answered {
+            state.misses.note(*id);
+        }
+        ApiError::not_found(format!("match {id} not found"))
+    })
 }
 
 fn json_bytes(body: bytes::Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The path's parameters, or a JSON 400 (bad percent-encoding, invalid UTF-8).
+fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+}
+
 async fn match_object(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = match_id(&raw)?;
+    let id = match_id(&path(raw)?)?;
     let snapshot = find(&state, &id).await?;
     Ok(json_bytes(snapshot.body().clone()))
 }
 
 async fn player_object(
     State(state): State<ApiState>,
-    Path((raw_match, raw_player)): Path<(String, String)>,
+    raw: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let (raw_match, raw_player) = path(raw)?;
     let (id, pid) = (match_id(&raw_match)?, player_id(&raw_player)?);
     let snapshot = find(&state, &id).await?;
     let player = snapshot
@@ -428,9 +523,10 @@ struct Entry<'a> {
 
 async fn leaderboard(
     State(state): State<ApiState>,
-    Path((raw_match, raw_metric)): Path<(String, String)>,
+    raw: Result<Path<(String, String)>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let (raw_match, raw_metric) = path(raw)?;
     let id = match_id(&raw_match)?;
     let metric = Metric::parse(&raw_metric).ok_or_else(|| {
         let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();

@@ -51,6 +51,22 @@ pub async fn process(
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
     let started = Instant::now();
+    let slot = ctx.stats.partition(partition);
+    slot.busy(true);
+    let result = process_batch(ctx, partition, held, batch, mode, token, started).await;
+    slot.busy(false);
+    result
+}
+
+async fn process_batch(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut HeldPartition,
+    batch: &[jetstream::Message],
+    mode: Mode,
+    token: &CancellationToken,
+    started: Instant,
+) -> Result<(), Cancelled> {
     // A completed match that left memory comes back from its record before its events.
     held.reload_evicted(batch.iter().map(|m| m.subject.as_str()), token)
         .await?;
@@ -106,9 +122,16 @@ pub async fn process(
         );
         cancelled
     };
-    let parked = publisher::publish(ctx, &mut held.published, &deltas, &effects, token)
-        .await
-        .map_err(stopped)?;
+    let parked = publisher::publish(
+        ctx,
+        partition,
+        &mut held.published,
+        &deltas,
+        &effects,
+        token,
+    )
+    .await
+    .map_err(stopped)?;
     completed::store(ctx, &held.matches, deltas.completed(), token)
         .await
         .map_err(stopped)?;

@@ -196,7 +196,7 @@ pub async fn run(
             tracing::info!(%partition, matches = idle.len(), "ending idle matches");
             let effects: Vec<_> = idle.iter().map(|m| m.effect(&ctx.names)).collect();
             // Counted once stored (not when NATS drops a re-publish).
-            let _ = publisher::publish_effects(ctx, &effects, token).await;
+            let _ = publisher::publish_effects(ctx, partition, &effects, token).await;
         }
     }
     // Completed matches leave memory on the stream's clock (their records stay: an event

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use super::matches::{DeltaBatch, Effect, EffectKind, Published, Stored};
 use crate::metrics as m;
+use crate::nats::Partition;
 use crate::retry::{Cancelled, Retry};
 
 /// The events stream sequences of events whose effects could never be stored.
@@ -37,12 +38,15 @@ pub type Parked = HashSet<u64>;
 /// streams stored and keeps `published` up to date.
 pub async fn publish(
     ctx: &Context,
+    partition: Partition,
     published: &mut Published,
     deltas: &DeltaBatch,
     others: &[Effect],
     token: &CancellationToken,
 ) -> Result<Parked, Cancelled> {
-    let mut retry = Retry::new(token, "publishing effects").counted(m::PUBLISH_RETRIES);
+    let mut retry = Retry::new(token, "publishing effects")
+        .counted(m::PUBLISH_RETRIES)
+        .streak(&ctx.stats.partition(partition).retry_streak);
     let mut done: HashSet<String> = HashSet::new();
     let mut parked = Parked::new();
     loop {
@@ -105,13 +109,21 @@ pub async fn publish(
 /// confirmed; counts what the streams stored.
 pub async fn publish_effects(
     ctx: &Context,
+    partition: Partition,
     effects: &[Effect],
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
     let empty = DeltaBatch::default();
-    publish(ctx, &mut Published::new(), &empty, effects, token)
-        .await
-        .map(|_| ())
+    publish(
+        ctx,
+        partition,
+        &mut Published::new(),
+        &empty,
+        effects,
+        token,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Errors no retry can fix: the message is over the server's `max_payload` or the

@@ -35,8 +35,11 @@ pub async fn restore_at_start(
     held: &mut Option<HeldPartition>,
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    let mut retry =
-        Retry::new(token, "restoring a partition").counted(m::PARTITION_RESTORE_RETRIES);
+    let slot = ctx.stats.partition(partition);
+    slot.busy(true);
+    let mut retry = Retry::new(token, "restoring a partition")
+        .counted(m::PARTITION_RESTORE_RETRIES)
+        .streak(&slot.retry_streak);
     loop {
         let attempt = async {
             let floor = consumer.get_info().await?.ack_floor.stream_sequence;
@@ -48,6 +51,7 @@ pub async fn restore_at_start(
         }
     }
     retry.succeeded();
+    slot.busy(false);
     Ok(())
 }
 
@@ -82,8 +86,11 @@ pub async fn acquire(
     first: u64,
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    let mut retry =
-        Retry::new(token, "catching up on a partition").counted(m::PARTITION_RESTORE_RETRIES);
+    let slot = ctx.stats.partition(partition);
+    slot.busy(true);
+    let mut retry = Retry::new(token, "catching up on a partition")
+        .counted(m::PARTITION_RESTORE_RETRIES)
+        .streak(&slot.retry_streak);
     loop {
         match retry
             .attempt(try_acquire(ctx, partition, consumer, held, first, token))
@@ -94,6 +101,7 @@ pub async fn acquire(
         }
     }
     retry.succeeded();
+    slot.busy(false);
     let h = held.as_mut().expect("acquired");
     h.foreign_pin = None;
     h.pin = pin;

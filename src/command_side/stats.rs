@@ -204,6 +204,12 @@ pub struct IngestStats {
     /// Batches stopped by shutdown before their effects were confirmed (NATS redelivers
     /// them): work abandoned.
     pub abandoned: AtomicU64,
+    /// When this process started (Unix ms): progress is measured from it until a first
+    /// batch.
+    pub started_ms: i64,
+    /// A partition written here with work waiting and no batch confirmed for this long is
+    /// stalled (`PARTITION_STALL_AFTER`).
+    pub stall_after: std::time::Duration,
 }
 
 /// One partition as this replica sees it. Consumer figures are refreshed every second.
@@ -231,6 +237,45 @@ pub struct PartitionStats {
     pub hand_over: AtomicBool,
     /// Its counts of decided messages, as last known.
     pub figures: Mutex<Figures>,
+    /// When a batch of it was last confirmed here (Unix ms; 0: never).
+    pub progress_at_ms: std::sync::atomic::AtomicI64,
+    /// Failed attempts in a row of its current publish, restore or catch-up (0 when the
+    /// last one succeeded).
+    pub retry_streak: AtomicU64,
+    /// When the batch (or restore) in progress started (Unix ms; 0: none in progress).
+    pub busy_since_ms: std::sync::atomic::AtomicI64,
+}
+
+impl PartitionStats {
+    /// Seconds since a batch of it was last confirmed here (since `since_ms` when none
+    /// was).
+    pub fn seconds_since_progress(&self, now_ms: i64, since_ms: i64) -> f64 {
+        let at = self.progress_at_ms.load(Ordering::Relaxed);
+        let from = if at == 0 { since_ms } else { at };
+        (now_ms - from).max(0) as f64 / 1000.0
+    }
+
+    /// Whether it is held here and stuck for `stall_after`: a batch (or restore) in
+    /// progress that long, or, written here, events waiting and no batch confirmed.
+    pub fn stalled(&self, now_ms: i64, since_ms: i64, stall_after: std::time::Duration) -> bool {
+        let limit = stall_after.as_millis() as i64;
+        let busy = self.busy_since_ms.load(Ordering::Relaxed);
+        let stuck_in_work = busy != 0 && now_ms - busy > limit;
+        let starved = self.writing.load(Ordering::Relaxed)
+            && get(&self.pending) + get(&self.ack_pending) > 0
+            && self.seconds_since_progress(now_ms, since_ms) * 1000.0 > limit as f64;
+        stuck_in_work || starved
+    }
+
+    /// Marks the start (`true`) or the end of a batch or restore.
+    pub fn busy(&self, busy: bool) {
+        let at = if busy {
+            chrono::Utc::now().timestamp_millis()
+        } else {
+            0
+        };
+        self.busy_since_ms.store(at, Ordering::Relaxed);
+    }
 }
 
 /// The partitions' consumers summed, as last read.
@@ -291,10 +336,12 @@ pub fn flagged(
 }
 
 impl IngestStats {
-    /// Counters for `partitions` partitions.
-    pub fn new(partitions: u16) -> Self {
+    /// Counters for `partitions` partitions, stalled after `stall_after` without progress.
+    pub fn new(partitions: u16, stall_after: std::time::Duration) -> Self {
         IngestStats {
             partitions: (0..partitions).map(|_| PartitionStats::default()).collect(),
+            started_ms: chrono::Utc::now().timestamp_millis(),
+            stall_after,
             ..Default::default()
         }
     }
@@ -322,6 +369,45 @@ impl IngestStats {
                 ack_pending: sum(slots, |s| &s.ack_pending),
                 redelivered: sum(slots, |s| &s.redelivered),
             })
+    }
+
+    /// Sets the per-partition gauges of progress (before `/metrics` renders): seconds since
+    /// a batch was confirmed, the retry streak, stalled or not; all 0 for a partition
+    /// this replica neither writes nor works on.
+    pub fn publish_partition_gauges(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        for (n, slot) in self.partitions.iter().enumerate() {
+            let label = n.to_string();
+            let working = slot.writing.load(Ordering::Relaxed)
+                || slot.busy_since_ms.load(Ordering::Relaxed) != 0;
+            let (seconds, streak, stalled) = if working {
+                (
+                    slot.seconds_since_progress(now, self.started_ms),
+                    get(&slot.retry_streak) as f64,
+                    f64::from(u8::from(slot.stalled(
+                        now,
+                        self.started_ms,
+                        self.stall_after,
+                    ))),
+                )
+            } else {
+                (0.0, 0.0, 0.0)
+            };
+            metrics::gauge!(m::PARTITION_SECONDS_SINCE_PROGRESS, "partition" => label.clone())
+                .set(seconds);
+            metrics::gauge!(m::PARTITION_RETRY_STREAK, "partition" => label.clone()).set(streak);
+            metrics::gauge!(m::PARTITION_STALLED, "partition" => label).set(stalled);
+        }
+    }
+
+    /// The partitions written here that are stalled.
+    pub fn stalled(&self) -> Vec<u16> {
+        let now = chrono::Utc::now().timestamp_millis();
+        (0..self.partitions.len() as u16)
+            .filter(|&n| {
+                self.partitions[usize::from(n)].stalled(now, self.started_ms, self.stall_after)
+            })
+            .collect()
     }
 
     /// Every partition's figures, in partition order.

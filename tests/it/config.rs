@@ -45,6 +45,36 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("nope", "invalid value 'nope' for HTTP_ADDR")),
     ),
     (
+        "PARTITION_STALL_AFTER",
+        "1m",
+        Some(("later", "invalid value 'later' for PARTITION_STALL_AFTER")),
+    ),
+    (
+        "ADMIN_ADDR",
+        "127.0.0.1:9091",
+        Some(("nope", "invalid value 'nope' for ADMIN_ADDR")),
+    ),
+    (
+        "HTTP_HEADER_READ_TIMEOUT",
+        "3s",
+        Some(("3", "invalid value '3' for HTTP_HEADER_READ_TIMEOUT")),
+    ),
+    (
+        "HTTP_REQUEST_TIMEOUT",
+        "20s",
+        Some(("soon", "invalid value 'soon' for HTTP_REQUEST_TIMEOUT")),
+    ),
+    (
+        "HTTP_MAX_CONNECTIONS",
+        "100",
+        Some(("0", "invalid value '0' for HTTP_MAX_CONNECTIONS")),
+    ),
+    (
+        "HTTP_MAX_CONCURRENT_REQUESTS",
+        "64",
+        Some(("0", "invalid value '0' for HTTP_MAX_CONCURRENT_REQUESTS")),
+    ),
+    (
         "LOG_LEVEL",
         "debug",
         Some(("=[", "invalid value '=[' for LOG_LEVEL")),

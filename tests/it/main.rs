@@ -9,6 +9,7 @@ mod conservation;
 mod contract_data;
 mod event_schema;
 mod exact_counts;
+mod http_edge;
 mod lifecycle;
 mod limits;
 mod operations;

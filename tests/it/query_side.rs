@@ -316,12 +316,23 @@ async fn cold_replica(
         redis,
         completed: Some(CompletedStore::new(bucket, Duration::from_millis(200))),
         lookups: Default::default(),
+        misses: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        async move { axum::serve(listener, api::with_api_layers(api::router(state))).await },
-    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            api::with_api_layers(
+                api::router(state),
+                api::RequestLimits {
+                    timeout: Duration::from_secs(10),
+                    max_concurrent: 1024,
+                },
+            ),
+        )
+        .await
+    });
     base
 }
 
