@@ -96,6 +96,7 @@ lint-deploy: lint-tools nats-server ## Validate k8s manifests (Kubernetes 1.37 s
 	.ci/dockerfile-deps-stage
 	nats-server -t -c nats/server.conf
 	NODE_NAME=n1 CLIENT_PORT=4222 CLUSTER_PORT=6222 STORE_DIR=/tmp/nats-lint ROUTE_A=nats-route://n2:6222 ROUTE_B=nats-route://n3:6222 \
+		MATCH_STATS_PASSWORD=lint GAME_SERVER_PASSWORD=lint DELTA_READER_PASSWORD=lint \
 		nats-server -t -c nats/cluster/node.conf
 	@echo "lint-deploy: manifests, values, NATS configs and Dockerfile are valid"
 

@@ -15,7 +15,10 @@ async fn publish_rate(cluster: &NatsCluster, count: usize) -> anyhow::Result<f64
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let js = loop {
-        if let Ok(client) = async_nats::connect(servers.clone()).await {
+        let (_, user, password) = match_stats_harness::CLUSTER_USERS[0];
+        let options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        if let Ok(client) = options.connect(servers.clone()).await {
             let js = jetstream::new(client);
             if js.query_account().await.is_ok() {
                 break js;
@@ -63,7 +66,15 @@ async fn main() -> anyhow::Result<()> {
     let relaxed = tempfile::NamedTempFile::new()?;
     std::fs::write(
         relaxed.path(),
-        std::fs::read_to_string(&config)?.replace("sync_interval: always", ""),
+        std::fs::read_to_string(&config)?
+            .replace("sync_interval: always", "")
+            .replace(
+                "include ../permissions.conf",
+                &format!(
+                    "include \"{}\"",
+                    config.with_file_name("../permissions.conf").display()
+                ),
+            ),
     )?;
     let default = publish_rate(&NatsCluster::start_with(relaxed.path()), events).await?;
     println!(

@@ -16,8 +16,24 @@ pub use partition::{Partition, Partitioning, partition_of};
 pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     let auth = &config.nats_auth;
     let mut options = async_nats::ConnectOptions::new().name("match-stats");
-    if let (Some(user), Some(password)) = (&auth.nats_user, &auth.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+    // The client library ignores credentials in a URL: they are taken out of it (so no
+    // log shows them) and used as the user and password.
+    let (servers, url_credentials) = split_credentials(&config.nats_url).with_context(|| {
+        format!(
+            "NATS_URL {} is not a list of URLs",
+            config.nats_url_redacted()
+        )
+    })?;
+    let user_and_password = match (url_credentials, &auth.nats_user, &auth.nats_password) {
+        (Some(_), Some(_), _) => anyhow::bail!(
+            "credentials both in NATS_URL and in NATS_USER/NATS_PASSWORD: give them once"
+        ),
+        (Some(credentials), _, _) => Some(credentials),
+        (None, Some(user), Some(password)) => Some((user.clone(), password.clone())),
+        _ => None,
+    };
+    if let Some((user, password)) = user_and_password {
+        options = options.user_and_password(user, password);
     }
     if let Some(token) = &auth.nats_token {
         options = options.token(token.clone());
@@ -37,9 +53,52 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     if auth.nats_tls_required || auth.nats_tls_ca.is_some() || auth.nats_tls_cert.is_some() {
         options = options.require_tls(true);
     }
-    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
     options
         .connect(servers)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url_redacted()))
+}
+
+/// The servers of a comma-separated `NATS_URL` without any `user:password@`, and the
+/// (percent-decoded) credentials the first of them carried.
+fn split_credentials(urls: &str) -> anyhow::Result<(Vec<String>, Option<(String, String)>)> {
+    use std::str::FromStr as _;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+    };
+    let mut credentials = None;
+    let mut servers = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let addr = async_nats::ServerAddr::from_str(url)?;
+        if let Some(user) = addr.username() {
+            let password = addr.password().unwrap_or_default();
+            credentials.get_or_insert((decode(user)?, decode(password)?));
+            servers.push(format!(
+                "{}://{}:{}",
+                addr.scheme(),
+                addr.host(),
+                addr.port()
+            ));
+        } else {
+            servers.push(url.to_owned());
+        }
+    }
+    Ok((servers, credentials))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_taken_out_and_decoded() {
+        let (servers, credentials) =
+            split_credentials("nats://stats:p%40ss%2Fw@a:4222, nats://b:4223").unwrap();
+        assert_eq!(servers, vec!["nats://a:4222", "nats://b:4223"]);
+        assert_eq!(credentials, Some(("stats".into(), "p@ss/w".into())));
+        let (servers, credentials) = split_credentials("nats://a:4222").unwrap();
+        assert_eq!((servers.len(), credentials), (1, None));
+    }
 }

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use match_stats_harness::{NatsCluster, json};
+use match_stats_harness::{CLUSTER_USERS, NatsCluster, json};
 use serde_json::Value;
 
 use crate::command_side::{assert_gapless, assert_matches_expected, fold_deltas};
@@ -32,7 +32,10 @@ async fn jetstream_ready(url: &str) -> jetstream::Context {
     let deadline = Instant::now() + WAIT;
     loop {
         let servers: Vec<&str> = url.split(',').collect();
-        if let Ok(client) = async_nats::connect(servers).await {
+        let (_, user, password) = CLUSTER_USERS[0];
+        let options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        if let Ok(client) = options.connect(servers).await {
             let js = jetstream::new(client);
             if js.query_account().await.is_ok() {
                 return js;
@@ -90,6 +93,8 @@ async fn start_replica(cluster: &NatsCluster) -> ServiceProcess {
         &cluster.nodes[0],
         &[
             ("NATS_URL", cluster.url()),
+            ("NATS_USER", CLUSTER_USERS[0].1.into()),
+            ("NATS_PASSWORD", CLUSTER_USERS[0].2.into()),
             ("STREAM_REPLICAS", "3".into()),
             ("PARTITION_PIN_TIMEOUT", PIN_TIMEOUT.into()),
             ("SNAPSHOT_EVERY_EVENTS", "500".into()),

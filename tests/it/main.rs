@@ -13,6 +13,7 @@ mod http_edge;
 mod lifecycle;
 mod limits;
 mod operations;
+mod permissions;
 mod query_side;
 mod security;
 mod shutdown;

@@ -12,4 +12,4 @@ pub mod contract;
 pub mod json;
 mod servers;
 
-pub use servers::{NatsCluster, NatsServer, RedisServer, free_port};
+pub use servers::{CLUSTER_USERS, NatsCluster, NatsServer, RedisServer, free_port};

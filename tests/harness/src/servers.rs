@@ -231,8 +231,23 @@ impl NatsServer {
     }
 }
 
+/// The users of `nats/cluster/node.conf` and the passwords the harness gives them.
+pub const CLUSTER_USERS: [(&str, &str, &str); 3] = [
+    ("MATCH_STATS_PASSWORD", "match-stats", "test-service-secret"),
+    (
+        "GAME_SERVER_PASSWORD",
+        "game-server",
+        "test-game-server-secret",
+    ),
+    (
+        "DELTA_READER_PASSWORD",
+        "delta-reader",
+        "test-reader-secret",
+    ),
+];
+
 /// Three `nats-server`s forming a JetStream cluster on loopback, each configured by the
-/// repository's `nats/cluster/node.conf`.
+/// repository's `nats/cluster/node.conf` (with its users: see [`CLUSTER_USERS`]).
 pub struct NatsCluster {
     /// The nodes, in order.
     pub nodes: Vec<NatsServer>,
@@ -256,7 +271,11 @@ impl NatsCluster {
                     .tempdir()
                     .expect("temp dir");
                 let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
-                let env = vec![
+                let mut env: Vec<(String, String)> = CLUSTER_USERS
+                    .iter()
+                    .map(|(var, _, password)| (var.to_string(), password.to_string()))
+                    .collect();
+                env.extend([
                     ("NODE_NAME".to_owned(), format!("n{}", i + 1)),
                     ("CLIENT_PORT".to_owned(), ports[i].0.to_string()),
                     ("CLUSTER_PORT".to_owned(), ports[i].1.to_string()),
@@ -266,7 +285,7 @@ impl NatsCluster {
                     ),
                     ("ROUTE_A".to_owned(), route(others[0])),
                     ("ROUTE_B".to_owned(), route(others[1])),
-                ];
+                ]);
                 NatsServer {
                     child: Process::default(),
                     port: ports[i].0,
