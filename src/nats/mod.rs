@@ -59,9 +59,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url_redacted()))
 }
 
+/// A user and its password.
+type Credentials = (String, String);
+
 /// The servers of a comma-separated `NATS_URL` without any `user:password@`, and the
 /// (percent-decoded) credentials the first of them carried.
-fn split_credentials(urls: &str) -> anyhow::Result<(Vec<String>, Option<(String, String)>)> {
+fn split_credentials(urls: &str) -> anyhow::Result<(Vec<String>, Option<Credentials>)> {
     use std::str::FromStr as _;
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
