@@ -135,6 +135,7 @@ impl App {
             dirty: dirty.clone(),
             batch_size: config.batch_size as usize,
             retention: config.cache.completed_retention,
+            capacity_players: config.lifecycle.capacity_players,
         };
         let cache_writer = api.redis.clone().map(|redis| CacheWriter {
             model: api.model.clone(),

@@ -86,6 +86,10 @@ pub const DELTA_GAPS: &str = "match_stats_delta_gaps_total";
 pub const PROJECTION_RESYNCS: &str = "match_stats_projection_resyncs_total";
 /// Matches in the read model.
 pub const READ_MODEL_MATCHES: &str = "match_stats_read_model_matches";
+/// Players in the read model.
+pub const PLAYERS_HELD: &str = "match_stats_players_held";
+/// Players held over `CAPACITY_PLAYERS`.
+pub const CAPACITY_USED_RATIO: &str = "match_stats_capacity_used_ratio";
 /// Completed matches that left the read model.
 pub const READ_MODEL_EVICTED: &str = "match_stats_read_model_evicted_total";
 /// Redis write-through results.
@@ -291,6 +295,16 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         READ_MODEL_MATCHES,
         Kind::Gauge,
         "Matches in this replica's read model.",
+    ),
+    (
+        PLAYERS_HELD,
+        Kind::Gauge,
+        "Players in this replica's read model (every match's, active and completed within retention).",
+    ),
+    (
+        CAPACITY_USED_RATIO,
+        Kind::Gauge,
+        "Players held over CAPACITY_PLAYERS: alert above 0.8, before memory runs out.",
     ),
     (
         READ_MODEL_EVICTED,

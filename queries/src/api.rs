@@ -438,8 +438,7 @@ async fn player_object(
     let (id, pid) = (match_id(&raw_match)?, player_id(&raw_player)?);
     let snapshot = find(&state, &id).await?;
     let player = snapshot
-        .players()
-        .get(&pid)
+        .player(&pid)
         .ok_or_else(|| ApiError::not_found(format!("player {pid} not found in match {id}")))?;
     Ok(json_bytes(
         serde_json::to_vec(player.as_ref())

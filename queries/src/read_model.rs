@@ -88,6 +88,28 @@ impl MatchSnapshot {
         })
     }
 
+    /// One player as a REST object: rendered alone unless the snapshot has rendered them
+    /// all already (a match of 10,000 players is not rendered for one of them).
+    pub fn player(&self, id: &PlayerId) -> Option<Arc<PlayerView>> {
+        if let Some(all) = self.players.rendered.get() {
+            return all.get(id).cloned();
+        }
+        let stats = self.players.stats.get(id)?;
+        Some(Arc::new(PlayerView::render(
+            *id,
+            stats,
+            self.players.last_update,
+        )))
+    }
+
+    /// How many players it holds.
+    pub fn player_count(&self) -> usize {
+        match self.players.rendered.get() {
+            Some(all) => all.len(),
+            None => self.players.stats.len(),
+        }
+    }
+
     /// A metric's standings, ranked, from the top.
     pub fn ranked(&self, metric: Metric) -> impl Iterator<Item = Ranked> + '_ {
         self.leaderboards

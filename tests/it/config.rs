@@ -45,6 +45,11 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("nope", "invalid value 'nope' for HTTP_ADDR")),
     ),
     (
+        "CAPACITY_PLAYERS",
+        "500000",
+        Some(("0", "invalid value '0' for CAPACITY_PLAYERS")),
+    ),
+    (
         "PARTITION_STALL_AFTER",
         "1m",
         Some(("later", "invalid value 'later' for PARTITION_STALL_AFTER")),

@@ -112,3 +112,47 @@ fn the_json_vectors_themselves_validate() {
         }
     }
 }
+
+/// The stat delta schema of `docs/asyncapi.json` accepts what the service publishes: every
+/// delta of the small scenario (folded by the aggregate as the service does), a split
+/// entry, a completed match's object, and names that read like statuses.
+#[test]
+fn the_stat_delta_schema_accepts_every_delta_of_the_scenario_and_a_split_one() {
+    use match_stats_commands::{Match, MatchId, Outcome, StatDelta, decode};
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/asyncapi.json"),
+    )
+    .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let schema = jsonschema::draft7::new(&doc["components"]["schemas"]["StatDelta"]).unwrap();
+    let check = |delta: &StatDelta| {
+        let bytes = rmp_serde::to_vec_named(delta).unwrap();
+        let json = to_json(&rmpv::decode::read_value(&mut bytes.as_slice()).unwrap()).unwrap();
+        let errors: Vec<String> = schema.iter_errors(&json).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{json}\n{errors:?}");
+    };
+    // As if the stream stored each line long after the scenario's day.
+    let stored_at_ms = 4_102_444_800_000;
+    let mut matches: std::collections::HashMap<MatchId, Match> = Default::default();
+    let mut checked = 0;
+    for (i, m) in contract::scenario("small").messages.iter().enumerate() {
+        let Ok(event) = decode(&m.payload, stored_at_ms) else {
+            continue;
+        };
+        let aggregate = matches
+            .entry(event.match_id)
+            .or_insert_with(|| Match::new(event.match_id));
+        if let Outcome::Applied(entry) = aggregate.handle(&event, i as u64 + 1) {
+            let completed =
+                aggregate.stats().status == match_stats_commands::MatchStatus::Completed;
+            let delta = StatDelta {
+                match_id: event.match_id,
+                entries: entry.split(7),
+                match_view: completed.then(|| Box::new(aggregate.summary())),
+            };
+            check(&delta);
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "{checked} deltas checked");
+}
