@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command_side::{Ingest, IngestStats};
 use crate::config::{CacheConfig, Config};
 use crate::ops::{self, HttpState};
-use crate::query_side::{CacheWriter, Dirty, Projector};
+use crate::query_side::{CacheWriter, Capacity, Dirty, Projector};
 use crate::{nats, telemetry};
 
 /// Reads the Redis TLS files named by the settings.
@@ -135,7 +135,6 @@ impl App {
             dirty: dirty.clone(),
             batch_size: config.batch_size as usize,
             retention: config.cache.completed_retention,
-            capacity_players: config.lifecycle.capacity_players,
         };
         let cache_writer = api.redis.clone().map(|redis| CacheWriter {
             model: api.model.clone(),
@@ -151,6 +150,10 @@ impl App {
             api: api.clone(),
             started: Instant::now(),
             ready_max_pending: config.ready_max_pending,
+            capacity: Capacity {
+                players: config.lifecycle.capacity_players,
+                matches: config.lifecycle.capacity_matches,
+            },
         };
         let limits = api::RequestLimits {
             timeout: config.http_limits.http_request_timeout,

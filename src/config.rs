@@ -129,12 +129,17 @@ pub struct Lifecycle {
     /// is reported stalled (e.g. 30s).
     #[arg(long, env = "PARTITION_STALL_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub partition_stall_after: Duration,
-    /// Players this replica is sized to hold (every replica holds every match's players
-    /// in its read model): `match_stats_capacity_used_ratio` is the players held over
-    /// this, to alert on before memory runs out (README, "Sizing"). Nothing is refused
-    /// past it.
-    #[arg(long, env = "CAPACITY_PLAYERS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Players this replica is sized to hold if it held nothing else (every replica holds
+    /// every match's players in its read model; the default fits the shipped 1 GiB memory
+    /// limit, README "Sizing"). With CAPACITY_MATCHES, `match_stats_capacity_used_ratio`
+    /// = players / CAPACITY_PLAYERS + matches / CAPACITY_MATCHES, to alert on before
+    /// memory runs out. Nothing is refused past it.
+    #[arg(long, env = "CAPACITY_PLAYERS", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub capacity_players: u64,
+    /// Matches this replica is sized to hold if they had no players (the cost of a match
+    /// itself; see CAPACITY_PLAYERS).
+    #[arg(long, env = "CAPACITY_MATCHES", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub capacity_matches: u64,
     /// Retention of the events stream (e.g. 7d); snapshots must be younger.
     #[arg(long, env = "EVENTS_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
     pub events_max_age: Duration,

@@ -6,8 +6,20 @@ use clap::{CommandFactory, FromArgMatches};
 /// mimalloc: the service allocates many small, short-lived blocks across threads (decoded
 /// events, deltas, read-model nodes), where glibc's allocator spent about a third of the
 /// CPU in the catch-up profile (BENCHMARKS.md).
+#[cfg(not(feature = "heap-profile"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `--features heap-profile`: dhat counts every allocation by call site and writes
+/// `dhat-heap.json` when the shutdown signal arrives, before anything is torn down, so
+/// its "at end" figures are the running service's (BENCHMARKS.md, "Memory"; view it with
+/// dhat's `dh_view.html`).
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
+#[cfg(feature = "heap-profile")]
+static PROFILER: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
 use std::time::Duration;
 
 use match_stats::app::Abandoned;
@@ -46,6 +58,11 @@ fn main() {
         let _ = writeln!(std::io::stdout(), "{:#}", effective(&matches));
         return;
     }
+    #[cfg(feature = "heap-profile")]
+    PROFILER
+        .lock()
+        .expect("profiler")
+        .replace(dhat::Profiler::new_heap());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.config.workers))
         .enable_all()
@@ -54,6 +71,8 @@ fn main() {
     let code = runtime.block_on(run(cli));
     // Nothing left running (a profile in progress, a stuck connection) delays the exit.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    #[cfg(feature = "heap-profile")]
+    drop(PROFILER.lock().expect("profiler").take());
     std::process::exit(code);
 }
 
@@ -103,6 +122,8 @@ async fn serve(config: match_stats::Config) -> anyhow::Result<()> {
     let token = app.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
+        #[cfg(feature = "heap-profile")]
+        drop(PROFILER.lock().expect("profiler").take());
         tracing::info!("shutdown signal received; finishing in-flight work");
         token.cancel();
     });

@@ -88,7 +88,7 @@ pub const PROJECTION_RESYNCS: &str = "match_stats_projection_resyncs_total";
 pub const READ_MODEL_MATCHES: &str = "match_stats_read_model_matches";
 /// Players in the read model.
 pub const PLAYERS_HELD: &str = "match_stats_players_held";
-/// Players held over `CAPACITY_PLAYERS`.
+/// Players and matches held, over what the replica is sized for.
 pub const CAPACITY_USED_RATIO: &str = "match_stats_capacity_used_ratio";
 /// Completed matches that left the read model.
 pub const READ_MODEL_EVICTED: &str = "match_stats_read_model_evicted_total";
@@ -279,7 +279,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         DELTAS_UNDECODABLE,
         Kind::Counter,
-        "Messages on the deltas stream that are not stat deltas.",
+        "Messages on the deltas stream that are not stat deltas (met by the projector, or by a writer looking up where a match stands).",
     ),
     (
         DELTA_GAPS,
@@ -304,7 +304,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         CAPACITY_USED_RATIO,
         Kind::Gauge,
-        "Players held over CAPACITY_PLAYERS: alert above 0.8, before memory runs out.",
+        "Share of the replica's sizing in use: players held / CAPACITY_PLAYERS + matches held / CAPACITY_MATCHES. Alert above 0.8, before memory runs out.",
     ),
     (
         READ_MODEL_EVICTED,
@@ -346,5 +346,17 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), total, "a name described twice");
         assert!(names.iter().all(|n| n.starts_with("match_stats_")));
+    }
+
+    #[test]
+    fn the_readme_documents_every_series() {
+        let readme = include_str!("../README.md");
+        let missing: Vec<&str> = DESCRIPTIONS
+            .iter()
+            .chain(QUERY_SIDE)
+            .map(|(name, _, _)| *name)
+            .filter(|name| !readme.contains(&format!("`{name}")))
+            .collect();
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
     }
 }

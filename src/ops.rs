@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::command_side::IngestStats;
+use crate::query_side::Capacity;
 
 /// What the routes read.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct HttpState {
     pub started: Instant,
     /// Not ready while more events than this wait in the consumer.
     pub ready_max_pending: u64,
+    /// What this replica is sized to hold.
+    pub capacity: Capacity,
 }
 
 /// The operational routes, testable without a socket: those of the public port, and,
@@ -189,6 +192,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.api.lookups.publish_hit_ratios();
     state.stats.publish_partition_gauges();
+    state.capacity.publish_gauges(&state.api.model);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -221,7 +225,10 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             entry["sequence"] = json!(f.sequence);
             entry["source"] = json!(f.source);
             entry["conserved"] = json!(f.counters.conserved());
-            if slot.writing.load(Ordering::Relaxed) {
+            // Written here, or being caught up on (a restore or a replay in progress).
+            if slot.writing.load(Ordering::Relaxed)
+                || slot.busy_since_ms.load(Ordering::Relaxed) != 0
+            {
                 entry["seconds_since_progress"] =
                     json!(slot.seconds_since_progress(now, stats.started_ms));
                 entry["retry_streak"] = json!(slot.retry_streak.load(Ordering::Relaxed));

@@ -9,7 +9,7 @@
 //! - [`view`]: the match and player objects as the REST API returns them, and how a
 //!   cache stores one;
 //! - [`encode`]: events the service writes itself (an idle match's `match_end`);
-//! - [`id`]: validated ids and short labels.
+//! - [`id`]: validated ids and short labels; [`key_counts`]: counts by weapon or item.
 //!
 //! The service binary feeds it messages in stream order; time comes only from the
 //! events and the stream's stored time, so replaying a stream decides the same.
@@ -25,6 +25,7 @@ pub mod delta;
 pub mod encode;
 pub mod event;
 pub mod id;
+pub mod key_counts;
 pub mod rejection;
 pub mod stats;
 pub mod view;
@@ -34,6 +35,7 @@ pub use decode::decode;
 pub use delta::{Change, DeltaEntry, Field, FieldValue, StatDelta};
 pub use event::{Event, EventKind, TimestampMs};
 pub use id::{EventId, MatchId, PlayerId};
+pub use key_counts::KeyCounts;
 pub use rejection::{Reason, Rejection};
 pub use stats::{MatchStats, MatchStatus, PlayerStats};
 pub use view::{MatchView, PlayerView};

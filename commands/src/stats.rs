@@ -5,10 +5,9 @@
 //! query side's projections hold them, and [`crate::view`] renders them. Derived values
 //! are methods, computed on demand, so they are never stored out of date.
 
-use std::collections::BTreeMap;
-
 use crate::event::TimestampMs;
 use crate::id::{Label, PlayerId};
+use crate::key_counts::KeyCounts;
 
 /// `status` of a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -140,9 +139,9 @@ pub struct PlayerStats {
     /// Sum of moves of at most 1000.
     pub distance_traveled: f64,
     /// Kills by weapon (`"unknown"` when none was given).
-    pub weapon_used: BTreeMap<Label, u64>,
+    pub weapon_used: KeyCounts,
     /// Uses by item.
-    pub items_used: BTreeMap<Label, u64>,
+    pub items_used: KeyCounts,
     /// Last position.
     pub current_x: Option<f64>,
     /// Last position.

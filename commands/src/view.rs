@@ -3,13 +3,12 @@
 //! [`stored`], how a whole match object is kept in a cache (Redis, the completed-matches
 //! bucket).
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::event::TimestampMs;
 use crate::id::{Label, MatchId, PlayerId};
+use crate::key_counts::KeyCounts;
 use crate::stats::{MatchStats, MatchStatus, PlayerStats};
 
 /// Formats Unix milliseconds as `2026-01-01T12:00:00.000Z`.
@@ -87,8 +86,8 @@ pub struct PlayerView {
     pub playtime_ms: i64,
     pub distance_traveled: f64,
     pub avg_speed: f64,
-    pub weapon_used: BTreeMap<Label, u64>,
-    pub items_used: BTreeMap<Label, u64>,
+    pub weapon_used: KeyCounts,
+    pub items_used: KeyCounts,
     pub current_x: Option<f64>,
     pub current_y: Option<f64>,
     pub current_z: Option<f64>,

@@ -165,10 +165,11 @@ pub struct Ranked {
 /// Every metric's standings of one match snapshot, sorted on first use. A match has tens
 /// of players, so sorting one metric when it is asked for takes microseconds, less than
 /// keeping fifteen ordered sets up to date on every change (which the catch-up profile
-/// showed costing a seventh of the service's CPU).
+/// showed costing a seventh of the service's CPU). The fifteen slots themselves are
+/// allocated on the first request: most snapshots are never asked for a leaderboard.
 #[derive(Debug, Default)]
 pub struct Leaderboards {
-    sorted: [OnceLock<Vec<Standing>>; 15],
+    sorted: OnceLock<Box<[OnceLock<Vec<Standing>>; 15]>>,
 }
 
 impl Leaderboards {
@@ -182,7 +183,7 @@ impl Leaderboards {
             .iter()
             .position(|m| *m == metric)
             .expect("listed");
-        let sorted = self.sorted[i].get_or_init(|| {
+        let sorted = self.sorted.get_or_init(Box::default)[i].get_or_init(|| {
             let mut standings: Vec<Standing> = players
                 .into_iter()
                 .map(|p| Standing {

@@ -3,8 +3,9 @@
 //! A delta entry's version must follow the projection's (`version + 1`); entries at or
 //! below it are already applied and skipped (redelivery, replay), a gap is an error.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use match_stats_commands::delta::{Change, Field, FieldValue};
 use match_stats_commands::{MatchId, MatchStats, MatchView, PlayerId, PlayerStats, StatDelta};
@@ -59,8 +60,9 @@ pub struct MatchProjection {
     /// The next part of version + 1 to apply (0 unless a split version is half applied).
     next_part: u32,
     stats: MatchStats,
-    /// Shared with the read model's snapshots (copied on write).
-    players: BTreeMap<PlayerId, Arc<PlayerStats>>,
+    /// Shared with the read model's snapshots: a persistent map, so a snapshot takes it
+    /// whole in O(1) and a later change copies only the nodes and the player it touches.
+    players: OrdMap<PlayerId, Arc<PlayerStats>>,
 }
 
 impl MatchProjection {
@@ -71,7 +73,7 @@ impl MatchProjection {
             version: 0,
             next_part: 0,
             stats: MatchStats::default(),
-            players: BTreeMap::new(),
+            players: OrdMap::new(),
         }
     }
 
@@ -95,9 +97,10 @@ impl MatchProjection {
         self.players.get(id).map(Arc::as_ref)
     }
 
-    /// A player's statistics, shared (a snapshot keeps them while the projection moves on).
-    pub fn shared_player(&self, id: &PlayerId) -> Option<Arc<PlayerStats>> {
-        self.players.get(id).cloned()
+    /// Every player's statistics, shared (a snapshot keeps them while the projection
+    /// moves on).
+    pub fn shared_players(&self) -> OrdMap<PlayerId, Arc<PlayerStats>> {
+        self.players.clone()
     }
 
     /// Players in `player_id` order.

@@ -3,14 +3,12 @@
 //! never waits on a lock or on the projector; the projector builds new snapshots from
 //! deltas ([`MatchBuilder`]) and publishes them with one `store()` per batch.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use imbl::OrdMap;
-use match_stats_commands::delta::Field;
 use match_stats_commands::{
     MatchId, MatchStatus, MatchView, PlayerId, PlayerStats, PlayerView, StatDelta,
 };
@@ -131,6 +129,26 @@ impl MatchSnapshot {
             serde_json::to_vec(&full).expect("views serialize").into()
         })
     }
+
+    /// The full match object as JSON for a writer that needs it once (the Redis
+    /// write-through): the body a request rendered, else rendered here and not kept, so a
+    /// snapshot nobody asked for holds no rendered copy of its players.
+    pub fn render_body(&self) -> Bytes {
+        if self.body.get().is_some() || self.players.rendered.get().is_some() {
+            return self.body().clone();
+        }
+        let views: Vec<PlayerView> = self
+            .players
+            .stats
+            .iter()
+            .map(|(id, stats)| PlayerView::render(*id, stats, self.players.last_update))
+            .collect();
+        let full = FullMatch {
+            summary: &self.summary,
+            player_stats: views.iter().collect(),
+        };
+        serde_json::to_vec(&full).expect("views serialize").into()
+    }
 }
 
 /// Every match this replica knows, published atomically.
@@ -183,13 +201,11 @@ impl ReadModel {
     }
 }
 
-/// The projector's state for one match: the projection, and the players' stored fields
-/// shared with the last snapshot.
+/// The projector's state for one match: its projection, whose players the snapshots
+/// share.
 #[derive(Debug)]
 pub struct MatchBuilder {
     projection: MatchProjection,
-    players: OrdMap<PlayerId, Arc<PlayerStats>>,
-    changed: BTreeSet<PlayerId>,
 }
 
 impl MatchBuilder {
@@ -197,8 +213,6 @@ impl MatchBuilder {
     pub fn new(match_id: MatchId) -> Self {
         MatchBuilder {
             projection: MatchProjection::new(match_id),
-            players: OrdMap::new(),
-            changed: BTreeSet::new(),
         }
     }
 
@@ -209,41 +223,17 @@ impl MatchBuilder {
 
     /// Applies a delta (entries already applied are skipped); returns how many were new.
     pub fn apply(&mut self, delta: &StatDelta) -> Result<usize, ProjectionError> {
-        let version = self.projection.version();
-        let applied = self.projection.apply(delta)?;
-        for entry in delta.entries.iter().filter(|e| e.version > version) {
-            self.changed.extend(
-                entry
-                    .changes
-                    .iter()
-                    .filter(|c| c.field != Field::EventCount)
-                    .filter_map(|c| c.player_id),
-            );
-        }
-        Ok(applied)
+        self.projection.apply(delta)
     }
 
     /// Applies what it can (see [`MatchProjection::apply_lenient`]): for a re-sync.
     pub fn apply_lenient(&mut self, delta: &StatDelta) -> Lenient {
-        let outcome = self.projection.apply_lenient(delta);
-        self.changed.extend(
-            delta
-                .entries
-                .iter()
-                .flat_map(|e| &e.changes)
-                .filter_map(|c| c.player_id),
-        );
-        outcome
+        self.projection.apply_lenient(delta)
     }
 
-    /// A snapshot of the current state: copies the players that changed; rendering waits
+    /// A snapshot of the current state (the players shared, not copied); rendering waits
     /// for a request.
-    pub fn snapshot(&mut self) -> Arc<MatchSnapshot> {
-        for id in std::mem::take(&mut self.changed) {
-            if let Some(stats) = self.projection.shared_player(&id) {
-                self.players.insert(id, stats);
-            }
-        }
+    pub fn snapshot(&self) -> Arc<MatchSnapshot> {
         let stats = self.projection.stats();
         let summary = MatchView::render(
             self.projection.match_id(),
@@ -254,7 +244,7 @@ impl MatchBuilder {
             version: self.projection.version(),
             summary,
             players: Players {
-                stats: self.players.clone(),
+                stats: self.projection.shared_players(),
                 last_update: stats.last_update,
                 rendered: OnceLock::new(),
             },

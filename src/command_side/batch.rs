@@ -80,6 +80,7 @@ async fn process_batch(
             continue;
         };
         if info.stream_sequence <= matches.applied_sequence() {
+            tracing::debug!(%partition, sequence = info.stream_sequence, applied = matches.applied_sequence(), delivered = info.delivered, "already applied");
             verdicts.push((info.stream_sequence, Verdict::AlreadyApplied));
             continue;
         }
@@ -88,11 +89,12 @@ async fn process_batch(
             stored_at_ms: stored_at_ms(&info),
             subject: message.subject.as_str(),
         };
+        // A traced event gets its span and a delta of its own, live or replayed when not
+        // yet acknowledged (a writer taking a partition over replays what the previous
+        // one was delivered; it may never have been published).
         let span = match mode {
-            Mode::Live => {
-                crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence)
-            }
-            Mode::Replay { .. } => None,
+            Mode::Replay { acknowledged_to } if info.stream_sequence <= acknowledged_to => None,
+            _ => crate::telemetry::event_span(message.headers.as_ref(), info.stream_sequence),
         };
         let decision = match &span {
             Some(span) => span.in_scope(|| matches.process(&message.payload, source, &ctx.names)),

@@ -203,6 +203,7 @@ pub async fn snapshot(
             tracing::debug!(
                 %partition,
                 sequence = marker.sequence,
+                received = marker.counters.received,
                 matches = written,
                 "snapshot written"
             );

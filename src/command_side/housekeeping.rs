@@ -205,7 +205,11 @@ pub async fn run(
     let evicted = h
         .matches
         .evict_completed(stream_now - ctx.lifecycle.completed_memory_retention.as_millis() as i64);
-    metrics::counter!(m::MATCHES_EVICTED).increment(evicted as u64);
+    metrics::counter!(m::MATCHES_EVICTED).increment(evicted.len() as u64);
+    for id in &evicted {
+        // Looked up again if the match comes back.
+        h.published.remove(id);
+    }
     for id in h
         .matches
         .expire(stream_now - ctx.lifecycle.events_max_age.as_millis() as i64)

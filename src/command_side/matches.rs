@@ -39,6 +39,13 @@ pub struct MatchRecord {
     pub stored_at_ms: i64,
 }
 
+impl MatchRecord {
+    /// Whether its match has ended.
+    pub fn is_completed(&self) -> bool {
+        self.aggregate.stats().status == MatchStatus::Completed
+    }
+}
+
 /// What was decided for one message, to count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -206,6 +213,9 @@ const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d61_7463_685f_7374_617
 #[derive(Debug, Default)]
 pub struct PartitionMatches {
     matches: HashMap<MatchId, MatchRecord>,
+    /// How many of `matches` are completed (kept up as they change: counting them per
+    /// batch would cost a pass over every match held).
+    completed: usize,
     applied_sequence: u64,
     changed: HashSet<MatchId>,
     /// Completed matches out of memory, their records in the bucket: when the stream
@@ -220,7 +230,9 @@ impl PartitionMatches {
     /// Starts from restored snapshots, at `sequence`.
     pub fn restore(matches: HashMap<MatchId, MatchRecord>, sequence: u64) -> Self {
         let stream_time_ms = matches.values().map(|r| r.stored_at_ms).max().unwrap_or(0);
+        let completed = matches.values().filter(|r| r.is_completed()).count();
         PartitionMatches {
+            completed,
             matches,
             applied_sequence: sequence,
             changed: HashSet::new(),
@@ -244,7 +256,10 @@ impl PartitionMatches {
     pub fn reload(&mut self, id: MatchId, record: Option<MatchRecord>) {
         self.evicted.remove(&id);
         if let Some(record) = record {
-            self.matches.insert(id, record);
+            self.completed += usize::from(record.is_completed());
+            if let Some(replaced) = self.matches.insert(id, record) {
+                self.completed -= usize::from(replaced.is_completed());
+            }
         }
     }
 
@@ -270,11 +285,7 @@ impl PartitionMatches {
 
     /// Active and completed matches in memory.
     pub fn match_counts(&self) -> (u64, u64) {
-        let completed = self
-            .matches
-            .values()
-            .filter(|t| t.aggregate.stats().status == MatchStatus::Completed)
-            .count() as u64;
+        let completed = self.completed as u64;
         (self.matches.len() as u64 - completed, completed)
     }
 
@@ -323,8 +334,8 @@ impl PartitionMatches {
 
     /// Takes out of memory the completed matches whose last event was stored before
     /// `stored_before_ms` and whose record is written (not changed since the last
-    /// snapshot); their records stay in the bucket. Returns how many.
-    pub fn evict_completed(&mut self, stored_before_ms: i64) -> usize {
+    /// snapshot); their records stay in the bucket. Returns them.
+    pub fn evict_completed(&mut self, stored_before_ms: i64) -> Vec<MatchId> {
         let old: Vec<(MatchId, i64)> = self
             .matches
             .values()
@@ -339,7 +350,8 @@ impl PartitionMatches {
             self.matches.remove(id);
             self.evicted.insert(*id, *at);
         }
-        old.len()
+        self.completed -= old.len();
+        old.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Decides and applies one message.
@@ -377,14 +389,17 @@ impl PartitionMatches {
                 stored_at_ms: source.stored_at_ms,
             });
         if record.sequence >= source.sequence {
+            tracing::debug!(sequence = source.sequence, record = record.sequence, match_id = %event.match_id, "already in the record");
             return Decision::AlreadyApplied;
         }
+        let was_completed = record.is_completed();
         match record.aggregate.handle(&event, source.sequence) {
             Outcome::Applied(entry) => {
                 record.sequence = source.sequence;
                 record.stored_at_ms = source.stored_at_ms;
                 self.changed.insert(event.match_id);
-                let completed = record.aggregate.stats().status == MatchStatus::Completed;
+                let completed = record.is_completed();
+                self.completed += usize::from(completed && !was_completed);
                 Decision::Applied(StatDelta {
                     match_id: event.match_id,
                     entries: vec![entry],

@@ -49,18 +49,21 @@ pub async fn publish(
         .streak(&ctx.stats.partition(partition).retry_streak);
     let mut done: HashSet<String> = HashSet::new();
     let mut parked = Parked::new();
+    let mut first = true;
     loop {
         look_up(ctx, published, deltas.match_ids(), token).await?;
         let (delta_effects, dropped) = deltas.effects(&ctx.names, published);
+        // What the deltas stream held before this batch published anything (a replay
+        // after a crash); later rounds drop what this batch itself stored.
+        if std::mem::take(&mut first) && dropped > 0 {
+            ctx.stats.record_deduplicated(dropped);
+        }
         let effects: Vec<&Effect> = others
             .iter()
             .chain(&delta_effects)
             .filter(|e| !done.contains(&e.msg_id))
             .collect();
         if effects.is_empty() {
-            if dropped > 0 {
-                ctx.stats.record_deduplicated(dropped);
-            }
             break;
         }
         let results = retry.attempt(send_all(&ctx.js, &effects)).await?;
@@ -200,26 +203,47 @@ async fn look_up(
     Ok(())
 }
 
+/// Direct gets in flight at once while looking up new matches.
+const LOOKUPS_IN_FLIGHT: usize = 64;
+
 /// What the deltas stream holds for each match: the last delta stored on its subject
-/// (where it stands, from its `Nats-Msg-Id`), nothing when there is none.
+/// (where it stands, from its `Nats-Msg-Id`), nothing when there is none. The lookups
+/// of a batch go out together: a batch of new matches costs about one round trip, not
+/// one per match.
 async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(MatchId, Stored)>> {
     let deltas = ctx.js.get_stream(&ctx.names.deltas_stream).await?;
     let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
-        let subject = format!("{}.{id}", ctx.names.deltas_subject);
-        let stored = match deltas.direct_get_last_for_subject(subject).await {
-            Ok(message) => Stored {
-                position: position_of(&message)?,
-                sequence: message.sequence,
-            },
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
-                Stored::default()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        found.push((*id, stored));
+    for chunk in ids.chunks(LOOKUPS_IN_FLIGHT) {
+        let lookups = chunk
+            .iter()
+            .map(|id| last_stored_on(&deltas, format!("{}.{id}", ctx.names.deltas_subject), *id));
+        found.extend(futures::future::try_join_all(lookups).await?);
     }
     Ok(found)
+}
+
+async fn last_stored_on(
+    deltas: &jetstream::stream::Stream,
+    subject: String,
+    id: MatchId,
+) -> anyhow::Result<(MatchId, Stored)> {
+    let stored = match deltas.direct_get_last_for_subject(subject).await {
+        Ok(message) => Stored {
+            // Not a delta of this service (only a writer without the shipped permissions
+            // can put one there): where the match stands is unknown, so its next deltas
+            // go out (their ids drop what the stream already holds) rather than the
+            // partition waiting on it forever.
+            position: position_of(&message).unwrap_or_else(|error| {
+                metrics::counter!(crate::metrics::DELTAS_UNDECODABLE).increment(1);
+                tracing::warn!(%error, match_id = %id, sequence = message.sequence, "the last message on a match's deltas subject is not a stat delta; publishing after it");
+                match_stats_commands::delta::Position::default()
+            }),
+            sequence: message.sequence,
+        },
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Stored::default(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok((id, stored))
 }
 
 fn position_of(

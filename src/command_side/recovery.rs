@@ -75,8 +75,8 @@ pub async fn catch_up_settled(
 
 /// This replica became the partition's writer (messages with a new pin arrived, the
 /// first at sequence `first`): catches up on what another writer may have done, from its
-/// snapshot if it wrote one, then by replaying the partition up to `first`. Retries
-/// until it succeeds.
+/// snapshot if it wrote one, then by replaying the partition up to what the consumer has
+/// delivered (see [`try_acquire`]). Retries until it succeeds.
 pub async fn acquire(
     ctx: &Context,
     partition: Partition,
@@ -120,6 +120,12 @@ pub async fn acquire(
 
 /// One attempt of [`acquire`]: on an error, `held` is consistent (caught up part of the
 /// way, or empty) and the call can be repeated.
+///
+/// It catches up to the last message the consumer has delivered to anyone, not only to
+/// the first one delivered here: messages the previous writer received but did not
+/// acknowledge come back only once their ack wait expires, after newer ones, and by then
+/// this writer has moved past them; so they are decided now, in stream order, and their
+/// redelivery finds them done.
 async fn try_acquire(
     ctx: &Context,
     partition: Partition,
@@ -128,16 +134,10 @@ async fn try_acquire(
     first: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let floor = consumer.get_info().await?.ack_floor.stream_sequence;
-    catch_up(
-        ctx,
-        partition,
-        held,
-        Some(first.saturating_sub(1)),
-        floor,
-        token,
-    )
-    .await
+    let info = consumer.get_info().await?;
+    let floor = info.ack_floor.stream_sequence;
+    let until = first.saturating_sub(1).max(info.delivered.stream_sequence);
+    catch_up(ctx, partition, held, Some(until), floor, token).await
 }
 
 /// Catches up to `until` (the consumer had acknowledged up to `acknowledged_to`): from
@@ -183,6 +183,7 @@ async fn restore(
         SnapshotStore::load(ctx.snapshots.clone(), ctx.records.clone(), partition).await?;
     let from = restored.marker.as_ref().map_or(0, |m| m.sequence);
     let counters = restored.marker.map(|m| m.counters).unwrap_or_default();
+    tracing::debug!(%partition, marker = from, received = counters.received, matches = restored.matches.len(), "restored from the snapshot");
     let mut matches = PartitionMatches::restore(restored.matches, from);
     for id in restored.rebuild {
         rebuild(ctx, partition, &mut matches, id, from).await?;
@@ -285,7 +286,13 @@ async fn replay(
         return Ok(());
     }
     ctx.stats.record_replayed(0, total);
-    tracing::debug!(from, last, total, "replaying the partition");
+    tracing::debug!(
+        from,
+        last,
+        total,
+        received = held.counters.received,
+        "replaying the partition"
+    );
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut done = 0u64;
@@ -330,6 +337,8 @@ async fn replay(
     }
     tracing::debug!(
         replayed = done,
+        applied_sequence = held.matches.applied_sequence(),
+        received = held.counters.received,
         seconds = started.elapsed().as_secs_f64(),
         "partition replayed"
     );

@@ -6,6 +6,7 @@
 //! back. The routes themselves are `match_stats_queries::api`.
 
 mod cache_writer;
+mod capacity;
 mod projector;
 
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 use match_stats_commands::MatchId;
 
 pub use cache_writer::CacheWriter;
+pub use capacity::Capacity;
 pub use projector::Projector;
 
 /// Matches whose latest snapshot Redis has not seen yet.

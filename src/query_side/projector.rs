@@ -71,8 +71,6 @@ pub struct Projector {
     pub batch_size: usize,
     /// Completed matches leave memory this long after this replica saw them end.
     pub retention: Duration,
-    /// Players this replica is sized to hold.
-    pub capacity_players: u64,
 }
 
 impl Projector {
@@ -87,7 +85,6 @@ impl Projector {
             dirty,
             batch_size,
             retention,
-            capacity_players,
         } = self;
         let mut stream = js.get_stream(&deltas_stream).await?;
         let state = stream.info().await?.state.clone();
@@ -124,10 +121,6 @@ impl Projector {
                     }
                     model.remove(&expired);
                     metrics::counter!(m::READ_MODEL_EVICTED).increment(expired.len() as u64);
-                    let players: usize = model.matches().values().map(|s| s.player_count()).sum();
-                    metrics::gauge!(m::PLAYERS_HELD).set(players as f64);
-                    metrics::gauge!(m::CAPACITY_USED_RATIO)
-                        .set(players as f64 / capacity_players as f64);
                     continue;
                 }
                 chunk = messages.next() => match chunk {
@@ -191,7 +184,7 @@ impl Projector {
             {
                 let snapshots: Vec<_> = pending
                     .iter()
-                    .filter_map(|id| builders.get_mut(id).map(MatchBuilder::snapshot))
+                    .filter_map(|id| builders.get(id).map(MatchBuilder::snapshot))
                     .collect();
                 for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
                     completed_at

@@ -50,6 +50,11 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("0", "invalid value '0' for CAPACITY_PLAYERS")),
     ),
     (
+        "CAPACITY_MATCHES",
+        "250000",
+        Some(("-1", "invalid value '-1' for CAPACITY_MATCHES")),
+    ),
+    (
         "PARTITION_STALL_AFTER",
         "1m",
         Some(("later", "invalid value 'later' for PARTITION_STALL_AFTER")),
@@ -375,4 +380,9 @@ fn a_flag_overrides_its_variable_and_help_lists_every_variable() {
             "--help documents {var}"
         );
     }
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(help.trim_end()),
+        "README.md's `match-stats --help` block is the binary's --help (regenerate it)"
+    );
 }

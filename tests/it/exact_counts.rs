@@ -26,6 +26,9 @@ const KILLS: usize = 6;
 const CHUNK: usize = 40;
 const PAUSE: Duration = Duration::from_millis(50);
 
+/// The services' settings. (To see a failing run's partitions hand over, add
+/// `("LOG_LEVEL", "info,match_stats::command_side=debug")`: each restore, replay and
+/// snapshot is logged with its sequence and count.)
 fn env() -> Vec<(&'static str, String)> {
     vec![
         ("SNAPSHOT_EVERY_EVENTS", "200".to_owned()),
@@ -51,6 +54,9 @@ fn seeded() -> (u64, rand::rngs::StdRng) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random());
+    report(format!(
+        "exact counts: seed {seed} (EXACT_COUNTS_SEED replays it)"
+    ));
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 

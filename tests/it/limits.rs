@@ -2,7 +2,8 @@
 //! 10,000 players with 64-character ids and its `match_end` (whose delta is megabytes of
 //! changes) go through, the 10,001st player is `limit_exceeded`, snapshots of the match
 //! are written, and the partition moves on; a player with 1,000 distinct weapons keeps 64
-//! and counts the rest under `"other"`.
+//! and counts the rest under `"other"`; many one-event matches (audit V3) cost a few
+//! kilobytes each and show in the capacity gauge.
 
 use std::time::Duration;
 
@@ -230,4 +231,83 @@ async fn a_player_with_a_thousand_distinct_weapons_keeps_sixty_four_and_other() 
     assert_eq!(weapons.len(), 65, "64 weapons and other");
     assert_eq!(weapons["other"], 1_000 - 64);
     assert!(weapons.contains_key(&format!("weapon-0063-{}", "x".repeat(40))));
+}
+
+/// Audit V3: 100,000 one-event matches took 1.6 GB (15-18 KiB each) on every replica.
+/// Each now costs a few KiB (one aggregate, one projection shared with its snapshot,
+/// nothing rendered until asked), and the capacity gauge counts matches as well as
+/// players, so an alert fires before memory runs out. Nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_one_event_matches_cost_a_few_kilobytes_each_and_fill_the_capacity_gauge() {
+    const MATCHES: usize = 20_000;
+    let _heavy = support::one_heavy_test_at_a_time().await;
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start_with(
+        &nats,
+        &[
+            ("CAPACITY_PLAYERS", "100000".into()),
+            ("CAPACITY_MATCHES", "50000".into()),
+        ],
+    )
+    .await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = service.rss_bytes();
+    let mut acks = Vec::new();
+    for i in 0..MATCHES {
+        let id = format!("v3-{i:06}");
+        let payload = event(
+            format!("{id}-join"),
+            &id,
+            Some("p1"),
+            "player_join",
+            json!({"player_name": "P1", "team_id": "red"}),
+        );
+        let message = PublishMessage::build().payload(payload.into());
+        acks.push(
+            js.send_publish(format!("match_stats.events.{id}"), message)
+                .await
+                .unwrap(),
+        );
+        if acks.len() >= 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    service.wait_received(MATCHES as u64).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while service.metric("match_stats_read_model_matches", "").await < MATCHES as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "read model");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The gauge is set on the projector's eviction tick (every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = service.rss_bytes();
+    let per_match = after.saturating_sub(before) as f64 / MATCHES as f64 / 1024.0;
+    eprintln!(
+        "{MATCHES} one-event matches: RSS {:.0} -> {:.0} MiB, {per_match:.1} KiB per match (audit: 15-18 KiB)",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    assert!(per_match <= 12.0, "{per_match:.1} KiB per one-event match");
+    assert_eq!(
+        service.metric("match_stats_players_held", "").await,
+        MATCHES as f64
+    );
+    let used = service.metric("match_stats_capacity_used_ratio", "").await;
+    let expected = MATCHES as f64 / 100_000.0 + MATCHES as f64 / 50_000.0;
+    assert!(
+        (used - expected).abs() < 1e-9,
+        "capacity used {used}, expected {expected}"
+    );
+    let counts = service.counts().await;
+    assert_eq!(
+        counts["applied"], MATCHES as u64,
+        "every one applied: {counts}"
+    );
+    assert_eq!(counts["effects_deduplicated"], 0, "{counts}");
 }

@@ -118,6 +118,14 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
             "{reason}"
         );
     }
+    // One publish of each delta: nothing was published again.
+    assert!(
+        matches!(
+            sample(&metrics, "match_stats_effects_deduplicated_total"),
+            None | Some(0.0)
+        ),
+        "effects deduplicated on a plain run"
+    );
     assert_eq!(
         metric_type(&metrics, "match_stats_processing_latency"),
         Some("histogram")

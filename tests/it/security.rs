@@ -160,16 +160,20 @@ async fn nats_mutual_tls_with_a_custom_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
+    // Characters a URL would misread (audit V15: the password was spliced into one).
+    const PASSWORD: &str = "r3d/is#@:%41x";
     let nats = NatsServer::start();
-    let redis = RedisServer::start_with(&["--requirepass", "r3dis"]);
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let mut config = support::config(&nats, Some(&redis));
-    config.cache.redis_password = "r3dis".into();
+    config.cache.redis_password = PASSWORD.into();
     let service = Service::start(config.clone()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     flows(&service, &js, &config).await;
     // Written through to the password-protected Redis.
+    let escaped =
+        percent_encoding::utf8_percent_encode(PASSWORD, percent_encoding::NON_ALPHANUMERIC);
     let client =
-        redis::Client::open(format!("redis://:r3dis@127.0.0.1:{}/0", redis.port())).unwrap();
+        redis::Client::open(format!("redis://:{escaped}@127.0.0.1:{}/0", redis.port())).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     wait_for_match_keys(&mut connection).await;
     // The password appears nowhere operators look.
@@ -186,7 +190,7 @@ async fn redis_with_a_password_and_a_clear_error_for_a_wrong_one() {
         .await
         .unwrap();
     assert!(
-        !stats.contains("r3dis") && !ready.contains("r3dis"),
+        !stats.contains(PASSWORD) && !ready.contains(PASSWORD),
         "no secret in /system/stats or /ready"
     );
     service.stop().await;

@@ -323,6 +323,18 @@ impl ServiceProcess {
         None
     }
 
+    /// Its resident memory (`VmRSS`), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
     /// `/metrics`: every sample of the series `name` whose labels contain `labels`, summed.
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.http))
@@ -344,6 +356,32 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Each consumer of a stream: its name, pending, ack pending, redelivered, ack floor.
+async fn consumer_states(js: &jetstream::Context, stream: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let stream = js.get_stream(stream).await.expect("stream");
+    let mut names = stream.consumer_names();
+    let mut out = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        let Ok(info) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(&name)
+            .await
+            .map(|c| c.cached_info().clone())
+        else {
+            continue;
+        };
+        out.push(format!(
+            "{name}: pending {} ack_pending {} redelivered {} ack_floor {} delivered {}",
+            info.num_pending,
+            info.num_ack_pending,
+            info.num_redelivered,
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence
+        ));
+    }
+    out
 }
 
 /// How many messages a stream holds.
@@ -382,12 +420,14 @@ pub async fn assert_conservation(
         if stats["events"]["received"].as_u64() == Some(stored) {
             break stats;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "received never reached the {stored} messages the events stream stored: {}\npartitions: {}",
-            stats["events"],
-            stats["partitions"]
-        );
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "received never reached the {stored} messages the events stream stored: {}\npartitions: {}\nconsumers: {}",
+                stats["events"],
+                stats["partitions"],
+                consumer_states(js, events_stream).await.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Rejected (every reason) and parked: the outcomes besides applied and duplicate.

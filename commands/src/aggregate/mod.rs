@@ -67,10 +67,14 @@ pub enum Outcome {
 pub struct Match {
     match_id: MatchId,
     stats: MatchStats,
-    players: BTreeMap<PlayerId, PlayerState>,
+    players: Players,
     started_by_match_start: bool,
     recent: DedupWindow,
 }
+
+/// A match's players by id. Each player's state is boxed: a tree node then holds eleven
+/// ids and pointers instead of eleven whole states, most of them empty in a small match.
+type Players = BTreeMap<PlayerId, Box<PlayerState>>;
 
 /// A player's statistics and the rule state that is not published.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -89,7 +93,7 @@ struct PlayerState {
 struct Fold<'a> {
     rec: Recorder,
     stats: &'a mut MatchStats,
-    players: &'a mut BTreeMap<PlayerId, PlayerState>,
+    players: &'a mut Players,
     started_by_match_start: &'a mut bool,
     /// The event's timestamp.
     t: TimestampMs,
@@ -227,7 +231,7 @@ impl Match {
         }
         for id in named_players(event) {
             if let Entry::Vacant(slot) = f.players.entry(id) {
-                let player = slot.insert(PlayerState::default());
+                let player = slot.insert(Box::default());
                 f.rec
                     .set(Some(id), Field::Online, &mut player.stats.online, !late);
                 if !late {

@@ -1,11 +1,10 @@
 //! The [`Recorder`]: every mutation of a stored field, and the [`Change`] it records, in
 //! one step, so the delta and the state cannot disagree.
 
-use std::collections::BTreeMap;
-
 use super::{MAX_KEYS, OTHER_KEY};
 use crate::delta::{Change, Field, FieldValue};
 use crate::id::{Label, PlayerId};
+use crate::key_counts::KeyCounts;
 
 /// Changes recorded without reallocating (more than any event but the largest kills
 /// makes).
@@ -88,7 +87,7 @@ impl Recorder {
         &mut self,
         player_id: Option<PlayerId>,
         field: Field,
-        map: &mut BTreeMap<Label, u64>,
+        map: &mut KeyCounts,
         key: Label,
     ) {
         // At most MAX_KEYS distinct keys besides "other": a new key past them counts
@@ -101,18 +100,17 @@ impl Recorder {
         } else {
             other
         };
-        let count = map.entry(key).or_insert(0);
-        *count += 1;
+        let count = map.bump(key);
         self.changes.push(Change {
             player_id,
             field,
             key: Some(key),
-            before: if *count == 1 {
+            before: if count == 1 {
                 FieldValue::Null
             } else {
-                (*count - 1).into()
+                (count - 1).into()
             },
-            after: (*count).into(),
+            after: count.into(),
         });
     }
 }

@@ -2,21 +2,17 @@
 //! shared prologue of [`super::Match`] (event count, times, the players it names, who
 //! exist by now). Each change goes through the recorder, so it is in the delta.
 
-use std::collections::BTreeMap;
-
+use super::recorder::Recorder;
 use super::{
     ASSIST_WINDOW_MS, Fold, LONGSHOT_DISTANCE, MAX_STEP_DISTANCE, MULTIKILL_WINDOW_MS, PlayerState,
-    UNKNOWN_WEAPON,
+    Players, UNKNOWN_WEAPON,
 };
 use crate::delta::Field;
 use crate::id::{Label, PlayerId};
-use crate::stats::{FirstBlood, MatchStatus};
-
-use super::recorder::Recorder;
-use crate::stats::{MatchStats, PlayerStats};
+use crate::stats::{FirstBlood, MatchStats, MatchStatus, PlayerStats};
 
 /// A player the event named (the prologue created every one).
-fn player(players: &mut BTreeMap<PlayerId, PlayerState>, id: PlayerId) -> &mut PlayerState {
+fn player(players: &mut Players, id: PlayerId) -> &mut PlayerState {
     players.get_mut(&id).expect("named players exist")
 }
 

@@ -273,7 +273,7 @@ impl RedisCache {
         } else {
             ("active", self.settings.ttl_active)
         };
-        let value = stored::encode_json(snapshot.body());
+        let value = stored::encode_json(&snapshot.render_body());
         let signature = self
             .signature(&id, snapshot.version, &value)
             .finalize()
