@@ -3,12 +3,13 @@
 //!
 //! 1. Catch-up: LOAD_EVENTS (1,000,000) events of 1,000 matches x 64 players published
 //!    first, then the service (release binary, a child process) started: events/s until
-//!    every partition's consumer is drained. Baseline: a bare relay (pull-consume the same
-//!    stream, republish one message per event to a stream, await the acks, ack).
+//!    every partition's consumer is drained. Baselines: a bare relay (pull-consume the
+//!    same stream, republish one message per event to a stream, await the acks, ack) and
+//!    a bare consumer (pull-consume and ack, no work: what NATS can deliver here).
 //! 2. Memory: the service's RSS with those 1,000 live matches of 64 players, less an idle
 //!    service's.
-//! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9); the
-//!    relay's publish to copy at the same rates.
+//! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9) and
+//!    publish to visible over REST; the relay's publish to copy at the same rates.
 //! 4. REST: `GET match` (64 players) and a leaderboard from 64 connections while 10k
 //!    events/s are ingested; baseline: a bare axum handler returning static bodies of the
 //!    same sizes, measured under the same ingest.
@@ -78,6 +79,16 @@ fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
 }
 
 fn load(events: u64, rate: u32, seconds: Option<u64>, freshness: bool) -> LoadArgs {
+    load_watching_rest(events, rate, seconds, freshness, None)
+}
+
+fn load_watching_rest(
+    events: u64,
+    rate: u32,
+    seconds: Option<u64>,
+    freshness: bool,
+    rest: Option<String>,
+) -> LoadArgs {
     LoadArgs {
         matches: MATCHES,
         players: PLAYERS,
@@ -86,7 +97,7 @@ fn load(events: u64, rate: u32, seconds: Option<u64>, freshness: bool) -> LoadAr
         duration: seconds.map(Duration::from_secs),
         events_per_match: 10_000_000,
         no_freshness: !freshness,
-        rest: None,
+        rest,
         json: false,
     }
 }
@@ -167,12 +178,13 @@ async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
 
 /// A minimal relay: pull-consumes the events stream, republishes each event (with its
 /// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch (one
-/// ack-all, like the service). Counts
-/// what it relayed until `stop`.
+/// ack-all, like the service). Without `republish`, the bare consumer: pull and ack-all,
+/// nothing else. Counts what it relayed until `stop`.
 async fn relay(
     js: jetstream::Context,
     events_stream: String,
     deliver: consumer::DeliverPolicy,
+    republish: bool,
     relayed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -211,6 +223,10 @@ async fn relay(
         let mut batch = Vec::with_capacity(chunk.len());
         for message in chunk {
             let message = message?;
+            if !republish {
+                batch.push(message);
+                continue;
+            }
             let mut copy = PublishMessage::build().payload(message.payload.clone());
             if let Some(id) = message
                 .headers
@@ -232,6 +248,41 @@ async fn relay(
         relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Catch-up of a relay (or, without `republish`, a bare consumer) on the whole events
+/// stream: events/s.
+async fn baseline_catch_up(
+    js: &jetstream::Context,
+    events_stream: &str,
+    republish: bool,
+) -> anyhow::Result<f64> {
+    let relayed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stored = js
+        .get_stream(events_stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    let started = Instant::now();
+    let task = tokio::spawn(relay(
+        js.clone(),
+        events_stream.to_owned(),
+        consumer::DeliverPolicy::All,
+        republish,
+        relayed.clone(),
+        stop.clone(),
+    ));
+    while relayed.load(Ordering::Relaxed) < stored {
+        anyhow::ensure!(!task.is_finished(), "the baseline stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = stored as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    task.await??;
+    Ok(rate)
 }
 
 struct RestResult {
@@ -294,6 +345,20 @@ fn fresh(report: &loadgen::Report) -> String {
     }
 }
 
+fn visible(report: &loadgen::Report) -> String {
+    match report.visible {
+        Some(l) => format!("visible p50 {:.2} ms, p99 {:.2} ms", l.p50_ms, l.p99_ms),
+        None => "visible: no samples".into(),
+    }
+}
+
+fn p99_ratio(service: &loadgen::Report, relay: &loadgen::Report) -> f64 {
+    match (service.freshness, relay.freshness) {
+        (Some(s), Some(r)) => s.p99_ms / r.p99_ms,
+        _ => f64::NAN,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let sizes = sizes();
@@ -349,8 +414,14 @@ async fn main() -> anyhow::Result<()> {
     let mut service_live = Vec::new();
     for &rate in &sizes.rates {
         eprintln!("load-test: service live at {rate} events/s...");
-        let report = loadgen::run(&config, &load(0, rate, Some(sizes.live_seconds), true)).await?;
-        service_live.push(report);
+        let args = load_watching_rest(
+            0,
+            rate,
+            Some(sizes.live_seconds),
+            true,
+            Some(service.http.clone()),
+        );
+        service_live.push(loadgen::run(&config, &args).await?);
     }
 
     // 4. REST while ingesting 10k events/s.
@@ -435,32 +506,11 @@ async fn main() -> anyhow::Result<()> {
     let rss_idle = idle.rss_bytes();
     drop(idle);
 
-    // 1'. The bare relay, catching up on the same stream.
+    // 1'. The bare relay and the bare consumer, catching up on the same stream.
     eprintln!("load-test: bare relay catching up on the same stream...");
-    let relayed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let stored = js
-        .get_stream(&config.streams.events_stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
-    let started = Instant::now();
-    let task = tokio::spawn(relay(
-        js.clone(),
-        config.streams.events_stream.clone(),
-        consumer::DeliverPolicy::All,
-        relayed.clone(),
-        stop.clone(),
-    ));
-    while relayed.load(Ordering::Relaxed) < stored {
-        anyhow::ensure!(!task.is_finished(), "the relay stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let relay_catch_up = stored as f64 / started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    task.await??;
+    let relay_catch_up = baseline_catch_up(&js, &config.streams.events_stream, true).await?;
+    eprintln!("load-test: bare consumer catching up on the same stream...");
+    let consumer_catch_up = baseline_catch_up(&js, &config.streams.events_stream, false).await?;
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
@@ -468,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
         js.clone(),
         config.streams.events_stream.clone(),
         consumer::DeliverPolicy::New,
+        true,
         Arc::new(AtomicU64::new(0)),
         stop.clone(),
     ));
@@ -491,15 +542,16 @@ async fn main() -> anyhow::Result<()> {
         format!("catch-up, {} events pre-published", sizes.events),
         format!("{catch_up:.0} events/s"),
         format!(
-            "{relay_catch_up:.0} events/s ({:.2}x)",
-            catch_up / relay_catch_up
+            "relay {relay_catch_up:.0} events/s ({:.2}x); bare consumer {consumer_catch_up:.0} events/s ({:.2}x)",
+            catch_up / relay_catch_up,
+            catch_up / consumer_catch_up
         ),
     ));
     for ((rate, service), relay) in sizes.rates.iter().zip(&service_live).zip(&relay_live) {
         rows.push((
-            format!("live at {rate} events/s: publish to delta / to copy"),
-            fresh(service),
-            fresh(relay),
+            format!("live at {rate} events/s: publish to delta (to visible over REST) / to copy"),
+            format!("{} ({})", fresh(service), visible(service)),
+            format!("{} (p99 {:.2}x)", fresh(relay), p99_ratio(service, relay)),
         ));
     }
     rows.push((
@@ -513,11 +565,12 @@ async fn main() -> anyhow::Result<()> {
             service_rest.requests_per_second, service_rest.p50_ms, service_rest.p99_ms, service_rest.errors
         ),
         format!(
-            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({:.2}x)",
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({:.2}x the rate, p99 {:.2}x)",
             bare_rest.requests_per_second,
             bare_rest.p50_ms,
             bare_rest.p99_ms,
-            service_rest.requests_per_second / bare_rest.requests_per_second
+            service_rest.requests_per_second / bare_rest.requests_per_second,
+            service_rest.p99_ms / bare_rest.p99_ms
         ),
     ));
     let matches_rss = rss_loaded.saturating_sub(rss_idle);

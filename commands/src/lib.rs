@@ -30,7 +30,7 @@ pub mod rejection;
 pub mod stats;
 pub mod view;
 
-pub use aggregate::{Match, Outcome};
+pub use aggregate::{DEDUP_WINDOW, Match, Outcome};
 pub use decode::decode;
 pub use delta::{Change, DeltaEntry, Field, FieldValue, StatDelta};
 pub use event::{Event, EventKind, TimestampMs};

@@ -137,6 +137,7 @@ async fn process_batch(
     completed::store(ctx, &held.matches, deltas.completed(), token)
         .await
         .map_err(stopped)?;
+    held.matches.recycle(deltas.into_change_lists());
     for (at, verdict) in &mut verdicts {
         if parked.contains(at) {
             *verdict = Verdict::Parked;

@@ -534,3 +534,50 @@ async fn v7_values_in_redis_are_verified_before_they_are_served() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// V8 (the writer's side): a message on a match's deltas subject that is not a stat
+/// delta (only a client without the shipped permissions can put one there) is counted
+/// and the writer publishes after it: the match's events are applied, nothing waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v8_a_foreign_last_delta_does_not_stop_the_writer() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let service = ServiceProcess::start(&nats).await;
+    js.send_publish(
+        "match_stats.deltas.v8".to_owned(),
+        PublishMessage::build().payload(b"not a stat delta".to_vec().into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let payloads = [
+        event("v8-1", "v8", Some("a"), "player_join", T0, json!({})),
+        event("v8-2", "v8", Some("b"), "player_join", T0 + 1, json!({})),
+        event(
+            "v8-3",
+            "v8",
+            Some("a"),
+            "kill",
+            T0 + 2,
+            json!({"killer_id": "a", "victim_id": "b"}),
+        ),
+    ];
+    publish_all(
+        &js,
+        "match_stats.events",
+        payloads.iter().map(Vec::as_slice),
+    )
+    .await;
+    service.wait_received(3).await;
+    let got = wait_match(service.http(), "v8", |v| v["event_count"] == 3).await;
+    assert_eq!(got["total_kills"], 1);
+    assert_eq!(got["current_players"], 2);
+    support::assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
+    assert!(
+        service
+            .metric("match_stats_deltas_undecodable_total", "")
+            .await
+            >= 1.0
+    );
+}

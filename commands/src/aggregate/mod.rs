@@ -146,6 +146,18 @@ impl Match {
     /// Decides and applies one event of this match; `stream_sequence` is carried into
     /// the delta.
     pub fn handle(&mut self, event: &Event, stream_sequence: u64) -> Outcome {
+        self.handle_into(event, stream_sequence, Vec::new())
+    }
+
+    /// [`Match::handle`], recording the changes into `buffer` (emptied first; it becomes
+    /// the entry's change list): handing back the change lists of published deltas makes
+    /// applying an event allocation-free.
+    pub fn handle_into(
+        &mut self,
+        event: &Event,
+        stream_sequence: u64,
+        buffer: Vec<Change>,
+    ) -> Outcome {
         debug_assert_eq!(event.match_id, self.match_id);
         let fingerprint = DedupWindow::fingerprint(event);
         if self.recent.contains(fingerprint) {
@@ -179,7 +191,7 @@ impl Match {
                 ),
             ));
         }
-        let changes = self.apply(event);
+        let changes = self.apply(event, buffer);
         self.recent.insert(fingerprint);
         Outcome::Applied(DeltaEntry {
             version: self.stats.event_count,
@@ -207,10 +219,10 @@ impl Match {
 
     /// The shared prologue (event count, times, the players the event names), then the
     /// event type's rule.
-    fn apply(&mut self, event: &Event) -> Vec<Change> {
+    fn apply(&mut self, event: &Event, buffer: Vec<Change>) -> Vec<Change> {
         let late = self.stats.status == MatchStatus::Completed;
         let mut f = Fold {
-            rec: Recorder::new(),
+            rec: Recorder::new(buffer),
             stats: &mut self.stats,
             players: &mut self.players,
             started_by_match_start: &mut self.started_by_match_start,

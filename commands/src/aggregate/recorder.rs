@@ -8,7 +8,7 @@ use crate::key_counts::KeyCounts;
 
 /// Changes recorded without reallocating (more than any event but the largest kills
 /// makes).
-const CHANGES_CAPACITY: usize = 24;
+pub const CHANGES_CAPACITY: usize = 24;
 
 /// Records each stored field's change as it is made.
 pub(super) struct Recorder {
@@ -16,12 +16,14 @@ pub(super) struct Recorder {
 }
 
 impl Recorder {
-    /// One allocation per applied event: room for the most changes one event makes (a
-    /// kill with assists and a multi-kill), so pushes never reallocate.
-    pub(super) fn new() -> Self {
-        Recorder {
-            changes: Vec::with_capacity(CHANGES_CAPACITY),
-        }
+    /// Records into `buffer` (emptied first): a buffer handed back from an earlier
+    /// event's delta costs no allocation; an empty one gets room for the most changes
+    /// one event makes (a kill with assists and a multi-kill), so pushes never
+    /// reallocate.
+    pub(super) fn new(mut buffer: Vec<Change>) -> Self {
+        buffer.clear();
+        buffer.reserve(CHANGES_CAPACITY);
+        Recorder { changes: buffer }
     }
 
     /// The changes, in the order they were made.

@@ -2,12 +2,15 @@
 //! (contract sections 1 to 3).
 //!
 //! The payload is a MessagePack map, or a JSON object when its first non-whitespace
-//! byte is `{`. Both are read into one [`rmpv::Value`] tree and validated by the same
-//! code, so the two encodings cannot drift apart. The checks run in this order, and the
+//! byte is `{`. Both are read through one borrowed view ([`value::Value`]) and validated
+//! by the same code, so the two encodings cannot drift apart; MessagePack is read in
+//! place, without a heap allocation. The checks run in this order, and the
 //! first failing one names the reason: size, decoding, `event_id`, `match_id`,
 //! `event_type`, `timestamp`, `player_id`, then `event_data` key by key.
 
-use rmpv::Value;
+mod value;
+
+use value::{Map, Value};
 
 use crate::event::{Event, EventKind, TimestampMs};
 use crate::id::{self, EventId, Label, MatchId, PlayerId};
@@ -15,8 +18,9 @@ use crate::rejection::{Reason, Rejection};
 
 /// Largest accepted payload, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 16_384;
-/// Deepest nesting read before a payload counts as malformed (no event needs more than 2).
-pub const MAX_NESTING: usize = 32;
+/// Deepest nesting of maps and arrays (the root map counts as 1) before a payload counts
+/// as malformed; the same for MessagePack and JSON. No event needs more than 2.
+pub use value::MAX_NESTING;
 /// Earliest accepted timestamp: 2000-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP_MS: TimestampMs = 946_684_800_000;
 /// How far after the stream's stored time a timestamp may be.
@@ -35,8 +39,21 @@ type Result<T> = std::result::Result<T, Rejection>;
 /// `stored_at_ms` is the stream's time, never the service's clock, so a replay decides
 /// the same.
 pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
-    let root = parse(payload)?;
-    let Value::Map(root) = &root else {
+    check_size(payload)?;
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        let json = parse_json(payload)?;
+        validate(value::json(&json), stored_at_ms)
+    } else {
+        let root = value::read_root(payload)
+            .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid MessagePack: {e}")))?;
+        validate(root, stored_at_ms)
+    }
+}
+
+/// The rules of contract sections 2 and 3 over either encoding's view.
+fn validate(root: Value<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
+    let Value::Map(root) = root else {
         return Err(Rejection::new(
             Reason::Malformed,
             "payload is not a map/object",
@@ -62,11 +79,11 @@ pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
     }
     let data = match fields.get("event_data") {
         None => None,
-        Some(Value::Map(map)) => Some(map.as_slice()),
+        Some(Value::Map(map)) => Some(map),
         Some(_) => return Err(invalid("event_data", "is not a map")),
     };
     let data = Fields {
-        map: data.unwrap_or(&[]),
+        map: data.unwrap_or(Map::Packed { body: &[], len: 0 }),
         path: "event_data.",
     };
     let kind = match event_type {
@@ -132,8 +149,7 @@ pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
     })
 }
 
-/// Reads the payload into a value tree: MessagePack, or JSON when it starts with `{`.
-fn parse(payload: &[u8]) -> Result<Value> {
+fn check_size(payload: &[u8]) -> Result<()> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -143,36 +159,20 @@ fn parse(payload: &[u8]) -> Result<Value> {
             ),
         ));
     }
-    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-    let value = if first == Some(&b'{') {
-        if json_nesting(payload) > MAX_NESTING {
-            return Err(Rejection::new(
-                Reason::Malformed,
-                format!("JSON nested deeper than {MAX_NESTING}"),
-            ));
-        }
-        let json: serde_json::Value = serde_json::from_slice(payload)
-            .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid JSON: {e}")))?;
-        from_json(json)
-    } else {
-        let mut reader = payload;
-        let value = rmpv::decode::read_value_with_max_depth(&mut reader, MAX_NESTING)
-            .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid MessagePack: {e}")))?;
-        if !reader.is_empty() {
-            return Err(Rejection::new(
-                Reason::Malformed,
-                format!("{} bytes after the MessagePack value", reader.len()),
-            ));
-        }
-        if has_invalid_utf8(&value) {
-            return Err(Rejection::new(
-                Reason::Malformed,
-                "a string is not valid UTF-8",
-            ));
-        }
-        value
-    };
-    Ok(value)
+    Ok(())
+}
+
+/// Parses a JSON payload, after checking its nesting against the same limit as
+/// MessagePack's.
+fn parse_json(payload: &[u8]) -> Result<serde_json::Value> {
+    if json_nesting(payload) > MAX_NESTING {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            format!("JSON nested deeper than {MAX_NESTING}"),
+        ));
+    }
+    serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid JSON: {e}")))
 }
 
 /// The deepest nesting of objects and arrays in JSON text (strings skipped), counted
@@ -202,57 +202,20 @@ fn json_nesting(text: &[u8]) -> usize {
     deepest
 }
 
-fn from_json(json: serde_json::Value) -> Value {
-    match json {
-        serde_json::Value::Null => Value::Nil,
-        serde_json::Value::Bool(b) => Value::Boolean(b),
-        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => Value::from(u),
-            (_, Some(i), _) => Value::from(i),
-            (_, _, f) => Value::F64(f.unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => Value::from(s),
-        serde_json::Value::Array(items) => Value::Array(items.into_iter().map(from_json).collect()),
-        serde_json::Value::Object(map) => Value::Map(
-            map.into_iter()
-                .map(|(k, v)| (Value::from(k), from_json(v)))
-                .collect(),
-        ),
-    }
-}
-
-fn has_invalid_utf8(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.is_err(),
-        Value::Array(items) => items.iter().any(has_invalid_utf8),
-        Value::Map(pairs) => pairs
-            .iter()
-            .any(|(k, v)| has_invalid_utf8(k) || has_invalid_utf8(v)),
-        _ => false,
-    }
-}
-
 /// The three timestamp forms, truncated to the millisecond, then the range check.
-fn timestamp(value: &Value, stored_at_ms: TimestampMs) -> Result<TimestampMs> {
+fn timestamp(value: Value<'_>, stored_at_ms: TimestampMs) -> Result<TimestampMs> {
     let out_of_range = |detail: String| Rejection::new(Reason::TimestampOutOfRange, detail);
     let ms: i128 = match value {
-        Value::String(s) => {
-            let s = s.as_str().unwrap_or_default();
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| {
-                    invalid(
-                        "timestamp",
-                        format!("{:?} is not RFC 3339: {e}", truncate(s)),
-                    )
-                })?
-                .timestamp_millis()
-                .into()
-        }
-        Value::Integer(i) => i
-            .as_i64()
-            .map(i128::from)
-            .or(i.as_u64().map(i128::from))
-            .unwrap_or_default(),
+        Value::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| {
+                invalid(
+                    "timestamp",
+                    format!("{:?} is not RFC 3339: {e}", truncate(s)),
+                )
+            })?
+            .timestamp_millis()
+            .into(),
+        Value::Int(i) => i.as_i128(),
         Value::Ext(TIMESTAMP_EXT, bytes) => {
             let (secs, nanos): (i128, u32) = match bytes.len() {
                 4 => (u32::from_be_bytes(bytes[..4].try_into().unwrap()).into(), 0),
@@ -304,30 +267,25 @@ fn timestamp(value: &Value, stored_at_ms: TimestampMs) -> Result<TimestampMs> {
 
 /// Typed access to the keys of one map; `path` prefixes key names in details.
 struct Fields<'a> {
-    map: &'a [(Value, Value)],
+    map: Map<'a>,
     path: &'static str,
 }
 
 impl<'a> Fields<'a> {
     /// The value of a string key; nil counts as absent, non-string keys are ignored, and
     /// the last of repeated keys wins (as in JSON).
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)
-            .filter(|v| !v.is_nil())
+    fn get(&self, key: &str) -> Option<Value<'a>> {
+        self.map.get(key).filter(|v| !matches!(v, Value::Nil))
     }
 
-    fn required(&self, key: &str) -> Result<&'a Value> {
+    fn required(&self, key: &str) -> Result<Value<'a>> {
         self.get(key)
             .ok_or_else(|| missing(&format!("{}{key}", self.path)))
     }
 
-    fn str_of(&self, key: &str, value: &'a Value) -> Result<&'a str> {
+    fn str_of(&self, key: &str, value: Value<'a>) -> Result<&'a str> {
         match value {
-            Value::String(s) => Ok(s.as_str().unwrap_or_default()),
+            Value::Str(s) => Ok(s),
             other => Err(invalid(
                 &format!("{}{key}", self.path),
                 format!("is {}, not a string", kind(other)),
@@ -339,7 +297,7 @@ impl<'a> Fields<'a> {
         self.str_of(key, self.required(key)?)
     }
 
-    fn id(&self, key: &str, value: &'a Value) -> Result<PlayerId> {
+    fn id(&self, key: &str, value: Value<'a>) -> Result<PlayerId> {
         PlayerId::parse(self.str_of(key, value)?)
             .map_err(|e| invalid(&format!("{}{key}", self.path), e))
     }
@@ -352,7 +310,7 @@ impl<'a> Fields<'a> {
         self.get(key).map(|v| self.id(key, v)).transpose()
     }
 
-    fn label(&self, key: &str, value: &'a Value) -> Result<Label> {
+    fn label(&self, key: &str, value: Value<'a>) -> Result<Label> {
         let s = self.str_of(key, value)?;
         id::label(s).ok_or_else(|| {
             invalid(
@@ -373,7 +331,7 @@ impl<'a> Fields<'a> {
     fn optional_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(Value::Bool(b)) => Ok(Some(b)),
             Some(other) => Err(invalid(
                 &format!("{}{key}", self.path),
                 format!("is {}, not a bool", kind(other)),
@@ -381,11 +339,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn number(&self, key: &str, value: &Value, min: f64, max: f64) -> Result<f64> {
+    fn number(&self, key: &str, value: Value<'_>, min: f64, max: f64) -> Result<f64> {
         let n = match value {
-            Value::Integer(i) => i.as_f64().unwrap_or(f64::NAN),
-            Value::F32(f) => f64::from(*f),
-            Value::F64(f) => *f,
+            Value::Int(i) => i.as_f64(),
+            Value::F32(f) => f64::from(f),
+            Value::F64(f) => f,
             other => {
                 return Err(invalid(
                     &format!("{}{key}", self.path),
@@ -416,7 +374,7 @@ impl<'a> Fields<'a> {
         let Some(value) = self.get(key) else {
             return Ok(None);
         };
-        let Value::Integer(i) = value else {
+        let Value::Int(i) = value else {
             return Err(invalid(
                 &format!("{}{key}", self.path),
                 format!("is {}, not an integer", kind(value)),
@@ -440,15 +398,15 @@ fn invalid(key: &str, problem: impl std::fmt::Display) -> Rejection {
     Rejection::new(Reason::InvalidField, format!("{key} {problem}"))
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: Value<'_>) -> &'static str {
     match value {
         Value::Nil => "nil",
-        Value::Boolean(_) => "a bool",
-        Value::Integer(_) => "an integer",
+        Value::Bool(_) => "a bool",
+        Value::Int(_) => "an integer",
         Value::F32(_) | Value::F64(_) => "a float",
-        Value::String(_) => "a string",
-        Value::Binary(_) => "binary (bin), not str",
-        Value::Array(_) => "an array",
+        Value::Str(_) => "a string",
+        Value::Bin => "binary (bin), not str",
+        Value::Array => "an array",
         Value::Map(_) => "a map",
         Value::Ext(..) => "an extension",
     }
