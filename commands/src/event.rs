@@ -1,6 +1,6 @@
 //! A validated game event (contract sections 1 and 2).
 //!
-//! Built only by [`crate::decode`]; everything downstream trusts its fields.
+//! Built only by `decode`; everything downstream trusts its fields.
 
 use crate::id::{EventId, Label, MatchId, PlayerId};
 

@@ -7,7 +7,7 @@ use std::fmt;
 pub enum Reason {
     /// Not decodable MessagePack/JSON, or not a map/object.
     Malformed,
-    /// Payload over [`crate::decode::MAX_PAYLOAD_BYTES`].
+    /// Payload over 16,384 bytes (`decode::MAX_PAYLOAD_BYTES`).
     TooLarge,
     /// A required key is absent.
     MissingField,
@@ -19,7 +19,7 @@ pub enum Reason {
     TimestampOutOfRange,
     /// The match has ended and the event is after its end, or it is a second `match_end`.
     MatchClosed,
-    /// Applied, the match would hold more than [`crate::aggregate::MAX_PLAYERS`] players.
+    /// Applied, the match would hold more than 10,000 (`aggregate::MAX_PLAYERS`) players.
     LimitExceeded,
 }
 

@@ -2,7 +2,7 @@
 //! (contract section 4, "Derived values").
 //!
 //! These are the fields that stat deltas carry; both the command side's aggregate and the
-//! query side's projections hold them, and [`crate::view`] renders them. Derived values
+//! query side's projections hold them, and `view` renders them. Derived values
 //! are methods, computed on demand, so they are never stored out of date.
 
 use crate::event::TimestampMs;

@@ -30,6 +30,8 @@ pub struct Context {
     pub replicas: kv::Store,
     /// Messages per batch.
     pub batch_size: usize,
+    /// How long a batch waits to fill after its first message.
+    pub batch_linger: std::time::Duration,
     /// Counters.
     pub stats: Arc<IngestStats>,
 }

@@ -76,6 +76,7 @@ impl Ingest {
             snapshots: provisioned.snapshots,
             replicas: provisioned.replicas,
             batch_size: config.batch_size as usize,
+            batch_linger: config.batch_linger,
             stats,
         };
         Ingest {

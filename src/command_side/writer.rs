@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use futures::stream::ReadyChunks;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Mode};
@@ -18,7 +17,7 @@ use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
 
-type Messages = ReadyChunks<consumer::pull::Stream>;
+type Messages = std::pin::Pin<Box<tokio_stream::adapters::ChunksTimeout<consumer::pull::Stream>>>;
 type Pulled = <consumer::pull::Stream as futures::Stream>::Item;
 
 /// One partition's loop and its state.
@@ -209,7 +208,7 @@ impl PartitionWriter {
     /// Pulls expire well within the pin timeout, so a live writer keeps its pin.
     async fn pull(&self) -> anyhow::Result<Messages> {
         let expires = (self.ctx.names.pin_timeout / 3).max(Duration::from_millis(300));
-        Ok(self
+        let pull = self
             .consumer
             .stream()
             .group(crate::nats::streams::WRITER_GROUP)
@@ -217,8 +216,12 @@ impl PartitionWriter {
             .expires(expires)
             .heartbeat(expires / 3)
             .messages()
-            .await?
-            .ready_chunks(self.ctx.batch_size))
+            .await?;
+        Ok(Box::pin(tokio_stream::StreamExt::chunks_timeout(
+            pull,
+            self.ctx.batch_size as usize,
+            self.ctx.batch_linger,
+        )))
     }
 }
 

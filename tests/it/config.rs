@@ -206,6 +206,11 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("0", "invalid value '0' for BATCH_SIZE")),
     ),
     (
+        "BATCH_LINGER",
+        "5ms",
+        Some(("soon", "invalid value 'soon' for BATCH_LINGER")),
+    ),
+    (
         "BUFFER_SIZE",
         "500",
         Some(("0", "invalid value '0' for BUFFER_SIZE")),

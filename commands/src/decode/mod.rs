@@ -10,7 +10,7 @@
 
 mod value;
 
-use value::{Map, Value};
+use value::{Index, Map, Value};
 
 use crate::event::{Event, EventKind, TimestampMs};
 use crate::id::{self, EventId, Label, MatchId, PlayerId};
@@ -60,7 +60,7 @@ fn validate(root: Value<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
         ));
     };
     let fields = Fields {
-        map: root,
+        map: Index::new(root),
         path: "",
     };
 
@@ -83,7 +83,7 @@ fn validate(root: Value<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
         Some(_) => return Err(invalid("event_data", "is not a map")),
     };
     let data = Fields {
-        map: data.unwrap_or(Map::Packed { body: &[], len: 0 }),
+        map: Index::new(data.unwrap_or(Map::Packed { body: &[], len: 0 })),
         path: "event_data.",
     };
     let kind = match event_type {
@@ -267,7 +267,7 @@ fn timestamp(value: Value<'_>, stored_at_ms: TimestampMs) -> Result<TimestampMs>
 
 /// Typed access to the keys of one map; `path` prefixes key names in details.
 struct Fields<'a> {
-    map: Map<'a>,
+    map: Index<'a>,
     path: &'static str,
 }
 

@@ -73,6 +73,51 @@ pub enum Map<'a> {
     Json(&'a serde_json::Map<String, serde_json::Value>),
 }
 
+/// Most string keys of a map indexed at once (no event has more than 7); a larger map is
+/// searched in place on each lookup.
+const INDEXED_KEYS: usize = 16;
+
+/// A map's string keys and their values, read once; other keys are left out.
+pub struct Index<'a> {
+    map: Map<'a>,
+    entries: Option<arrayvec::ArrayVec<(&'a str, Value<'a>), INDEXED_KEYS>>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(map: Map<'a>) -> Self {
+        let entries = match map {
+            Map::Packed { body, len } => {
+                let mut entries = arrayvec::ArrayVec::new();
+                let mut rest = body;
+                let mut fits = true;
+                for _ in 0..len {
+                    let (Ok(k), Ok(v)) = (read(&mut rest, 1), read(&mut rest, 1)) else {
+                        break;
+                    };
+                    if let Value::Str(k) = k {
+                        fits &= entries.try_push((k, v)).is_ok();
+                    }
+                }
+                fits.then_some(entries)
+            }
+            Map::Json(_) => None,
+        };
+        Index { map, entries }
+    }
+
+    /// The value of a string key, the last one when a key repeats (as in JSON).
+    pub fn get(&self, key: &str) -> Option<Value<'a>> {
+        match &self.entries {
+            Some(entries) => entries
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v),
+            None => self.map.get(key),
+        }
+    }
+}
+
 impl<'a> Map<'a> {
     /// The value of a string key, the last one when a key repeats (as in JSON); other
     /// keys are ignored.
