@@ -229,9 +229,9 @@ pub struct PartitionMatches {
     spare_changes: Vec<Vec<Change>>,
 }
 
-/// Most change lists kept for reuse per partition: each holds room for 24 changes, about
-/// 8 KiB, so 64 keep 512 KiB per partition (a live batch seldom holds more events; a
-/// catch-up batch's further events allocate theirs).
+/// Most change lists kept for reuse per partition: each holds room for 10 or more
+/// changes, 3 KiB and up, so 64 keep about 200 KiB per partition (a live batch seldom
+/// holds more events; a catch-up batch's further events allocate theirs).
 const SPARE_CHANGE_LISTS: usize = 64;
 
 impl PartitionMatches {

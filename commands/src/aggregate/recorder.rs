@@ -6,9 +6,11 @@ use crate::delta::{Change, Field, FieldValue};
 use crate::id::{Label, PlayerId};
 use crate::key_counts::KeyCounts;
 
-/// Changes recorded without reallocating (more than any event but the largest kills
-/// makes).
-pub const CHANGES_CAPACITY: usize = 24;
+/// Room for the changes of a typical event (a damage or a kill makes 5 to 9): a larger
+/// one grows its list, and a list handed back keeps the room it grew to, so in steady
+/// state nothing reallocates. (Every list of a batch is held until its deltas are
+/// confirmed, so room for the largest event in each would cost megabytes.)
+pub const CHANGES_CAPACITY: usize = 10;
 
 /// Records each stored field's change as it is made.
 pub(super) struct Recorder {
@@ -17,9 +19,8 @@ pub(super) struct Recorder {
 
 impl Recorder {
     /// Records into `buffer` (emptied first): a buffer handed back from an earlier
-    /// event's delta costs no allocation; an empty one gets room for the most changes
-    /// one event makes (a kill with assists and a multi-kill), so pushes never
-    /// reallocate.
+    /// event's delta costs no allocation; an empty one gets room for a typical event's
+    /// changes.
     pub(super) fn new(mut buffer: Vec<Change>) -> Self {
         buffer.clear();
         buffer.reserve(CHANGES_CAPACITY);
