@@ -219,7 +219,7 @@ impl PartitionWriter {
             .await?;
         Ok(Box::pin(tokio_stream::StreamExt::chunks_timeout(
             pull,
-            self.ctx.batch_size as usize,
+            self.ctx.batch_size,
             self.ctx.batch_linger,
         )))
     }
