@@ -194,6 +194,7 @@ async fn relay(
     events_stream: String,
     deliver: consumer::DeliverPolicy,
     republish: bool,
+    filter: Option<String>,
     relayed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -213,6 +214,7 @@ async fn relay(
             deliver_policy: deliver,
             ack_policy: consumer::AckPolicy::All,
             max_ack_pending: 10_000,
+            filter_subject: filter.unwrap_or_default(),
             ..Default::default()
         })
         .await?;
@@ -260,11 +262,13 @@ async fn relay(
 }
 
 /// Catch-up of a relay (or, without `republish`, a bare consumer) on the whole events
-/// stream: events/s.
+/// stream: events/s. With `filters`, one consumer per filter (the service's partitions),
+/// all at once.
 async fn baseline_catch_up(
     js: &jetstream::Context,
     events_stream: &str,
     republish: bool,
+    filters: Vec<Option<String>>,
 ) -> anyhow::Result<f64> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -276,21 +280,32 @@ async fn baseline_catch_up(
         .state
         .messages;
     let started = Instant::now();
-    let task = tokio::spawn(relay(
-        js.clone(),
-        events_stream.to_owned(),
-        consumer::DeliverPolicy::All,
-        republish,
-        relayed.clone(),
-        stop.clone(),
-    ));
+    let tasks: Vec<_> = filters
+        .into_iter()
+        .map(|filter| {
+            tokio::spawn(relay(
+                js.clone(),
+                events_stream.to_owned(),
+                consumer::DeliverPolicy::All,
+                republish,
+                filter,
+                relayed.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
     while relayed.load(Ordering::Relaxed) < stored {
-        anyhow::ensure!(!task.is_finished(), "the baseline stopped");
+        anyhow::ensure!(
+            !tasks.iter().any(|t| t.is_finished()),
+            "the baseline stopped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = stored as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    task.await??;
+    for task in tasks {
+        task.await??;
+    }
     Ok(rate)
 }
 
@@ -520,9 +535,16 @@ async fn main() -> anyhow::Result<()> {
 
     // 1'. The bare relay and the bare consumer, catching up on the same stream.
     eprintln!("load-test: bare relay catching up on the same stream...");
-    let relay_catch_up = baseline_catch_up(&js, &config.streams.events_stream, true).await?;
+    let events = &config.streams.events_stream;
+    let relay_catch_up = baseline_catch_up(&js, events, true, vec![None]).await?;
     eprintln!("load-test: bare consumer catching up on the same stream...");
-    let consumer_catch_up = baseline_catch_up(&js, &config.streams.events_stream, false).await?;
+    let consumer_catch_up = baseline_catch_up(&js, events, false, vec![None]).await?;
+    eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
+    let partition_filters = match_stats::nats::Partitioning::of(&config.streams)
+        .all()
+        .map(|p| Some(p.filter(&config.streams)))
+        .collect();
+    let partitioned_catch_up = baseline_catch_up(&js, events, false, partition_filters).await?;
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
@@ -531,6 +553,7 @@ async fn main() -> anyhow::Result<()> {
         config.streams.events_stream.clone(),
         consumer::DeliverPolicy::New,
         true,
+        None,
         Arc::new(AtomicU64::new(0)),
         stop.clone(),
     ));
@@ -554,9 +577,10 @@ async fn main() -> anyhow::Result<()> {
         format!("catch-up, {} events pre-published", sizes.events),
         format!("{catch_up:.0} events/s"),
         format!(
-            "relay {relay_catch_up:.0} events/s ({:.2}x); bare consumer {consumer_catch_up:.0} events/s ({:.2}x)",
+            "relay {relay_catch_up:.0} events/s ({:.2}x); bare consumer {consumer_catch_up:.0} events/s ({:.2}x); bare consumers on the service's partition filters {partitioned_catch_up:.0} events/s ({:.2}x)",
             catch_up / relay_catch_up,
-            catch_up / consumer_catch_up
+            catch_up / consumer_catch_up,
+            catch_up / partitioned_catch_up
         ),
     ));
     for ((rate, service), relay) in sizes.rates.iter().zip(&service_live).zip(&relay_live) {

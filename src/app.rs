@@ -104,10 +104,10 @@ impl App {
         let api = ApiState {
             model: Arc::new(ReadModel::default()),
             redis,
-            completed: Some(CompletedStore::with_redis_timeout(
+            completed: Some(Arc::new(CompletedStore::with_redis_timeout(
                 provisioned.completed.clone(),
                 config.cache.redis_timeout,
-            )),
+            ))),
             lookups: Default::default(),
             misses: Default::default(),
         };

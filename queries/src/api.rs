@@ -148,8 +148,9 @@ pub struct ApiState {
     pub model: Arc<ReadModel>,
     /// The shared Redis, if configured.
     pub redis: Option<Arc<RedisCache>>,
-    /// The completed-matches bucket.
-    pub completed: Option<CompletedStore>,
+    /// The completed-matches bucket (shared: the state is cloned for every request, and
+    /// an object store handle carries its stream's whole description).
+    pub completed: Option<Arc<CompletedStore>>,
     /// Hit/miss counters.
     pub lookups: Arc<LookupStats>,
     /// Ids no tier knew a moment ago (a negative cache).
@@ -520,6 +521,19 @@ struct Entry<'a> {
     value: serde_json::Value,
 }
 
+/// A leaderboard response, serialized straight to its bytes.
+#[derive(Serialize)]
+struct LeaderboardBody<'a> {
+    match_id: &'a str,
+    metric: &'static str,
+    limit: usize,
+    count: usize,
+    players: Vec<Entry<'a>>,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    around: Option<&'a str>,
+}
+
 async fn leaderboard(
     State(state): State<ApiState>,
     raw: Result<Path<(String, String)>, PathRejection>,
@@ -567,18 +581,18 @@ async fn leaderboard(
             })
         })
         .collect();
-    let mut body = json!({
-        "match_id": id,
-        "metric": metric.as_str(),
-        "limit": limit,
-        "count": players.len(),
-        "players": players,
-        "timestamp": now(),
-    });
-    if let Some(pid) = around {
-        body["around"] = json!(pid);
-    }
-    Ok(Json(body).into_response())
+    let body = LeaderboardBody {
+        match_id: id.as_str(),
+        metric: metric.as_str(),
+        limit,
+        count: players.len(),
+        players,
+        timestamp: now(),
+        around: around.as_ref().map(|p| p.as_str()),
+    };
+    Ok(json_bytes(
+        serde_json::to_vec(&body).expect("views serialize").into(),
+    ))
 }
 
 async fn openapi() -> Response {

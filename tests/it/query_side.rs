@@ -314,7 +314,10 @@ async fn cold_replica(
     let state = ApiState {
         model: std::sync::Arc::new(ReadModel::default()),
         redis,
-        completed: Some(CompletedStore::new(bucket, Duration::from_millis(200))),
+        completed: Some(std::sync::Arc::new(CompletedStore::new(
+            bucket,
+            Duration::from_millis(200),
+        ))),
         lookups: Default::default(),
         misses: Default::default(),
     };
