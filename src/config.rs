@@ -195,9 +195,10 @@ pub struct CacheConfig {
     /// How long completed matches stay queryable (Redis TTL and key-value max age).
     #[arg(long, env = "COMPLETED_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub completed_retention: Duration,
-    /// How often changed matches are written through to Redis (e.g. 1s). Every replica
-    /// answers from its own read model; Redis serves replicas that lack a match.
-    #[arg(long = "cache-write-interval", env = "CACHE_WRITE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    /// How often changed matches are written through to Redis (e.g. 5s). Every replica
+    /// answers from its own read model; Redis serves replicas that lack a match, so a
+    /// few seconds old is enough, and each write renders a whole match.
+    #[arg(long = "cache-write-interval", env = "CACHE_WRITE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub write_interval: Duration,
     /// How often every match in memory is written again (repopulates a flushed Redis).
     #[arg(long = "cache-resync-interval", env = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]

@@ -371,11 +371,12 @@ impl SnapshotStore {
         marker: &Marker,
     ) -> Result<usize, SnapshotError> {
         let mut written = 0;
+        let mut inline_records = Vec::new();
         for record in changed {
             let key = format!("{MATCH_PREFIX}{}", record.aggregate.match_id());
             let inline = records::encode(record, RULES_VERSION);
             if inline.len() <= records::INLINE_LIMIT {
-                self.swap(key, inline).await?;
+                inline_records.push((key, inline));
             } else {
                 // Too large for a key: the object holds it, the key points at it. Its
                 // name carries the sequence, so a stale writer never overwrites the
@@ -396,6 +397,9 @@ impl SnapshotStore {
             }
             written += 1;
         }
+        written += inline_records.len();
+        self.swap_all(inline_records).await?;
+        // The marker last: it claims every record above is written.
         self.swap(
             self.marker_key.clone(),
             records::encode(marker, RULES_VERSION),
@@ -406,31 +410,38 @@ impl SnapshotStore {
 
     async fn swap(&mut self, key: String, value: Bytes) -> Result<(), SnapshotError> {
         let expected = self.revisions.get(&key).copied();
-        let stale = |key: &str| SnapshotError::Stale {
-            key: key.to_owned(),
-            expected,
-        };
-        let revision = match expected {
-            None => self
-                .kv
-                .create(&key, value)
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => stale(&key),
-                    _ => bucket_error(e),
-                })?,
-            Some(revision) => {
-                self.kv
-                    .update(&key, value, revision)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        kv::UpdateErrorKind::WrongLastRevision => stale(&key),
-                        _ => bucket_error(e),
-                    })?
-            }
-        };
+        let revision = swap_one(&self.kv, &key, value, expected).await?;
         self.revisions.insert(key, revision);
         Ok(())
+    }
+
+    /// [`Self::swap`] for many keys at once, [`SWAPS_IN_FLIGHT`] in flight: a snapshot of
+    /// a partition's changed matches costs a few round trips, not one per match (the
+    /// partition waits for it). Every key written is remembered even when another fails,
+    /// so that a retry expects the revisions the bucket now holds.
+    async fn swap_all(&mut self, entries: Vec<(String, Bytes)>) -> Result<(), SnapshotError> {
+        let mut first_error = None;
+        for chunk in entries.chunks(SWAPS_IN_FLIGHT) {
+            let swaps = chunk.iter().map(|(key, value)| {
+                let expected = self.revisions.get(key).copied();
+                swap_one(&self.kv, key, value.clone(), expected)
+            });
+            let results = futures::future::join_all(swaps).await;
+            for ((key, _), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(revision) => {
+                        self.revisions.insert(key.clone(), revision);
+                    }
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if first_error.is_some() {
+                break;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Removes a match's record (its events have aged out of the stream), if it is still
@@ -448,5 +459,42 @@ impl SnapshotStore {
             let _ = self.objects.delete(&object).await;
         }
         Ok(())
+    }
+}
+
+/// Key-value writes of one snapshot in flight at once.
+const SWAPS_IN_FLIGHT: usize = 64;
+
+/// Writes `key` if it is still at `expected` (created when `None`): its new revision, or
+/// [`SnapshotError::Stale`] when another writer got there first. A write that timed out
+/// may still have been stored (a node lost mid-request): when the key holds exactly
+/// what this write carried, it is this writer's, not another's.
+async fn swap_one(
+    kv: &kv::Store,
+    key: &str,
+    value: Bytes,
+    expected: Option<u64>,
+) -> Result<u64, SnapshotError> {
+    // Only a conflict goes on past this match.
+    match expected {
+        None => match kv.create(key, value.clone()).await {
+            Ok(revision) => return Ok(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(bucket_error(e)),
+        },
+        Some(revision) => match kv.update(key, value.clone(), revision).await {
+            Ok(revision) => return Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(bucket_error(e)),
+        },
+    }
+    match kv.entry(key).await.map_err(bucket_error)? {
+        Some(entry) if entry.value == value && expected.is_none_or(|r| entry.revision > r) => {
+            Ok(entry.revision)
+        }
+        _ => Err(SnapshotError::Stale {
+            key: key.to_owned(),
+            expected,
+        }),
     }
 }
