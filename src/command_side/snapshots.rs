@@ -394,8 +394,14 @@ impl SnapshotStore {
                 if let Some(old) = replaced.filter(|old| *old != object.name) {
                     let _ = self.objects.delete(&old).await;
                 }
+                written += 1;
             }
-            written += 1;
+            if inline_records.len() == SWAPS_IN_FLIGHT {
+                // Encoded a chunk at a time: a partition's records are not all held
+                // encoded at once.
+                written += inline_records.len();
+                self.swap_all(std::mem::take(&mut inline_records)).await?;
+            }
         }
         written += inline_records.len();
         self.swap_all(inline_records).await?;
@@ -462,8 +468,8 @@ impl SnapshotStore {
     }
 }
 
-/// Key-value writes of one snapshot in flight at once.
-const SWAPS_IN_FLIGHT: usize = 64;
+/// Key-value writes of one snapshot in flight at once (and records held encoded).
+const SWAPS_IN_FLIGHT: usize = 16;
 
 /// Writes `key` if it is still at `expected` (created when `None`): its new revision, or
 /// [`SnapshotError::Stale`] when another writer got there first. A write that timed out
