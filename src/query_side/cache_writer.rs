@@ -1,7 +1,7 @@
 //! The [`CacheWriter`]: the read model's changed matches, through to Redis.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use match_stats_queries::ReadModel;
 use match_stats_queries::cache::{BreakerState, CacheError, RedisCache};
@@ -46,7 +46,8 @@ impl CacheWriter {
         } = self;
         let mut tick = tokio::time::interval(write_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_resync = Instant::now();
+        // The rolling resync's next slice.
+        let mut slice: u64 = 0;
         let mut failing = false;
         loop {
             tokio::select! {
@@ -69,12 +70,24 @@ impl CacheWriter {
                 }
                 tracing::info!("redis is back; repopulating the cache");
                 failing = false;
-                last_resync = Instant::now() - resync_interval;
-            }
-            if last_resync.elapsed() >= resync_interval {
-                last_resync = Instant::now();
+                // Everything again, at once: Redis may have lost it all.
                 dirty.extend(model.matches().keys().copied());
             }
+            // The resync rolls: each write adds the next slice of the matches held (by
+            // id), so every match is written again once per resync interval and no tick
+            // renders every match at once.
+            let slices = (resync_interval.as_secs_f64() / write_interval.as_secs_f64())
+                .ceil()
+                .max(1.0) as u64;
+            let current = slice % slices;
+            dirty.extend(
+                model
+                    .matches()
+                    .keys()
+                    .filter(|id| resync_slice(id, slices) == current)
+                    .copied(),
+            );
+            slice = slice.wrapping_add(1);
             let mut pending = dirty.take().into_iter();
             while let Some(id) = pending.next() {
                 let Some(snapshot) = model.get(&id) else {
@@ -102,4 +115,12 @@ impl CacheWriter {
         }
         Ok(())
     }
+}
+
+/// Which slice of a spread resync a match belongs to.
+fn resync_slice(id: &match_stats_commands::MatchId, slices: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish() % slices
 }
