@@ -91,8 +91,10 @@ pub async fn publish(
                     );
                     metrics::counter!(m::EFFECTS_PARKED).increment(1);
                     parked.extend(&effect.sources);
-                    // Replays skip it too: what follows it is what the stream lacks.
-                    if let Some(sequence) = published_sequence(published, effect) {
+                    // Replays skip it too: what follows it is what the stream lacks (the
+                    // subject's last stored message stays what it was).
+                    if let EffectKind::Delta { match_id, .. } = effect.kind {
+                        let sequence = published.get(&match_id).map_or(0, |s| s.sequence);
                         note_stored(published, effect, sequence);
                     }
                     done.insert(effect.msg_id.clone());
@@ -147,15 +149,6 @@ fn note_stored(published: &mut Published, effect: &Effect, sequence: u64) {
     } = effect.kind
     {
         published.insert(match_id, Stored { position, sequence });
-    }
-}
-
-fn published_sequence(published: &Published, effect: &Effect) -> Option<u64> {
-    match effect.kind {
-        EffectKind::Delta { match_id, .. } => {
-            Some(published.get(&match_id).map_or(0, |s| s.sequence))
-        }
-        _ => None,
     }
 }
 

@@ -415,36 +415,29 @@ impl SnapshotStore {
     }
 
     async fn swap(&mut self, key: String, value: Bytes) -> Result<(), SnapshotError> {
-        let expected = self.revisions.get(&key).copied();
-        let revision = swap_one(&self.kv, &key, value, expected).await?;
-        self.revisions.insert(key, revision);
-        Ok(())
+        self.swap_all(vec![(key, value)]).await
     }
 
-    /// [`Self::swap`] for many keys at once, [`SWAPS_IN_FLIGHT`] in flight: a snapshot of
-    /// a partition's changed matches costs a few round trips, not one per match (the
-    /// partition waits for it). Every key written is remembered even when another fails,
-    /// so that a retry expects the revisions the bucket now holds.
+    /// [`Self::swap`] for several keys at once (the caller keeps them to
+    /// [`SWAPS_IN_FLIGHT`]): a snapshot of a partition's changed matches costs a few round
+    /// trips, not one per match (the partition waits for it). Every key written is
+    /// remembered even when another fails, so that a retry expects the revisions the
+    /// bucket now holds.
     async fn swap_all(&mut self, entries: Vec<(String, Bytes)>) -> Result<(), SnapshotError> {
+        let swaps = entries.iter().map(|(key, value)| {
+            let expected = self.revisions.get(key).copied();
+            swap_one(&self.kv, key, value.clone(), expected)
+        });
+        let results = futures::future::join_all(swaps).await;
         let mut first_error = None;
-        for chunk in entries.chunks(SWAPS_IN_FLIGHT) {
-            let swaps = chunk.iter().map(|(key, value)| {
-                let expected = self.revisions.get(key).copied();
-                swap_one(&self.kv, key, value.clone(), expected)
-            });
-            let results = futures::future::join_all(swaps).await;
-            for ((key, _), result) in chunk.iter().zip(results) {
-                match result {
-                    Ok(revision) => {
-                        self.revisions.insert(key.clone(), revision);
-                    }
-                    Err(error) => {
-                        first_error.get_or_insert(error);
-                    }
+        for ((key, _), result) in entries.into_iter().zip(results) {
+            match result {
+                Ok(revision) => {
+                    self.revisions.insert(key, revision);
                 }
-            }
-            if first_error.is_some() {
-                break;
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)

@@ -4,21 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use match_stats_queries::ReadModel;
-use match_stats_queries::cache::{BreakerState, CacheError, RedisCache};
+use match_stats_queries::cache::{BreakerState, RedisCache};
 use tokio_util::sync::CancellationToken;
 
 use super::Dirty;
 use crate::metrics as m;
-
-/// Whether a write failed because Redis is away (retry everything later), not because
-/// of the key.
-fn is_outage(error: &CacheError) -> bool {
-    match error {
-        CacheError::Open | CacheError::Timeout(_) => true,
-        CacheError::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
-        _ => false,
-    }
-}
 
 /// Writes changed matches through to Redis.
 pub struct CacheWriter {
@@ -46,7 +36,12 @@ impl CacheWriter {
         } = self;
         let mut tick = tokio::time::interval(write_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The rolling resync's next slice.
+        // The resync rolls: each write adds the next slice of the matches held (by id),
+        // so every match is written again once per resync interval and no tick renders
+        // every match at once.
+        let slices = (resync_interval.as_secs_f64() / write_interval.as_secs_f64())
+            .ceil()
+            .max(1.0) as u64;
         let mut slice: u64 = 0;
         let mut failing = false;
         loop {
@@ -73,12 +68,6 @@ impl CacheWriter {
                 // Everything again, at once: Redis may have lost it all.
                 dirty.extend(model.matches().keys().copied());
             }
-            // The resync rolls: each write adds the next slice of the matches held (by
-            // id), so every match is written again once per resync interval and no tick
-            // renders every match at once.
-            let slices = (resync_interval.as_secs_f64() / write_interval.as_secs_f64())
-                .ceil()
-                .max(1.0) as u64;
             let current = slice % slices;
             dirty.extend(
                 model
@@ -98,7 +87,7 @@ impl CacheWriter {
                         let result = if written { "written" } else { "older" };
                         metrics::counter!(m::CACHE_WRITES, "result" => result).increment(1);
                     }
-                    Err(error) if is_outage(&error) => {
+                    Err(error) if error.is_outage() => {
                         metrics::counter!(m::REDIS_ERRORS).increment(1);
                         tracing::warn!(%error, "redis write failed; will retry");
                         failing = true;

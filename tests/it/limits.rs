@@ -39,14 +39,19 @@ fn event(
 }
 
 async fn publish(js: &jetstream::Context, match_id: &str, payloads: Vec<Vec<u8>>) {
+    let subject = format!("match_stats.events.{match_id}");
+    publish_each(js, payloads.into_iter().map(|p| (subject.clone(), p))).await;
+}
+
+/// Publishes each payload on its subject, up to 1,000 acknowledgements in flight.
+async fn publish_each(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, Vec<u8>)>,
+) {
     let mut acks = Vec::new();
-    for payload in payloads {
+    for (subject, payload) in messages {
         let message = PublishMessage::build().payload(payload.into());
-        acks.push(
-            js.send_publish(format!("match_stats.events.{match_id}"), message)
-                .await
-                .unwrap(),
-        );
+        acks.push(js.send_publish(subject, message).await.unwrap());
         if acks.len() >= 1000 {
             for ack in acks.drain(..) {
                 ack.await.unwrap();
@@ -253,8 +258,7 @@ async fn many_one_event_matches_cost_a_few_kilobytes_each_and_fill_the_capacity_
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = service.rss_bytes();
-    let mut acks = Vec::new();
-    for i in 0..MATCHES {
+    let joins = (0..MATCHES).map(|i| {
         let id = format!("v3-{i:06}");
         let payload = event(
             format!("{id}-join"),
@@ -263,21 +267,9 @@ async fn many_one_event_matches_cost_a_few_kilobytes_each_and_fill_the_capacity_
             "player_join",
             json!({"player_name": "P1", "team_id": "red"}),
         );
-        let message = PublishMessage::build().payload(payload.into());
-        acks.push(
-            js.send_publish(format!("match_stats.events.{id}"), message)
-                .await
-                .unwrap(),
-        );
-        if acks.len() >= 1000 {
-            for ack in acks.drain(..) {
-                ack.await.unwrap();
-            }
-        }
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+        (format!("match_stats.events.{id}"), payload)
+    });
+    publish_each(&js, joins).await;
     service.wait_received(MATCHES as u64).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while service.metric("match_stats_read_model_matches", "").await < MATCHES as f64 {

@@ -86,18 +86,11 @@ pub struct Index<'a> {
 impl<'a> Index<'a> {
     pub fn new(map: Map<'a>) -> Self {
         let entries = match map {
-            Map::Packed { body, len } => {
+            Map::Packed { .. } => {
                 let mut entries = arrayvec::ArrayVec::new();
-                let mut rest = body;
-                let mut fits = true;
-                for _ in 0..len {
-                    let (Ok(k), Ok(v)) = (read(&mut rest, 1), read(&mut rest, 1)) else {
-                        break;
-                    };
-                    if let Value::Str(k) = k {
-                        fits &= entries.try_push((k, v)).is_ok();
-                    }
-                }
+                let fits = map
+                    .packed_entries()
+                    .all(|entry| entries.try_push(entry).is_ok());
                 fits.then_some(entries)
             }
             Map::Json(_) => None,
@@ -123,21 +116,28 @@ impl<'a> Map<'a> {
     /// keys are ignored.
     pub fn get(self, key: &str) -> Option<Value<'a>> {
         match self {
-            Map::Packed { body, len } => {
-                let mut rest = body;
-                let mut found = None;
-                for _ in 0..len {
-                    // The payload was walked whole before: reading it again cannot fail.
-                    let k = read(&mut rest, 1).ok()?;
-                    let v = read(&mut rest, 1).ok()?;
-                    if matches!(k, Value::Str(s) if s == key) {
-                        found = Some(v);
-                    }
-                }
-                found
-            }
+            Map::Packed { .. } => self
+                .packed_entries()
+                .filter(|(k, _)| *k == key)
+                .last()
+                .map(|(_, v)| v),
             Map::Json(map) => map.get(key).map(json),
         }
+    }
+
+    /// A MessagePack map's string keys and their values, in order (none for JSON).
+    fn packed_entries(self) -> impl Iterator<Item = (&'a str, Value<'a>)> {
+        let (mut rest, len) = match self {
+            Map::Packed { body, len } => (body, len),
+            Map::Json(_) => (&[][..], 0),
+        };
+        // The payload was walked whole before: reading it again cannot fail.
+        (0..len)
+            .map_while(move |_| Some((read(&mut rest, 1).ok()?, read(&mut rest, 1).ok()?)))
+            .filter_map(|(k, v)| match k {
+                Value::Str(k) => Some((k, v)),
+                _ => None,
+            })
     }
 }
 
@@ -170,84 +170,49 @@ pub fn read_root(payload: &[u8]) -> Result<Value<'_>, PackError> {
 /// Reads one value at nesting `depth` (of the containers around it, plus one) and moves
 /// `rest` past it, walking (and checking) what a map or array holds.
 fn read<'a>(rest: &mut &'a [u8], depth: usize) -> Result<Value<'a>, PackError> {
+    use Marker as M;
     let marker = Marker::from_u8(take::<1>(rest)?[0]);
+    // The length of a string, binary, array, map or extension, wherever it is written.
+    let len: usize = match marker {
+        M::FixStr(n) => n.into(),
+        M::FixArray(n) | M::FixMap(n) => n.into(),
+        M::FixExt1 => 1,
+        M::FixExt2 => 2,
+        M::FixExt4 => 4,
+        M::FixExt8 => 8,
+        M::FixExt16 => 16,
+        M::Str8 | M::Bin8 | M::Ext8 => take::<1>(rest)?[0].into(),
+        M::Str16 | M::Bin16 | M::Array16 | M::Map16 | M::Ext16 => {
+            u16::from_be_bytes(take(rest)?).into()
+        }
+        M::Str32 | M::Bin32 | M::Array32 | M::Map32 | M::Ext32 => {
+            usize::try_from(u32::from_be_bytes(take(rest)?)).map_err(|_| PackError::Truncated)?
+        }
+        _ => 0,
+    };
     Ok(match marker {
-        Marker::Null => Value::Nil,
-        Marker::True => Value::Bool(true),
-        Marker::False => Value::Bool(false),
-        Marker::FixPos(n) => Value::Int(Int::U(n.into())),
-        Marker::FixNeg(n) => Value::Int(Int::I(n.into())),
-        Marker::U8 => Value::Int(Int::U(u8::from_be_bytes(take(rest)?).into())),
-        Marker::U16 => Value::Int(Int::U(u16::from_be_bytes(take(rest)?).into())),
-        Marker::U32 => Value::Int(Int::U(u32::from_be_bytes(take(rest)?).into())),
-        Marker::U64 => Value::Int(Int::U(u64::from_be_bytes(take(rest)?))),
-        Marker::I8 => signed(i8::from_be_bytes(take(rest)?).into()),
-        Marker::I16 => signed(i16::from_be_bytes(take(rest)?).into()),
-        Marker::I32 => signed(i32::from_be_bytes(take(rest)?).into()),
-        Marker::I64 => signed(i64::from_be_bytes(take(rest)?)),
-        Marker::F32 => Value::F32(f32::from_be_bytes(take(rest)?)),
-        Marker::F64 => Value::F64(f64::from_be_bytes(take(rest)?)),
-        Marker::FixStr(n) => string(rest, n.into())?,
-        Marker::Str8 => {
-            let n = len8(rest)?;
-            string(rest, n)?
-        }
-        Marker::Str16 => {
-            let n = len16(rest)?;
-            string(rest, n)?
-        }
-        Marker::Str32 => {
-            let n = len32(rest)?;
-            string(rest, n)?
-        }
-        Marker::Bin8 => {
-            let n = len8(rest)?;
-            bytes(rest, n).map(|_| Value::Bin)?
-        }
-        Marker::Bin16 => {
-            let n = len16(rest)?;
-            bytes(rest, n).map(|_| Value::Bin)?
-        }
-        Marker::Bin32 => {
-            let n = len32(rest)?;
-            bytes(rest, n).map(|_| Value::Bin)?
-        }
-        Marker::FixArray(n) => array(rest, n.into(), depth)?,
-        Marker::Array16 => {
-            let n = len16(rest)?;
-            array(rest, n, depth)?
-        }
-        Marker::Array32 => {
-            let n = len32(rest)?;
-            array(rest, n, depth)?
-        }
-        Marker::FixMap(n) => map(rest, n.into(), depth)?,
-        Marker::Map16 => {
-            let n = len16(rest)?;
-            map(rest, n, depth)?
-        }
-        Marker::Map32 => {
-            let n = len32(rest)?;
-            map(rest, n, depth)?
-        }
-        Marker::FixExt1 => ext(rest, 1)?,
-        Marker::FixExt2 => ext(rest, 2)?,
-        Marker::FixExt4 => ext(rest, 4)?,
-        Marker::FixExt8 => ext(rest, 8)?,
-        Marker::FixExt16 => ext(rest, 16)?,
-        Marker::Ext8 => {
-            let n = len8(rest)?;
-            ext(rest, n)?
-        }
-        Marker::Ext16 => {
-            let n = len16(rest)?;
-            ext(rest, n)?
-        }
-        Marker::Ext32 => {
-            let n = len32(rest)?;
-            ext(rest, n)?
-        }
-        Marker::Reserved => return Err(PackError::Reserved),
+        M::Null => Value::Nil,
+        M::True => Value::Bool(true),
+        M::False => Value::Bool(false),
+        M::FixPos(n) => Value::Int(Int::U(n.into())),
+        M::FixNeg(n) => Value::Int(Int::I(n.into())),
+        M::U8 => Value::Int(Int::U(u8::from_be_bytes(take(rest)?).into())),
+        M::U16 => Value::Int(Int::U(u16::from_be_bytes(take(rest)?).into())),
+        M::U32 => Value::Int(Int::U(u32::from_be_bytes(take(rest)?).into())),
+        M::U64 => Value::Int(Int::U(u64::from_be_bytes(take(rest)?))),
+        M::I8 => signed(i8::from_be_bytes(take(rest)?).into()),
+        M::I16 => signed(i16::from_be_bytes(take(rest)?).into()),
+        M::I32 => signed(i32::from_be_bytes(take(rest)?).into()),
+        M::I64 => signed(i64::from_be_bytes(take(rest)?)),
+        M::F32 => Value::F32(f32::from_be_bytes(take(rest)?)),
+        M::F64 => Value::F64(f64::from_be_bytes(take(rest)?)),
+        M::FixStr(_) | M::Str8 | M::Str16 | M::Str32 => string(rest, len)?,
+        M::Bin8 | M::Bin16 | M::Bin32 => bytes(rest, len).map(|_| Value::Bin)?,
+        M::FixArray(_) | M::Array16 | M::Array32 => array(rest, len, depth)?,
+        M::FixMap(_) | M::Map16 | M::Map32 => map(rest, len, depth)?,
+        M::FixExt1 | M::FixExt2 | M::FixExt4 | M::FixExt8 | M::FixExt16 => ext(rest, len)?,
+        M::Ext8 | M::Ext16 | M::Ext32 => ext(rest, len)?,
+        M::Reserved => return Err(PackError::Reserved),
     })
 }
 
@@ -262,18 +227,6 @@ fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], PackError> {
     let (head, tail) = rest.split_first_chunk::<N>().ok_or(PackError::Truncated)?;
     *rest = tail;
     Ok(*head)
-}
-
-fn len8(rest: &mut &[u8]) -> Result<usize, PackError> {
-    Ok(take::<1>(rest)?[0].into())
-}
-
-fn len16(rest: &mut &[u8]) -> Result<usize, PackError> {
-    Ok(u16::from_be_bytes(take(rest)?).into())
-}
-
-fn len32(rest: &mut &[u8]) -> Result<usize, PackError> {
-    usize::try_from(u32::from_be_bytes(take(rest)?)).map_err(|_| PackError::Truncated)
 }
 
 fn bytes<'a>(rest: &mut &'a [u8], len: usize) -> Result<&'a [u8], PackError> {

@@ -53,6 +53,18 @@ pub enum CacheError {
     Unauthorized(::redis::RedisError),
 }
 
+impl CacheError {
+    /// Whether the call failed because Redis is away (retry everything later), not
+    /// because of the key or its value.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            CacheError::Open | CacheError::Timeout(_) => true,
+            CacheError::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+            _ => false,
+        }
+    }
+}
+
 impl From<stored::Corrupt> for CacheError {
     fn from(e: stored::Corrupt) -> Self {
         CacheError::Corrupt(e.0)
