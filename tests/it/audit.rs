@@ -205,7 +205,7 @@ async fn v5_names_that_read_like_statuses_are_names_at_every_layer() {
     );
 
     // A consumer folding the deltas sees the same.
-    let deltas = crate::command_side::fold_deltas(&js, "MATCH_DELTAS").await;
+    let deltas = crate::support::deltas::fold_deltas(&js, "MATCH_DELTAS").await;
     let folded = &deltas.projections[&match_stats_commands::MatchId::parse("v5-player").unwrap()];
     let a = folded
         .player(&match_stats_commands::PlayerId::parse("a").unwrap())

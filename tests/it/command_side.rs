@@ -2,123 +2,12 @@
 //! checked against `expected.json` through the service's counters, the deltas stream
 //! (folded independently of the service) and the dead-letter stream.
 
-use std::collections::BTreeMap;
-
 use async_nats::jetstream;
 use match_stats::command_side::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQUENCE};
-use match_stats_commands::{MatchId, StatDelta};
-use match_stats_harness::{NatsServer, contract, json};
-use match_stats_queries::MatchProjection;
-use serde_json::Value;
+use match_stats_harness::{NatsServer, contract};
 
+use crate::support::deltas::{assert_counts, assert_gapless, assert_matches_expected, fold_deltas};
 use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
-
-/// Everything the deltas stream says, folded: the projections, each match's versions in
-/// stream order, and the last full match object per match.
-pub(crate) struct Deltas {
-    pub(crate) projections: BTreeMap<MatchId, MatchProjection>,
-    versions: BTreeMap<MatchId, Vec<u64>>,
-    final_views: BTreeMap<MatchId, Value>,
-    pub(crate) messages: usize,
-    /// Delta entries (applied events) in all messages.
-    pub(crate) entries: usize,
-}
-
-pub(crate) async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
-    let mut deltas = Deltas {
-        projections: BTreeMap::new(),
-        versions: BTreeMap::new(),
-        final_views: BTreeMap::new(),
-        messages: 0,
-        entries: 0,
-    };
-    for message in read_stream(js, stream).await {
-        deltas.messages += 1;
-        deltas.entries += delta_entries(&message.payload);
-        let delta: StatDelta =
-            rmp_serde::from_slice(&message.payload).expect("deltas are MessagePack StatDelta");
-        assert_eq!(
-            message.subject.as_str(),
-            format!("match_stats.deltas.{}", delta.match_id),
-            "one subject per match"
-        );
-        let versions = deltas.versions.entry(delta.match_id).or_default();
-        versions.extend(delta.entries.iter().map(|e| e.version));
-        deltas
-            .projections
-            .entry(delta.match_id)
-            .or_insert_with(|| MatchProjection::new(delta.match_id))
-            .apply(&delta)
-            .expect("versions follow each other");
-        if let Some(view) = &delta.match_view {
-            deltas
-                .final_views
-                .insert(delta.match_id, serde_json::to_value(view).unwrap());
-        }
-    }
-    deltas
-}
-
-fn delta_entries(payload: &[u8]) -> usize {
-    rmp_serde::from_slice::<StatDelta>(payload)
-        .map(|d| d.entries.len())
-        .unwrap_or(0)
-}
-
-pub(crate) fn assert_gapless(deltas: &Deltas) {
-    for (id, versions) in &deltas.versions {
-        let expected: Vec<u64> = (1..=versions.len() as u64).collect();
-        assert_eq!(
-            versions, &expected,
-            "match {id}: every version once, in order"
-        );
-    }
-}
-
-pub(crate) fn assert_matches_expected(deltas: &Deltas, expected: &Value) {
-    let expected = expected["matches"].as_object().unwrap();
-    assert_eq!(deltas.projections.len(), expected.len());
-    for (id, projection) in &deltas.projections {
-        let want = &expected[id.as_str()];
-        json::assert_close(
-            &serde_json::to_value(projection.view()).unwrap(),
-            want,
-            &format!("deltas folded for {id}"),
-        );
-        // The final delta carries the service's own aggregate as the active-matches
-        // list renders it: the match object without its players.
-        let mut summary = want.clone();
-        summary.as_object_mut().unwrap().remove("player_stats");
-        json::assert_close(
-            &deltas.final_views[id],
-            &summary,
-            &format!("final match object of {id}"),
-        );
-    }
-}
-
-pub(crate) fn assert_counts(service: &Service, expected: &Value, times: u64) {
-    let counts = service.counts();
-    let e = &expected["counts"];
-    assert_eq!(counts.received, times * e["published"].as_u64().unwrap());
-    assert_eq!(
-        counts.applied,
-        e["applied"].as_u64().unwrap(),
-        "applied once, whatever the repeats"
-    );
-    let duplicates = e["duplicates"].as_u64().unwrap();
-    assert_eq!(
-        counts.duplicates,
-        duplicates + (times - 1) * (duplicates + counts.applied)
-    );
-    for (reason, n) in &counts.rejected {
-        let want = e["rejected"]
-            .get(*reason)
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        assert_eq!(*n, times * want, "rejected as {reason}");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_changes_nothing() {

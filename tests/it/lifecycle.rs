@@ -147,11 +147,11 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     );
     assert!(!service.task.is_finished(), "the service keeps running");
     // Nothing lost, nothing counted or published twice.
-    crate::command_side::assert_counts(&service, &scenario.expected, 1);
-    let deltas = crate::command_side::fold_deltas(&js, &config.streams.deltas_stream).await;
+    crate::support::deltas::assert_counts(&service, &scenario.expected, 1);
+    let deltas = crate::support::deltas::fold_deltas(&js, &config.streams.deltas_stream).await;
     assert_eq!(deltas.entries as u64, service.counts().applied);
-    crate::command_side::assert_gapless(&deltas);
-    crate::command_side::assert_matches_expected(&deltas, &scenario.expected);
+    crate::support::deltas::assert_gapless(&deltas);
+    crate::support::deltas::assert_matches_expected(&deltas, &scenario.expected);
     service.stop().await;
 }
 
@@ -205,10 +205,10 @@ async fn records_newer_than_their_marker_are_rolled_back_and_counts_stay_exact()
     let events =
         support::assert_conservation(&service.http, &js, &config.streams.events_stream).await;
     support::assert_counts_equal(&events, &scenario.expected);
-    crate::command_side::assert_counts(&service, &scenario.expected, 1);
-    let deltas = crate::command_side::fold_deltas(&js, &config.streams.deltas_stream).await;
-    crate::command_side::assert_gapless(&deltas);
-    crate::command_side::assert_matches_expected(&deltas, &scenario.expected);
+    crate::support::deltas::assert_counts(&service, &scenario.expected, 1);
+    let deltas = crate::support::deltas::fold_deltas(&js, &config.streams.deltas_stream).await;
+    crate::support::deltas::assert_gapless(&deltas);
+    crate::support::deltas::assert_matches_expected(&deltas, &scenario.expected);
     service.stop().await;
 }
 

@@ -1,14 +1,13 @@
 //! Integration tests: the service against real `nats-server` processes (one binary, many
-//! modules; each test starts its own servers, so streams and keys never collide).
+//! modules; each test starts its own servers, so streams and keys never collide). Tests
+//! that kill processes, load a core or run a cluster are in the `serial` binary, which
+//! cargo runs after this one, never beside it.
 
 mod audit;
-mod cluster;
 mod command_side;
 mod config;
-mod conservation;
 mod contract_data;
 mod event_schema;
-mod exact_counts;
 mod http_edge;
 mod lifecycle;
 mod limits;
@@ -18,4 +17,7 @@ mod query_side;
 mod security;
 mod shutdown;
 mod subjects;
+// Shared with the `serial` binary; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../support/mod.rs"]
 mod support;

@@ -1,5 +1,7 @@
-//! Starting the service in-process against a real NATS server, publishing events, and
-//! reading streams back.
+//! Starting the service in-process or as a process against real servers, publishing
+//! events, and reading streams back. Shared by the `it` and `serial` test binaries.
+
+pub mod deltas;
 
 use std::sync::Arc;
 use std::time::Duration;

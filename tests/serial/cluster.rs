@@ -17,7 +17,7 @@ use async_nats::jetstream;
 use match_stats_harness::{CLUSTER_USERS, NatsCluster, json};
 use serde_json::Value;
 
-use crate::command_side::{assert_gapless, assert_matches_expected, fold_deltas};
+use crate::support::deltas::{assert_gapless, assert_matches_expected, fold_deltas};
 use crate::support::{ServiceProcess, WAIT, publish_lines, read_stream, scenario_copies};
 
 /// Copies of the scenario.
