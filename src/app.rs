@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use axum::Router;
 use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings, RedisTls};
+use match_stats_queries::edge::{self, EdgeSettings};
+use match_stats_queries::live::Live;
 use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -110,6 +112,8 @@ impl App {
             ))),
             lookups: Default::default(),
             misses: Default::default(),
+            live: Arc::new(Live::new(config.edge.stream_max_clients as usize)),
+            completed_max_age: config.edge.completed_cache_max_age,
         };
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -135,6 +139,7 @@ impl App {
             dirty: dirty.clone(),
             batch_size: config.batch_size as usize,
             retention: config.cache.completed_retention,
+            live: api.live.clone(),
         };
         let cache_writer = api.redis.clone().map(|redis| CacheWriter {
             model: api.model.clone(),
@@ -162,7 +167,18 @@ impl App {
         // With ADMIN_ADDR, /metrics and pprof are served there only.
         let (public_ops, admin_ops) =
             ops::routers(state, config.pprof_enabled, config.admin_addr.is_some());
-        let routes = api::with_api_layers(api::router(api.clone()).merge(public_ops), limits);
+        let edge = EdgeSettings {
+            cors_origins: edge::list(&config.edge.cors_allowed_origins),
+            api_keys: edge::list(&config.edge.api_keys),
+            rate_limit: (config.edge.rate_limit_per_second > 0).then_some((
+                config.edge.rate_limit_per_second,
+                config.edge.rate_limit_burst,
+            )),
+        };
+        let routes = api::router(api.clone())
+            .merge(match_stats_queries::page::router())
+            .merge(public_ops);
+        let routes = edge::with_edge_layers(api::with_api_layers(routes, limits), &edge);
         let admin = match (config.admin_addr, admin_ops) {
             (Some(addr), Some(ops)) => Some((
                 TcpListener::bind(addr)
@@ -260,6 +276,8 @@ impl App {
             _ = token.cancelled() => {}
         }
         token.cancel();
+        // Open streams end now, so that the HTTP server can drain.
+        api.live.close();
         // Everything from here is bounded by one deadline, whatever NATS and Redis do.
         let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         let drained = tokio::time::timeout_at(deadline, async {

@@ -27,6 +27,10 @@ pub struct Config {
     /// Limits of the HTTP server.
     pub http_limits: HttpLimits,
 
+    #[command(flatten)]
+    /// What browsers, CDNs and API clients meet: streams, CORS, caching, keys, rate limit.
+    pub edge: Edge,
+
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
     pub log_level: String,
@@ -112,6 +116,36 @@ pub struct HttpLimits {
     /// Requests handled at once; more get 503 with Retry-After at once.
     #[arg(long, env = "HTTP_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_concurrent_requests: u32,
+}
+
+/// What browsers, CDNs and API clients meet.
+#[derive(Debug, Clone, Args)]
+pub struct Edge {
+    /// Server-Sent Events clients this replica streams to at once; more get 503 with
+    /// Retry-After.
+    #[arg(long, env = "STREAM_MAX_CLIENTS", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stream_max_clients: u32,
+    /// Origins whose pages may read the API (CORS), comma-separated, or * for any.
+    /// Empty: no CORS headers (same-origin pages only).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
+    /// How long browsers and CDNs may keep a completed match's responses (Cache-Control
+    /// max-age); late events can still change a completed match, so keep it short.
+    /// Active matches are always revalidated (ETag).
+    #[arg(long, env = "COMPLETED_CACHE_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub completed_cache_max_age: Duration,
+    /// Read-API keys, comma-separated: when set, /api/ routes need
+    /// `Authorization: Bearer <key>` (streams also take `?access_token=<key>`), else 401.
+    /// Empty: the API is open.
+    #[arg(long, env = "API_KEYS", default_value = "", hide_env_values = true)]
+    pub api_keys: String,
+    /// Requests per second each client (API key, else address) may make to /api/
+    /// routes; more get 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 0)]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may make in a burst above its rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: u32,
 }
 
 /// Snapshots and the match lifecycle.

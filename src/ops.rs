@@ -191,6 +191,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.api.lookups.publish_hit_ratios();
+    state.api.live.publish_gauges();
     state.stats.publish_partition_gauges();
     state.capacity.publish_gauges(&state.api.model);
     (

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -155,6 +155,10 @@ pub struct ApiState {
     pub lookups: Arc<LookupStats>,
     /// Ids no tier knew a moment ago (a negative cache).
     pub misses: Misses,
+    /// Live channels of watched matches, for the streams.
+    pub live: Arc<crate::live::Live>,
+    /// `Cache-Control: max-age` of a completed match's responses.
+    pub completed_max_age: std::time::Duration,
 }
 
 /// An error response: `{"error", "status", "timestamp"}`.
@@ -162,6 +166,8 @@ pub struct ApiState {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header (503, 429).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -170,23 +176,26 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A status with `Retry-After: <seconds>`.
+    pub fn retry_after(status: StatusCode, message: impl Into<String>, seconds: u32) -> Self {
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(status, message)
         }
     }
 
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
+        ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+        ApiError::new(StatusCode::NOT_FOUND, message)
     }
 }
 
@@ -197,11 +206,18 @@ impl IntoResponse for ApiError {
             "status": self.status.as_u16(),
             "timestamp": now(),
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                seconds.to_string().parse().expect("digits"),
+            );
+        }
+        response
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     rfc3339(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -221,6 +237,14 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/match-stats/matches/{match_id}/leaderboard/{metric}",
             get(leaderboard),
+        )
+        .route(
+            "/api/v1/match-stats/matches/{match_id}/stream",
+            get(crate::stream::match_stream),
+        )
+        .route(
+            "/api/v1/match-stats/matches/{match_id}/leaderboard/{metric}/stream",
+            get(crate::stream::leaderboard_stream),
         )
         .route("/openapi.json", get(openapi))
         .with_state(state)
@@ -244,24 +268,20 @@ pub fn with_api_layers(router: Router, limits: RequestLimits) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                message: "method not allowed: the API is read-only (GET)".into(),
-            }
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: the API is read-only (GET)",
+            )
         })
         .layer(middleware::from_fn(limit_uri))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
-                    let mut response = ApiError::new(
+                    ApiError::retry_after(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "too many requests in flight; try again",
+                        1,
                     )
-                    .into_response();
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                    response
                 }))
                 .load_shed()
                 .concurrency_limit(limits.max_concurrent),
@@ -296,10 +316,10 @@ async fn limit_uri(request: Request, next: Next) -> Response {
         .path_and_query()
         .map_or(0, |p| p.as_str().len());
     if len > MAX_URI_BYTES {
-        return ApiError {
-            status: StatusCode::URI_TOO_LONG,
-            message: format!("request target of {len} bytes is over the limit of {MAX_URI_BYTES}"),
-        }
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("request target of {len} bytes is over the limit of {MAX_URI_BYTES}"),
+        )
         .into_response();
     }
     next.run(request).await
@@ -321,23 +341,23 @@ async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
-fn match_id(raw: &str) -> Result<MatchId, ApiError> {
+pub(crate) fn match_id(raw: &str) -> Result<MatchId, ApiError> {
     MatchId::parse(raw).map_err(|e| ApiError::bad_request(format!("invalid match id: {e}")))
 }
 
-fn player_id(raw: &str) -> Result<PlayerId, ApiError> {
+pub(crate) fn player_id(raw: &str) -> Result<PlayerId, ApiError> {
     PlayerId::parse(raw).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
 }
 
-fn limit(
+pub(crate) fn limit(
     params: &HashMap<String, String>,
     (default, max): (usize, usize),
 ) -> Result<usize, ApiError> {
@@ -356,7 +376,7 @@ fn limit(
 }
 
 /// Finds a match in the read model, else Redis, else the completed bucket.
-async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiError> {
+pub(crate) async fn find(state: &ApiState, id: &MatchId) -> Result<Arc<MatchSnapshot>, ApiError> {
     let memory = state.model.get(id);
     let caught_up = state.model.is_caught_up();
     if let Some(snapshot) = &memory
@@ -417,23 +437,43 @@ fn json_bytes(body: bytes::Bytes) -> Response {
 }
 
 /// The path's parameters, or a JSON 400 (bad percent-encoding, invalid UTF-8).
-fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(crate) fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     path.map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+}
+
+/// A response derived from `snapshot`: 304 when the client holds its version.
+fn conditional(
+    state: &ApiState,
+    headers: &HeaderMap,
+    snapshot: &MatchSnapshot,
+    render: impl FnOnce() -> Response,
+) -> Response {
+    crate::edge::caching::conditional(
+        headers,
+        snapshot.version,
+        snapshot.is_completed(),
+        state.completed_max_age,
+        render,
+    )
 }
 
 async fn match_object(
     State(state): State<ApiState>,
     raw: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = match_id(&path(raw)?)?;
     let snapshot = find(&state, &id).await?;
-    Ok(json_bytes(snapshot.body().clone()))
+    Ok(conditional(&state, &headers, &snapshot, || {
+        json_bytes(snapshot.body().clone())
+    }))
 }
 
 async fn player_object(
     State(state): State<ApiState>,
     raw: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (raw_match, raw_player) = path(raw)?;
     let (id, pid) = (match_id(&raw_match)?, player_id(&raw_player)?);
@@ -441,11 +481,13 @@ async fn player_object(
     let player = snapshot
         .player(&pid)
         .ok_or_else(|| ApiError::not_found(format!("player {pid} not found in match {id}")))?;
-    Ok(json_bytes(
-        serde_json::to_vec(player.as_ref())
-            .expect("views serialize")
-            .into(),
-    ))
+    Ok(conditional(&state, &headers, &snapshot, || {
+        json_bytes(
+            serde_json::to_vec(player.as_ref())
+                .expect("views serialize")
+                .into(),
+        )
+    }))
 }
 
 #[derive(Serialize)]
@@ -534,20 +576,26 @@ struct LeaderboardBody<'a> {
     around: Option<&'a str>,
 }
 
+/// A metric from its path segment, or a 400 naming the valid ones.
+pub(crate) fn metric(raw: &str) -> Result<Metric, ApiError> {
+    Metric::parse(raw).ok_or_else(|| {
+        let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();
+        ApiError::bad_request(format!(
+            "unknown metric {raw:?}; valid metrics: {}",
+            valid.join(", ")
+        ))
+    })
+}
+
 async fn leaderboard(
     State(state): State<ApiState>,
     raw: Result<Path<(String, String)>, PathRejection>,
     query: Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (raw_match, raw_metric) = path(raw)?;
     let id = match_id(&raw_match)?;
-    let metric = Metric::parse(&raw_metric).ok_or_else(|| {
-        let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();
-        ApiError::bad_request(format!(
-            "unknown metric {raw_metric:?}; valid metrics: {}",
-            valid.join(", ")
-        ))
-    })?;
+    let metric = metric(&raw_metric)?;
     let params = params(query)?;
     let limit = limit(&params, LEADERBOARD_LIMIT)?;
     let around = params.get("around").map(|p| player_id(p)).transpose()?;
@@ -565,6 +613,25 @@ async fn leaderboard(
             all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec()
         }
     };
+    Ok(conditional(&state, &headers, &snapshot, || {
+        json_bytes(leaderboard_body(
+            &snapshot,
+            metric,
+            limit,
+            &ranked,
+            around.as_ref(),
+        ))
+    }))
+}
+
+/// A leaderboard response for `ranked` (a slice of the snapshot's standings).
+pub(crate) fn leaderboard_body(
+    snapshot: &MatchSnapshot,
+    metric: Metric,
+    limit: usize,
+    ranked: &[Ranked],
+    around: Option<&PlayerId>,
+) -> bytes::Bytes {
     let players: Vec<Entry> = ranked
         .iter()
         .filter_map(|r| {
@@ -582,17 +649,15 @@ async fn leaderboard(
         })
         .collect();
     let body = LeaderboardBody {
-        match_id: id.as_str(),
+        match_id: snapshot.summary.match_id.as_str(),
         metric: metric.as_str(),
         limit,
         count: players.len(),
         players,
         timestamp: now(),
-        around: around.as_ref().map(|p| p.as_str()),
+        around: around.map(|p| p.as_str()),
     };
-    Ok(json_bytes(
-        serde_json::to_vec(&body).expect("views serialize").into(),
-    ))
+    serde_json::to_vec(&body).expect("views serialize").into()
 }
 
 async fn openapi() -> Response {

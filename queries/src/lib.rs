@@ -9,6 +9,9 @@
 //! - [`cache`]: Redis (version-guarded write-through, circuit breaker, timeouts) and the
 //!   completed-matches key-value bucket;
 //! - [`api`]: the axum router and handlers of contract section 5;
+//! - [`edge`]: CORS, compression, conditional requests, API keys and the rate limit;
+//! - [`live`] and [`stream`]: per-match live updates and the Server-Sent Events streams
+//!   built on them;
 //! - [`metrics`]: the names and descriptions of the read side's Prometheus series.
 //!
 //! The query side never reaches into the command side's memory: everything it knows
@@ -16,10 +19,14 @@
 
 pub mod api;
 pub mod cache;
+pub mod edge;
 pub mod leaderboard;
+pub mod live;
 pub mod metrics;
+pub mod page;
 pub mod projection;
 pub mod read_model;
+pub mod stream;
 
 pub use api::{ApiState, router};
 pub use projection::{Lenient, MatchProjection, ProjectionError};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use match_stats_commands::{MatchId, StatDelta};
+use match_stats_queries::live::{Live, Pending};
 use match_stats_queries::{MatchBuilder, ReadModel};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +72,8 @@ pub struct Projector {
     pub batch_size: usize,
     /// Completed matches leave memory this long after this replica saw them end.
     pub retention: Duration,
+    /// Stream clients' channels: watched matches get an update per published snapshot.
+    pub live: Arc<Live>,
 }
 
 impl Projector {
@@ -85,6 +88,7 @@ impl Projector {
             dirty,
             batch_size,
             retention,
+            live,
         } = self;
         let mut stream = js.get_stream(&deltas_stream).await?;
         let state = stream.info().await?.state.clone();
@@ -104,6 +108,8 @@ impl Projector {
         let mut completed_at: HashMap<MatchId, Instant> = HashMap::new();
         let mut eviction = tokio::time::interval(EVICTION_INTERVAL);
         let mut pending: BTreeSet<MatchId> = BTreeSet::new();
+        // What changed in watched matches since their last published snapshot.
+        let mut watched: HashMap<MatchId, Pending> = HashMap::new();
         let mut last_publish = Instant::now();
         let started = Instant::now();
         loop {
@@ -118,6 +124,7 @@ impl Projector {
                     for id in &expired {
                         completed_at.remove(id);
                         builders.remove(id);
+                        watched.remove(id);
                     }
                     model.remove(&expired);
                     metrics::counter!(m::READ_MODEL_EVICTED).increment(expired.len() as u64);
@@ -151,10 +158,17 @@ impl Projector {
                 let builder = builders
                     .entry(delta.match_id)
                     .or_insert_with(|| MatchBuilder::new(delta.match_id));
+                let before = builder.version();
                 match builder.apply(&delta) {
                     Ok(0) => {}
                     Ok(_) => {
                         touched.insert(delta.match_id);
+                        if live.is_watched(&delta.match_id) {
+                            watched
+                                .entry(delta.match_id)
+                                .or_default()
+                                .record(&delta, before);
+                        }
                     }
                     Err(error) => {
                         // Never frozen: the match is built again from its deltas,
@@ -166,6 +180,7 @@ impl Projector {
                             Ok(rebuilt) => {
                                 *builder = rebuilt;
                                 touched.insert(delta.match_id);
+                                watched.entry(delta.match_id).or_default().reset();
                             }
                             Err(error) => {
                                 tracing::error!(%error, match_id = %delta.match_id, "rebuilding a match from its deltas failed")
@@ -191,7 +206,15 @@ impl Projector {
                         .entry(snapshot.summary.match_id)
                         .or_insert_with(Instant::now);
                 }
+                let updates: Vec<_> = snapshots
+                    .iter()
+                    .filter_map(|s| Some(watched.remove(&s.summary.match_id)?.into_update(s)))
+                    .collect();
                 model.publish(snapshots);
+                // After the model: a client that needs a snapshot finds this one.
+                for update in updates {
+                    live.publish(update);
+                }
                 dirty.extend(std::mem::take(&mut pending));
                 last_publish = Instant::now();
             }

@@ -16,6 +16,7 @@ mod permissions;
 mod query_side;
 mod security;
 mod shutdown;
+mod streams;
 mod subjects;
 // Shared with the `serial` binary; not every helper is used here.
 #[allow(dead_code)]

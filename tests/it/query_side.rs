@@ -320,6 +320,8 @@ async fn cold_replica(
         ))),
         lookups: Default::default(),
         misses: Default::default(),
+        live: std::sync::Arc::new(match_stats_queries::live::Live::new(16)),
+        completed_max_age: Duration::from_secs(60),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
