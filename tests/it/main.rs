@@ -4,6 +4,7 @@
 //! cargo runs after this one, never beside it.
 
 mod audit;
+mod browser_edge;
 mod command_side;
 mod config;
 mod contract_data;

@@ -3,6 +3,7 @@
 //! ([`support::one_heavy_test_at_a_time`]), in their own binary so that cargo runs them
 //! after the `it` binary's parallel tests and never beside them.
 
+mod browser;
 mod cluster;
 mod conservation;
 mod exact_counts;

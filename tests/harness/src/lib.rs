@@ -4,10 +4,12 @@
 //!   `redis-server` processes on free loopback ports with temporary directories, and
 //!   kill them on drop. A missing binary panics with the command that installs it.
 //!   [`NatsCluster`] runs three clustered nodes from `nats/cluster/node.conf`.
+//! - [`browser::Chromedriver`] runs headless Chromium behind `chromedriver`.
 //! - [`contract`] reads the contract's test data (vectors, scenarios, expected results)
 //!   from the repository's copy in `tests/data/contract/`.
 //! - [`json`] compares JSON documents with the contract's float tolerance.
 
+pub mod browser;
 pub mod contract;
 pub mod json;
 mod servers;
