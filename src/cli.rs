@@ -1,4 +1,4 @@
-//! The command line: `match-stats [serve | demo-feed | loadgen | config]` over the
+//! The command line: `match-stats [serve | demo-feed | loadgen | tail | publish | config]` over the
 //! service's settings ([`Config`]), and the two ways it reports on them: one line per
 //! invalid setting ([`describe_error`], exit code [`EXIT_CONFIG`]) and the effective
 //! settings as JSON ([`effective`]).
@@ -6,7 +6,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::tools::{demo::DemoArgs, loadgen::LoadArgs};
+use crate::tools::{demo::DemoArgs, loadgen::LoadArgs, publish::PublishArgs, tail::TailArgs};
 
 /// Exit code for an invalid configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -33,6 +33,11 @@ pub enum Command {
     /// Publish N matches of P players flat out or at a rate, and measure freshness
     /// (publish to delta, optionally publish to visible over REST).
     Loadgen(LoadArgs),
+    /// Print stat deltas (or dead letters) as they arrive, one line or JSON object each.
+    Tail(TailArgs),
+    /// Publish events typed or piped as JSON lines (one per line; Nats-Msg-Id from
+    /// event_id), printing what the events stream did with each.
+    Publish(PublishArgs),
     /// Print the effective settings as JSON (each with its source; secrets redacted) and
     /// exit.
     Config,

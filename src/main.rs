@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use match_stats::app::Abandoned;
 use match_stats::cli::{Cli, Command, EXIT_CONFIG, describe_error, effective};
-use match_stats::tools::{demo, loadgen};
+use match_stats::tools::{demo, loadgen, publish, tail};
 use match_stats::{App, telemetry};
 
 /// Exit code of a failure.
@@ -41,7 +41,7 @@ fn main() {
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
-    let (matches, cli) = match parsed {
+    let (matches, mut cli) = match parsed {
         Ok(parsed) => parsed,
         Err(error) if error.use_stderr() => {
             // One clear line naming the variable and the problem, and EX_USAGE.
@@ -57,6 +57,12 @@ fn main() {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{:#}", effective(&matches));
         return;
+    }
+    // The hand tools print their own lines: connection notices only when asked for.
+    if matches!(cli.command, Some(Command::Tail(_) | Command::Publish(_)))
+        && matches.value_source("log_level") == Some(clap::parser::ValueSource::DefaultValue)
+    {
+        cli.config.log_level = "warn".into();
     }
     #[cfg(feature = "heap-profile")]
     PROFILER
@@ -93,6 +99,8 @@ async fn run(cli: Cli) -> i32 {
         Command::Serve => serve(cli.config).await,
         Command::DemoFeed(args) => demo::run(&cli.config, args).await,
         Command::Loadgen(args) => loadgen::main(&cli.config, args).await,
+        Command::Tail(args) => tail::run(&cli.config, args).await,
+        Command::Publish(args) => publish::run(&cli.config, args).await,
         Command::Config => unreachable!("handled above"),
     };
     // Flushing spans to an unreachable collector must not hold the exit.

@@ -19,6 +19,7 @@ mod security;
 mod shutdown;
 mod streams;
 mod subjects;
+mod tools;
 // Shared with the `serial` binary; not every helper is used here.
 #[allow(dead_code)]
 #[path = "../support/mod.rs"]
