@@ -61,7 +61,10 @@ run: nats-server build ## Start local NATS and Redis under .run/, the service an
 	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) REDIS_ADDR=$$redis_addr $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
 	for i in $$(seq 100); do curl -sf http://127.0.0.1:$(HTTP_PORT)/ready >/dev/null && break; sleep 0.1; done; \
 	echo; echo "match-stats is running. Where to look:"; \
+	echo "  scoreboard page       http://127.0.0.1:$(HTTP_PORT)/"; \
 	echo "  active matches        http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/matches/active"; \
+	echo "  a match's live stream curl -N http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/matches/<match_id>/stream"; \
+	echo "  deltas by hand        NATS_URL=nats://127.0.0.1:$(NATS_PORT) $(BIN) tail   (or tail --dead-letters)"; \
 	echo "  a match / leaderboard http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/matches/<match_id>[/leaderboard/kills]"; \
 	echo "  system stats          http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/system/stats"; \
 	echo "  API description       http://127.0.0.1:$(HTTP_PORT)/openapi.json"; \

@@ -16,6 +16,28 @@ type Invalid = Option<(&'static str, &'static str)>;
 const CASES: &[(&str, &str, Invalid)] = &[
     ("WORKERS", "2", Some(("0", "invalid value '0' for WORKERS"))),
     (
+        "STREAM_MAX_CLIENTS",
+        "100",
+        Some(("0", "invalid value '0' for STREAM_MAX_CLIENTS")),
+    ),
+    ("CORS_ALLOWED_ORIGINS", "https://overlay.example", None),
+    (
+        "COMPLETED_CACHE_MAX_AGE",
+        "30s",
+        Some(("soon", "invalid value 'soon' for COMPLETED_CACHE_MAX_AGE")),
+    ),
+    ("API_KEYS", "key-one,key-two", None),
+    (
+        "RATE_LIMIT_PER_SECOND",
+        "20",
+        Some(("-1", "invalid value '-1' for RATE_LIMIT_PER_SECOND")),
+    ),
+    (
+        "RATE_LIMIT_BURST",
+        "40",
+        Some(("0", "invalid value '0' for RATE_LIMIT_BURST")),
+    ),
+    (
         "REDIS_TLS",
         "true",
         Some(("sure", "invalid value 'sure' for REDIS_TLS")),
@@ -342,7 +364,7 @@ fn every_variable_parses_and_its_invalid_value_names_it() {
             serde_json::from_slice(&out.stdout).expect("config prints JSON");
         assert_eq!(settings[var]["source"], "env", "{var}");
         let shown = settings[var]["value"].as_str().unwrap();
-        if *var == "REDIS_PASSWORD" || *var == "NATS_PASSWORD" || *var == "NATS_TOKEN" {
+        if ["REDIS_PASSWORD", "NATS_PASSWORD", "NATS_TOKEN", "API_KEYS"].contains(var) {
             assert_eq!(shown, "***", "{var} is redacted");
             assert!(
                 !String::from_utf8_lossy(&out.stdout).contains(valid),

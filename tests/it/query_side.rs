@@ -621,6 +621,8 @@ async fn every_error_is_json_with_the_right_status() {
         "/matches/{matchID}",
         "/matches/{matchID}/players/{playerID}",
         "/matches/{matchID}/leaderboard/{metric}",
+        "/matches/{matchID}/stream",
+        "/matches/{matchID}/leaderboard/{metric}/stream",
         "/system/stats",
     ] {
         assert!(
