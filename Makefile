@@ -12,7 +12,7 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium build run test bench bench-recovery load-test bench-cluster lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium build run test bench bench-recovery load-test bench-cluster bench-streams lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ bench-cluster: nats-server ## Publish rate of a 3-node loopback cluster with and
 
 bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream, with and without snapshots
 	cargo bench --bench recovery
+
+bench-streams: nats-server ## 1,000 live stream clients while ingesting 5,000 events/s, and the 304 path, next to baselines (release)
+	cargo bench --bench streams
 
 load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
 	cargo bench --bench load

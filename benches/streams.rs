@@ -1,0 +1,433 @@
+//! `make bench-streams`: live streams at scale and the `304` path, each next to a
+//! baseline measured in the same run.
+//!
+//! 1. 100 live matches of 16 players; the service ingests 5,000 events/s for 10 s with no
+//!    stream client (baseline: its CPU and RSS), then again with 1,000 match-stream
+//!    clients (10 per match): publish to client p50/p99 (the client's clock minus the
+//!    `last_update` of the delta's match, i.e. the newest event it carries, whose
+//!    timestamp is its publish time), RSS per client, the service's CPU, and the bench's
+//!    own (the clients') CPU.
+//! 2. `304`: `GET match` with `If-None-Match` of its current version from 64 connections,
+//!    no ingest; baseline: a bare axum handler answering `304` with the same headers.
+//!
+//! Under `cargo test` (no `--bench`), a smoke run with small numbers.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use match_stats::cli::Cli;
+use match_stats::tools::loadgen::{self, LoadArgs};
+use match_stats_harness::{NatsServer, free_port};
+
+struct Sizes {
+    matches: u32,
+    clients: usize,
+    rate: u32,
+    seconds: u64,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            matches: 100,
+            clients: 1000,
+            rate: 5000,
+            seconds: 10,
+        }
+    } else {
+        Sizes {
+            matches: 4,
+            clients: 8,
+            rate: 200,
+            seconds: 1,
+        }
+    }
+}
+
+const PLAYERS: u32 = 16;
+const CONNECTIONS: usize = 64;
+
+struct Service {
+    child: Child,
+    http: String,
+}
+
+impl Service {
+    async fn start(nats: &NatsServer) -> Service {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_match-stats"))
+            .env("NATS_URL", nats.url())
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("REDIS_ADDR", "")
+            .env("LOG_LEVEL", "warn")
+            .env("STREAM_MAX_CLIENTS", "5000")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start match-stats");
+        let service = Service {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        };
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/ready", service.http)).await
+                && r.status().is_success()
+            {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        rss_of(self.child.id())
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        cpu_of(self.child.id())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// User + system CPU seconds of a process (clock ticks of 1/100 s).
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn load(matches: u32, rate: u32, events: u64, seconds: Option<u64>) -> LoadArgs {
+    // (`events` 0 and a duration: at `rate` for that long.)
+    LoadArgs {
+        matches,
+        players: PLAYERS,
+        rate,
+        events,
+        duration: seconds.map(Duration::from_secs),
+        events_per_match: 10_000_000,
+        no_freshness: true,
+        rest: None,
+        json: false,
+    }
+}
+
+/// A phase's figures.
+struct Phase {
+    service_cpu: f64,
+    bench_cpu: f64,
+    rss: u64,
+}
+
+/// CPU of the service and of this process over `seconds`, then the service's RSS.
+async fn measure(service: &Service, seconds: u64) -> Phase {
+    let (cpu, own) = (service.cpu_seconds(), cpu_of(std::process::id()));
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    Phase {
+        service_cpu: (service.cpu_seconds() - cpu) / seconds as f64 * 100.0,
+        bench_cpu: (cpu_of(std::process::id()) - own) / seconds as f64 * 100.0,
+        rss: service.rss_bytes(),
+    }
+}
+
+/// Starts publishing `sizes.rate` events/s to new matches for `seconds`, and returns
+/// once the service lists them, with their ids.
+async fn start_ingest(
+    config: &match_stats::Config,
+    service: &Service,
+    sizes: &Sizes,
+    seconds: u64,
+) -> (tokio::task::JoinHandle<()>, Vec<String>) {
+    let known = active_ids(service).await;
+    let publisher = {
+        let (config, args) = (
+            config.clone(),
+            load(sizes.matches, sizes.rate, 0, Some(seconds)),
+        );
+        tokio::spawn(async move {
+            loadgen::run(&config, &args).await.expect("ingest");
+        })
+    };
+    loop {
+        let fresh: Vec<String> = active_ids(service)
+            .await
+            .into_iter()
+            .filter(|id| !known.contains(id))
+            .collect();
+        if fresh.len() == sizes.matches as usize {
+            return (publisher, fresh);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn active_ids(service: &Service) -> Vec<String> {
+    let active: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/match-stats/matches/active?limit=1000",
+        service.http
+    ))
+    .await
+    .expect("active")
+    .json()
+    .await
+    .expect("JSON");
+    active["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["match_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaHead {
+    #[serde(rename = "match")]
+    summary: Summary,
+}
+
+#[derive(serde::Deserialize)]
+struct Summary {
+    last_update: String,
+}
+
+/// Requests per second and p50/p99 (ms) of `GET url` with `If-None-Match: tag`.
+async fn hammer_304(url: String, tag: String, seconds: u64) -> (f64, f64, f64, u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (client, url, tag) = (client.clone(), url.clone(), tag.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut other = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match client.get(&url).header("If-None-Match", &tag).send().await {
+                    Ok(r) if r.status() == 304 => {
+                        let _ = r.bytes().await;
+                        h.saturating_record(started.elapsed().as_micros() as u64);
+                    }
+                    _ => other += 1,
+                }
+            }
+            (h, other)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut other = 0;
+    for task in tasks {
+        let (h, o) = task.await.expect("client");
+        all.add(h).expect("same bounds");
+        other += o;
+    }
+    (
+        all.len() as f64 / seconds as f64,
+        all.value_at_quantile(0.5) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+        other,
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sizes = sizes();
+    let nats = NatsServer::start();
+    let config = Cli::try_parse_from([
+        "match-stats",
+        "--nats-url",
+        &nats.url(),
+        "--log-level",
+        "warn",
+    ])?
+    .config;
+    let service = Service::start(&nats).await;
+    let rss_idle = service.rss_bytes();
+    // Every phase publishes to new matches: time to start them, and to connect, is not
+    // measured.
+    let settle = 3;
+
+    // 1. Ingest without clients, then with them.
+    eprintln!(
+        "bench-streams: {} events/s, no stream client...",
+        sizes.rate
+    );
+    let (publisher, _) = start_ingest(&config, &service, &sizes, sizes.seconds + settle).await;
+    let without = measure(&service, sizes.seconds).await;
+    publisher.await?;
+
+    let rss_before_clients = service.rss_bytes();
+    eprintln!(
+        "bench-streams: {} events/s with {} stream clients...",
+        sizes.rate, sizes.clients
+    );
+    let (publisher, ids) = start_ingest(&config, &service, &sizes, sizes.seconds + settle).await;
+    let latencies = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(sizes.clients)
+        .build()?;
+    let mut readers = Vec::new();
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(sizes.clients);
+    for c in 0..sizes.clients {
+        let url = format!(
+            "{}/api/v1/match-stats/matches/{}/stream",
+            service.http,
+            ids[c % ids.len()]
+        );
+        let (client, latencies, measuring, opened) = (
+            client.clone(),
+            latencies.clone(),
+            measuring.clone(),
+            opened_tx.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let response = client.get(&url).send().await.expect("stream");
+            assert_eq!(response.status(), 200, "{url}");
+            let mut events = response.bytes_stream().eventsource();
+            let _ = opened.send(()).await;
+            while let Some(Ok(event)) = events.next().await {
+                if event.event != "delta" || !measuring.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Ok(head) = serde_json::from_str::<DeltaHead>(&event.data)
+                    && let Ok(at) = chrono::DateTime::parse_from_rfc3339(&head.summary.last_update)
+                {
+                    let micros = ((now - at.timestamp_millis()).max(0) as u64) * 1000;
+                    latencies.lock().unwrap().saturating_record(micros);
+                }
+            }
+        }));
+    }
+    for _ in 0..sizes.clients {
+        opened_rx.recv().await;
+    }
+    let rss_with_clients = service.rss_bytes();
+    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    let with = measure(&service, sizes.seconds).await;
+    measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    publisher.await?;
+    let rss_end = service.rss_bytes();
+    for reader in &readers {
+        reader.abort();
+    }
+    let latency = latencies.lock().unwrap().clone();
+
+    // 2. The 304 path, no ingest: the service, then a bare axum handler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("{}/api/v1/match-stats/matches/{}", service.http, ids[0]);
+    let tag = reqwest::get(&url).await?.headers()["etag"]
+        .to_str()?
+        .to_owned();
+    let rest_seconds = sizes.seconds.min(5);
+    let service_304 = hammer_304(url, tag.clone(), rest_seconds).await;
+    let bare = axum::Router::new().route(
+        "/match",
+        axum::routing::get({
+            let tag = tag.clone();
+            move || async move {
+                (
+                    axum::http::StatusCode::NOT_MODIFIED,
+                    [
+                        ("etag", tag),
+                        ("vary", "Accept-Encoding".to_owned()),
+                        ("cache-control", "no-cache".to_owned()),
+                    ],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, bare).await });
+    let bare_304 = hammer_304(format!("http://{addr}/match"), tag, rest_seconds).await;
+    server.abort();
+
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    println!();
+    println!(
+        "## Streams: {} clients on {} matches of {PLAYERS} players, {} events/s for {} s",
+        sizes.clients, sizes.matches, sizes.rate, sizes.seconds
+    );
+    println!();
+    println!(
+        "| measurement | with {} stream clients | baseline (no client) |",
+        sizes.clients
+    );
+    println!("|---|---|---|");
+    println!(
+        "| publish to client (newest event of each delta) | p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} deltas received) | - |",
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+        latency.max() as f64 / 1000.0,
+        latency.len()
+    );
+    println!(
+        "| service CPU (of 200%) | {:.0}% | {:.0}% |",
+        with.service_cpu, without.service_cpu
+    );
+    println!(
+        "| bench process CPU (publisher, and the clients' parsing) | {:.0}% | {:.0}% |",
+        with.bench_cpu, without.bench_cpu
+    );
+    println!(
+        "| service RSS | {:.1} MiB during the ingest ({:.1} with the clients just connected; {:.1} at the end) | {:.1} MiB during the ingest ({:.1} idle) |",
+        mib(with.rss),
+        mib(rss_with_clients),
+        mib(rss_end),
+        mib(without.rss),
+        mib(rss_idle)
+    );
+    println!(
+        "| RSS per stream client | {:.1} KiB just connected, {:.1} KiB during the ingest (vs the phase without clients) | - |",
+        rss_with_clients.saturating_sub(rss_before_clients) as f64 / 1024.0 / sizes.clients as f64,
+        with.rss.saturating_sub(without.rss) as f64 / 1024.0 / sizes.clients as f64,
+    );
+    println!();
+    println!("| `304` path, {CONNECTIONS} connections | match-stats | bare axum |");
+    println!("|---|---|---|");
+    println!(
+        "| requests/s | {:.0} | {:.0} ({:.2}x) |",
+        service_304.0,
+        bare_304.0,
+        service_304.0 / bare_304.0.max(1.0)
+    );
+    println!(
+        "| p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+        service_304.1, service_304.2, bare_304.1, bare_304.2
+    );
+    println!("| not 304 | {} | {} |", service_304.3, bare_304.3);
+    Ok(())
+}
