@@ -8,7 +8,9 @@
 //! - [`leaderboard`]: per-metric standings, sorted on first request per snapshot;
 //! - [`cache`]: Redis (version-guarded write-through, circuit breaker, timeouts) and the
 //!   completed-matches key-value bucket;
-//! - [`api`]: the axum router and handlers of contract section 5;
+//! - [`api`]: the axum router and handlers of contract section 5, on [`lookup`] (the
+//!   tiers a match is found in), [`params`] (validated parameters), [`board`] (the
+//!   leaderboard response) and [`error`] (JSON errors);
 //! - [`edge`]: CORS, compression, conditional requests, API keys and the rate limit;
 //! - [`live`] and [`stream`]: per-match live updates and the Server-Sent Events streams
 //!   built on them;
@@ -18,12 +20,16 @@
 //! arrives on the deltas stream, so it runs on every replica.
 
 pub mod api;
+pub mod board;
 pub mod cache;
 pub mod edge;
+pub mod error;
 pub mod leaderboard;
 pub mod live;
+pub mod lookup;
 pub mod metrics;
 pub mod page;
+pub mod params;
 pub mod projection;
 pub mod read_model;
 pub mod stream;

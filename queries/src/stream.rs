@@ -24,10 +24,10 @@ use match_stats_commands::{MatchId, PlayerId};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::api::{
-    ApiError, ApiState, LEADERBOARD_LIMIT, Params, find, leaderboard_body, limit, match_id, metric,
-    params, path,
-};
+use crate::board::leaderboard_body;
+use crate::error::ApiError;
+use crate::lookup::{ApiState, find};
+use crate::params::{LEADERBOARD_LIMIT, Params, limit, match_id, metric, params, path};
 use crate::leaderboard::{Metric, Ranked};
 use crate::live::{Fit, Subscription, Update, summary_json};
 use crate::read_model::MatchSnapshot;

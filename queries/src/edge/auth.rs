@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 
 /// The configured keys, kept as SHA-256 digests (compared without early exit).
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 
 /// Clients remembered before idle ones are forgotten.
 pub const TRACKED_CLIENTS: usize = 100_000;
