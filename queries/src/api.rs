@@ -20,12 +20,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use match_stats_commands::{MatchId, MatchStatus, MatchView};
 use serde::Serialize;
 
+use crate::board::leaderboard_body;
 pub use crate::error::ApiError;
 use crate::error::now;
-pub use crate::lookup::{ApiState, Level, LookupStats, Misses, NEGATIVE_CAPACITY, NEGATIVE_TTL};
-use crate::lookup::find;
-use crate::board::leaderboard_body;
 use crate::leaderboard::Ranked;
+use crate::lookup::find;
+pub use crate::lookup::{ApiState, Level, LookupStats, Misses, NEGATIVE_CAPACITY, NEGATIVE_TTL};
 pub use crate::params::{ACTIVE_LIMIT, LEADERBOARD_LIMIT};
 use crate::params::{Params, limit, match_id, metric, params, path, player_id};
 use crate::read_model::MatchSnapshot;
@@ -152,11 +152,9 @@ async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
-
 fn json_bytes(body: bytes::Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
-
 
 /// A response derived from `snapshot`: 304 when the client holds its version.
 fn conditional(
@@ -271,7 +269,6 @@ async fn active_matches(
     Ok(Json(body).into_response())
 }
 
-
 async fn leaderboard(
     State(state): State<ApiState>,
     raw: Result<Path<(String, String)>, PathRejection>,
@@ -308,7 +305,6 @@ async fn leaderboard(
         ))
     }))
 }
-
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()

@@ -26,10 +26,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::board::leaderboard_body;
 use crate::error::ApiError;
-use crate::lookup::{ApiState, find};
-use crate::params::{LEADERBOARD_LIMIT, Params, limit, match_id, metric, params, path};
 use crate::leaderboard::{Metric, Ranked};
 use crate::live::{Fit, Subscription, Update, summary_json};
+use crate::lookup::{ApiState, find};
+use crate::params::{LEADERBOARD_LIMIT, Params, limit, match_id, metric, params, path};
 use crate::read_model::MatchSnapshot;
 
 /// How often an idle stream sends a comment (keeps proxies from closing it).

@@ -418,3 +418,107 @@ fn chrono_now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderboard_stream_sends_the_top_n_when_it_changes_and_an_overtake_when_one_passes_another()
+ {
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start(&nats).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let id = "board-match";
+    let now = chrono_now_ms();
+    let mut n = 0;
+    let mut event = |kind: &str, player: &str, data: Value| {
+        n += 1;
+        serde_json::to_vec(&json!({
+            "event_id": format!("{id}-{n}"), "match_id": id, "player_id": player,
+            "event_type": kind, "timestamp": now + n, "event_data": data,
+        }))
+        .unwrap()
+    };
+    let kill = |k: &str, v: &str| json!({"killer_id": k, "victim_id": v, "weapon": "ak"});
+    // ana 2 kills, ben 1, cho 0.
+    let opening = vec![
+        event("player_join", "ana", json!({})),
+        event("player_join", "ben", json!({})),
+        event("player_join", "cho", json!({})),
+        event("kill", "ana", kill("ana", "cho")),
+        event("kill", "ana", kill("ana", "cho")),
+        event("kill", "ben", kill("ben", "cho")),
+    ];
+    publish_all(&js, "match_stats.events", opening.iter().map(|e| &e[..])).await;
+    let url = format!(
+        "{}/api/v1/match-stats/matches/{id}/leaderboard/kills/stream?limit=2",
+        service.http()
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut events = loop {
+        if let Some(events) = open(&url, None).await {
+            let mut events = events;
+            let first = events.next().await.unwrap();
+            assert_eq!(first.event, "leaderboard");
+            if first.id == 6 {
+                let top: Vec<(&str, u64)> = first.data["players"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["player_id"].as_str().unwrap(),
+                            p["rank"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(top, [("ana", 1), ("ben", 2)]);
+                assert_eq!(first.data["limit"], 2);
+                break events;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the match appears");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // ben draws level (a change of the top, no overtake), then passes ana.
+    publish_all(
+        &js,
+        "match_stats.events",
+        [&event("kill", "ben", kill("ben", "cho"))[..]],
+    )
+    .await;
+    let level = events.next().await.unwrap();
+    assert_eq!((level.event.as_str(), level.id), ("leaderboard", 7));
+    let ranks: Vec<u64> = level.data["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ranks, [1, 1], "level: a shared rank");
+    publish_all(
+        &js,
+        "match_stats.events",
+        [&event("kill", "ben", kill("ben", "cho"))[..]],
+    )
+    .await;
+    let overtake = events.next().await.unwrap();
+    assert_eq!((overtake.event.as_str(), overtake.id), ("overtake", 8));
+    assert_eq!(
+        overtake.data,
+        json!({
+            "match_id": id, "metric": "kills", "player_id": "ben", "passed_player_id": "ana",
+            "old_rank": 1, "new_rank": 1, "passed_old_rank": 1, "passed_new_rank": 2,
+        })
+    );
+    let board = events.next().await.unwrap();
+    assert_eq!((board.event.as_str(), board.id), ("leaderboard", 8));
+    assert_eq!(board.data["players"][0]["player_id"], "ben");
+    assert_eq!(board.data["players"][0]["value"], 3);
+    // A change below the top 2 sends nothing.
+    publish_all(
+        &js,
+        "match_stats.events",
+        [&event("player_join", "dev", json!({}))[..]],
+    )
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+    assert!(quiet.is_err(), "no event when the top 2 stays the same");
+}
