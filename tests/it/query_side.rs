@@ -373,6 +373,19 @@ async fn a_second_replica_answers_from_redis_then_the_bucket_then_its_own_read_m
     let cold = cold_replica(Some(&redis), &nats, &config).await;
     wait_served(&cold, &scenario.expected).await;
     assert_serves_expected(&cold, &scenario.expected).await;
+    // Its live streams start from the same tiers: a snapshot equal to the expected match.
+    for (id, want) in scenario.expected["matches"].as_object().unwrap() {
+        use eventsource_stream::Eventsource as _;
+        use futures::StreamExt as _;
+        let url = format!("{cold}{PREFIX}/matches/{id}/stream");
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let first = response.bytes_stream().eventsource().next().await;
+        let first = first.unwrap().unwrap();
+        assert_eq!(first.event, "snapshot", "{url}");
+        let snapshot: Value = serde_json::from_str(&first.data).unwrap();
+        json::assert_close(&snapshot, want, &format!("cold stream of {id}"));
+    }
 
     // Redis flushed: completed matches still come from the key-value bucket.
     first.stop().await;
