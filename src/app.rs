@@ -12,6 +12,10 @@ use async_nats::jetstream;
 use axum::Router;
 use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings, RedisTls};
 use match_stats_queries::edge::{self, EdgeSettings};
+
+use crate::history::HistoryStats;
+use crate::history::routes::HistoryState;
+use crate::history::writer::HistoryWriter;
 use match_stats_queries::live::Live;
 use match_stats_queries::{ApiState, ReadModel, api};
 use tokio::net::TcpListener;
@@ -77,6 +81,7 @@ pub struct App {
     ingest: Ingest,
     projector: Projector,
     cache_writer: Option<CacheWriter>,
+    history: Option<HistoryWriter>,
     routes: Router,
     listener: TcpListener,
     admin: Option<(TcpListener, Router)>,
@@ -148,7 +153,32 @@ impl App {
             write_interval: config.cache.write_interval,
             resync_interval: config.cache.resync_interval,
         });
+        let history_stats = Arc::new(HistoryStats::default());
+        let (history, pool) = match &config.history.database_url {
+            None => (None, None),
+            Some(url) => {
+                let pool = crate::history::store::pool(url)?;
+                let writer = HistoryWriter {
+                    js: jetstream::new(nats.clone()),
+                    config: config.clone(),
+                    pool: pool.clone(),
+                    model: api.model.clone(),
+                    completed: api.completed.clone().expect("the service has the bucket"),
+                    stats: history_stats.clone(),
+                };
+                (Some(writer), Some(pool))
+            }
+        };
+        let history_routes = crate::history::routes::router(HistoryState {
+            pool,
+            min_matches: config.history.history_min_matches,
+        });
         let state = HttpState {
+            history: config
+                .history
+                .database_url
+                .is_some()
+                .then(|| history_stats.clone()),
             stats: stats.clone(),
             metrics: telemetry::metrics(),
             nats: nats.clone(),
@@ -176,6 +206,7 @@ impl App {
             )),
         };
         let routes = api::router(api.clone())
+            .merge(history_routes)
             .merge(match_stats_queries::page::router())
             .merge(public_ops);
         let routes = edge::with_edge_layers(api::with_api_layers(routes, limits), &edge);
@@ -194,6 +225,7 @@ impl App {
             ingest,
             projector,
             cache_writer,
+            history,
             routes,
             listener,
             admin,
@@ -240,6 +272,7 @@ impl App {
             ingest,
             projector,
             cache_writer,
+            history,
             routes,
             listener,
             admin,
@@ -254,6 +287,9 @@ impl App {
         tasks.spawn(projector.run(token.clone()));
         if let Some(writer) = cache_writer {
             tasks.spawn(writer.run(token.clone()));
+        }
+        if let Some(history) = history {
+            tasks.spawn(history.run(token.clone()));
         }
         let limits = crate::serve::ConnectionLimits {
             header_read_timeout: config.http_limits.http_header_read_timeout,

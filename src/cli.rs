@@ -1,4 +1,5 @@
-//! The command line: `match-stats [serve | demo-feed | loadgen | tail | publish | config]` over the
+//! The command line: `match-stats [serve | demo-feed | loadgen | tail | publish |
+//! erase-player | config]` over the
 //! service's settings ([`Config`]), and the two ways it reports on them: one line per
 //! invalid setting ([`describe_error`], exit code [`EXIT_CONFIG`]) and the effective
 //! settings as JSON ([`effective`]).
@@ -38,6 +39,12 @@ pub enum Command {
     /// Publish events typed or piped as JSON lines (one per line; Nats-Msg-Id from
     /// event_id), printing what the events stream did with each.
     Publish(PublishArgs),
+    /// Erase one player's match history from the history database (DATABASE_URL), and
+    /// keep it from being written again (privacy requests).
+    ErasePlayer {
+        /// The player's id.
+        player_id: String,
+    },
     /// Print the effective settings as JSON (each with its source; secrets redacted) and
     /// exit.
     Config,

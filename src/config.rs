@@ -98,6 +98,10 @@ pub struct Config {
     #[command(flatten)]
     /// Snapshots, idle matches, retention.
     pub lifecycle: Lifecycle,
+
+    #[command(flatten)]
+    /// Match history in PostgreSQL.
+    pub history: HistoryConfig,
 }
 
 /// Limits of the HTTP server (the public port faces clients that may be slow, many or
@@ -116,6 +120,20 @@ pub struct HttpLimits {
     /// Requests handled at once; more get 503 with Retry-After at once.
     #[arg(long, env = "HTTP_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_concurrent_requests: u32,
+}
+
+/// Match history in PostgreSQL (off without `DATABASE_URL`).
+#[derive(Debug, Clone, Args)]
+pub struct HistoryConfig {
+    /// PostgreSQL URL (e.g. postgres://user:password@host:5432/match_stats?sslmode=require):
+    /// completed matches and player lines are written there and history routes answer.
+    /// Unset: no history (its routes answer 501).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Matches a player needs to appear on a ratio board across matches (kd_ratio, kda,
+    /// accuracy).
+    #[arg(long, env = "HISTORY_MIN_MATCHES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub history_min_matches: i64,
 }
 
 /// What browsers, CDNs and API clients meet.

@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod command_side;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub mod nats;
 pub mod ops;

@@ -59,8 +59,10 @@ fn main() {
         return;
     }
     // The hand tools print their own lines: connection notices only when asked for.
-    if matches!(cli.command, Some(Command::Tail(_) | Command::Publish(_)))
-        && matches.value_source("log_level") == Some(clap::parser::ValueSource::DefaultValue)
+    if matches!(
+        cli.command,
+        Some(Command::Tail(_) | Command::Publish(_) | Command::ErasePlayer { .. })
+    ) && matches.value_source("log_level") == Some(clap::parser::ValueSource::DefaultValue)
     {
         cli.config.log_level = "warn".into();
     }
@@ -82,6 +84,20 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `match-stats erase-player <ID>`.
+async fn erase_player(config: &match_stats::Config, player_id: &str) -> anyhow::Result<()> {
+    use match_stats::history::store;
+    let url =
+        config.history.database_url.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("DATABASE_URL is not set: there is no history to erase")
+        })?;
+    let pool = store::pool(url)?;
+    store::migrate(&pool).await?;
+    let rows = store::erase_player(&pool, player_id).await?;
+    println!("erased {rows} match lines of player {player_id}; they will not be written again");
+    Ok(())
+}
+
 /// Runs the command; its exit code.
 async fn run(cli: Cli) -> i32 {
     let provider = match telemetry::init(
@@ -101,6 +117,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Loadgen(args) => loadgen::main(&cli.config, args).await,
         Command::Tail(args) => tail::run(&cli.config, args).await,
         Command::Publish(args) => publish::run(&cli.config, args).await,
+        Command::ErasePlayer { player_id } => erase_player(&cli.config, &player_id).await,
         Command::Config => unreachable!("handled above"),
     };
     // Flushing spans to an unreachable collector must not hold the exit.

@@ -99,8 +99,51 @@ pub const REDIS_ERRORS: &str = "match_stats_redis_errors_total";
 /// The Redis circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const CACHE_CIRCUIT_STATE: &str = "match_stats_cache_circuit_state";
 
+/// Completed matches the history writer wrote (newer than what the table held).
+pub const HISTORY_MATCHES_WRITTEN: &str = "match_stats_history_matches_written_total";
+/// Deltas waiting for the history writer.
+pub const HISTORY_LAG: &str = "match_stats_history_lag_messages";
+/// Seconds per history batch write.
+pub const HISTORY_WRITE_DURATION: &str = "match_stats_history_write_duration_seconds";
+/// History batch writes retried (the database away).
+pub const HISTORY_WRITE_RETRIES: &str = "match_stats_history_write_retries_total";
+/// Completed matches no source could give the history writer.
+pub const HISTORY_UNRESOLVED: &str = "match_stats_history_unresolved_total";
+/// Matches backfilled from the completed-matches bucket.
+pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
+
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        HISTORY_MATCHES_WRITTEN,
+        Kind::Counter,
+        "Completed matches written to the history database (newer than the stored version).",
+    ),
+    (
+        HISTORY_LAG,
+        Kind::Gauge,
+        "Deltas waiting for (or delivered to and not yet acknowledged by) the history writer.",
+    ),
+    (
+        HISTORY_WRITE_DURATION,
+        Kind::Histogram,
+        "Seconds per history batch write (one transaction).",
+    ),
+    (
+        HISTORY_WRITE_RETRIES,
+        Kind::Counter,
+        "History batch writes retried while the database was away.",
+    ),
+    (
+        HISTORY_UNRESOLVED,
+        Kind::Counter,
+        "Completed matches whose object no source (read model, bucket, deltas) could give the history writer.",
+    ),
+    (
+        HISTORY_BACKFILL_DONE,
+        Kind::Gauge,
+        "Matches backfilled from the completed-matches bucket at the first start against an empty database.",
+    ),
     (
         EVENTS_RECEIVED,
         Kind::Counter,

@@ -37,6 +37,8 @@ pub struct HttpState {
     pub ready_max_pending: u64,
     /// What this replica is sized to hold.
     pub capacity: Capacity,
+    /// The history writer's figures, when history is configured.
+    pub history: Option<Arc<crate::history::HistoryStats>>,
 }
 
 /// The operational routes, testable without a socket: those of the public port, and,
@@ -185,8 +187,17 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
         // still work): it is shown here and alerted on (match_stats_partition_stalled).
         "partitions_stalled": stats.stalled(),
         "counts": stats.counts(),
+        // History never makes the replica unready; its backfill shows here.
+        "history": history_json(&state),
     });
     (status, Json(body))
+}
+
+fn history_json(state: &HttpState) -> serde_json::Value {
+    state
+        .history
+        .as_ref()
+        .map_or_else(|| json!({"enabled": false}), |h| h.to_json())
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -251,6 +262,7 @@ async fn system_stats(State(state): State<HttpState>) -> Json<serde_json::Value>
             "conserved": counts.conserved,
         },
         "consumer_lag": consumer,
+        "history": history_json(&state),
         "partitions": {
             "count": stats.partitions.len(),
             "held": counts.partitions_held,

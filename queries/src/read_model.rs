@@ -119,6 +119,13 @@ impl MatchSnapshot {
         self.summary.status == MatchStatus::Completed
     }
 
+    /// The match object with its players.
+    pub fn to_view(&self) -> MatchView {
+        let mut view = self.summary.clone();
+        view.player_stats = Some(self.players().values().map(|p| (**p).clone()).collect());
+        view
+    }
+
     /// The full match object as JSON, rendered once per snapshot.
     pub fn body(&self) -> &Bytes {
         self.body.get_or_init(|| {

@@ -172,6 +172,14 @@ impl Source<'_> {
     }
 }
 
+/// The `event_id` of the `match_end` the service publishes for an idle match at
+/// `event_count`: a name-based id, the same from any replica and any replay, of the
+/// contract's alphabet whatever the match id's length.
+pub fn idle_end_event_id(match_id: MatchId, event_count: u64) -> String {
+    let name = format!("{match_id}:idle:{event_count}");
+    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
 /// An active match with no event stored for the idle timeout, and the `match_end` that
 /// closes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -335,12 +343,9 @@ impl PartitionMatches {
             .map(|t| {
                 let stats = t.aggregate.stats();
                 let match_id = t.aggregate.match_id();
-                // A name-based id: the same from any replica and any replay, an id of the
-                // contract's alphabet whatever the match id's length.
-                let name = format!("{match_id}:idle:{}", stats.event_count);
                 IdleMatch {
                     match_id,
-                    event_id: uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string(),
+                    event_id: idle_end_event_id(match_id, stats.event_count),
                     last_update: stats.last_update,
                 }
             })

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use context::Context;
 pub use matches::{
     HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQUENCE, HEADER_SOURCE_STREAM,
-    HEADER_SOURCE_SUBJECT,
+    HEADER_SOURCE_SUBJECT, idle_end_event_id,
 };
 pub use snapshots::MATCH_PREFIX;
 pub use stats::{ConsumerLag, IngestCounts, IngestStats};

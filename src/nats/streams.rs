@@ -91,6 +91,34 @@ pub fn ingest_consumer(config: &Config, partition: Partition) -> consumer::pull:
     consumer
 }
 
+/// Durable name of the history writer's consumer of the deltas stream.
+pub const HISTORY_CONSUMER: &str = "match-stats-history";
+
+/// The history writer's durable pull consumer of the deltas stream: from the stream's
+/// start (a first start backfills as far back as the stream goes), acknowledged in
+/// chunks, delivered to the one pinned replica of the [`WRITER_GROUP`].
+pub fn history_consumer(config: &Config) -> consumer::pull::Config {
+    let names = &config.streams;
+    consumer::pull::Config {
+        durable_name: Some(HISTORY_CONSUMER.into()),
+        description: Some(
+            "The history writer: completed matches into PostgreSQL, delivered to the one pinned replica"
+                .into(),
+        ),
+        filter_subject: format!("{}.*", names.deltas_subject),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::All,
+        ack_wait: config.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![WRITER_GROUP.into()],
+        priority_timeout: names.pin_timeout,
+        num_replicas: names.stream_replicas.into(),
+        ..Default::default()
+    }
+}
+
 /// The snapshot bucket: the command side's aggregates and partition markers.
 pub fn snapshot_bucket(config: &Config) -> kv::Config {
     kv::Config {

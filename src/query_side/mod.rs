@@ -17,6 +17,7 @@ use match_stats_commands::MatchId;
 pub use cache_writer::CacheWriter;
 pub use capacity::Capacity;
 pub use projector::Projector;
+pub(crate) use projector::resync;
 
 /// Matches whose latest snapshot Redis has not seen yet.
 #[derive(Debug, Default)]

@@ -23,7 +23,7 @@ pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 /// A match built again from its deltas, up to the stream sequence `upto`, applying what
 /// can be applied (a missing version is jumped, a value that does not fit its field is
 /// left out: both counted).
-async fn resync(
+pub(crate) async fn resync(
     stream: &jetstream::stream::Stream,
     subject: String,
     id: MatchId,

@@ -9,6 +9,7 @@ mod command_side;
 mod config;
 mod contract_data;
 mod event_schema;
+mod history;
 mod http_edge;
 mod lifecycle;
 mod limits;

@@ -66,4 +66,24 @@ impl CompletedStore {
             .map(|v| stored::decode(&v).map(MatchSnapshot::from_view))
             .transpose()?)
     }
+
+    /// The ids of every completed match stored.
+    pub async fn ids(&self) -> Result<Vec<MatchId>, CacheError> {
+        use futures::StreamExt;
+        let mut list = self
+            .store
+            .list()
+            .await
+            .map_err(|e| CacheError::Kv(e.to_string()))?;
+        let mut ids = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| CacheError::Kv(e.to_string()))?;
+            if let Ok(id) = MatchId::parse(&info.name)
+                && !info.deleted
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
 }

@@ -1,0 +1,437 @@
+//! History's read routes: a player's matches (newest first, by cursor), their career
+//! (totals over a period, a game mode, a map, with derived values recomputed from the
+//! totals by the contract's formulas), and boards across matches. Without a database they
+//! answer 501 saying history is not configured.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use match_stats_commands::PlayerId;
+use match_stats_commands::view::rfc3339;
+use match_stats_queries::api::ApiError;
+use match_stats_queries::leaderboard::Metric;
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+
+/// Default and largest `limit` of a player's matches.
+pub const MATCHES_LIMIT: (usize, usize) = (20, 100);
+/// Default and largest `limit` of a board.
+pub const BOARD_LIMIT: (usize, usize) = (10, 100);
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct HistoryState {
+    /// The database, or `None`: history is not configured.
+    pub pool: Option<PgPool>,
+    /// Matches a player needs to appear on a ratio board (kd_ratio, kda, accuracy).
+    pub min_matches: i64,
+}
+
+/// The routes.
+pub fn router(state: HistoryState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/match-stats/players/{player_id}/matches",
+            get(player_matches),
+        )
+        .route(
+            "/api/v1/match-stats/players/{player_id}/career",
+            get(career),
+        )
+        .route("/api/v1/match-stats/leaderboards/{metric}", get(board))
+        .with_state(state)
+}
+
+fn database(state: &HistoryState) -> Result<&PgPool, ApiError> {
+    state.pool.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "match history is not configured on this deployment (set DATABASE_URL)",
+        )
+    })
+}
+
+fn db_error(error: sqlx::Error) -> ApiError {
+    tracing::warn!(%error, "history query failed");
+    ApiError::retry_after(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the history database is not answering; try again",
+        5,
+    )
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+}
+
+fn player(raw: Result<Path<String>, PathRejection>) -> Result<PlayerId, ApiError> {
+    let Path(raw) =
+        raw.map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))?;
+    PlayerId::parse(&raw).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
+}
+
+fn limit(
+    params: &HashMap<String, String>,
+    (default, max): (usize, usize),
+) -> Result<i64, ApiError> {
+    match params.get("limit") {
+        None => Ok(default as i64),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .map(|n| n as i64)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid limit {raw:?}: must be an integer from 1 to {max}"
+                ))
+            }),
+    }
+}
+
+fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    params
+        .get(name)
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid {name} {raw:?}: an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// The period and game mode (and map) filters shared by careers and boards.
+struct Filters {
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    game_mode: Option<String>,
+    map: Option<String>,
+}
+
+impl Filters {
+    fn of(params: &HashMap<String, String>) -> Result<Self, ApiError> {
+        Ok(Filters {
+            since: time(params, "since")?,
+            until: time(params, "until")?,
+            game_mode: params.get("game_mode").cloned(),
+            map: params.get("map").cloned(),
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "since": self.since.map(|t| rfc3339(t.timestamp_millis())),
+            "until": self.until.map(|t| rfc3339(t.timestamp_millis())),
+            "game_mode": self.game_mode,
+            "map": self.map,
+        })
+    }
+}
+
+/// `... AND` conditions on `match_players` for the filters bound as $2..$5.
+const FILTERS: &str = "($2::timestamptz IS NULL OR end_time >= $2)
+     AND ($3::timestamptz IS NULL OR end_time < $3)
+     AND ($4::text IS NULL OR game_mode = $4)
+     AND ($5::text IS NULL OR map_name = $5)";
+
+async fn player_matches(
+    State(state): State<HistoryState>,
+    raw: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let pool = database(&state)?;
+    let pid = player(raw)?;
+    let params = params(query)?;
+    let limit = limit(&params, MATCHES_LIMIT)?;
+    // The cursor: the last row's (end_time in ms, match_id).
+    let (before_ms, before_id) = match params.get("cursor") {
+        None => (i64::MAX, String::new()),
+        Some(cursor) => URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                let (ms, id) = s.split_once(':')?;
+                Some((ms.parse().ok()?, id.to_owned()))
+            })
+            .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {cursor:?}")))?,
+    };
+    let before =
+        DateTime::<Utc>::from_timestamp_millis(before_ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let rows = sqlx::query(
+        "SELECT p.match_id, p.end_time,
+             jsonb_build_object('match_id', m.match_id, 'map_name', m.map_name,
+                 'game_mode', m.game_mode, 'start_time', m.start_time, 'end_time', m.end_time,
+                 'duration_ms', m.duration_ms, 'end_reason', m.end_reason,
+                 'event_count', m.version, 'player_count', m.player_count) AS match,
+             to_jsonb(p) - 'match_id' - 'end_time' - 'game_mode' - 'map_name' AS line
+         FROM match_players p JOIN matches m ON m.match_id = p.match_id
+         WHERE p.player_id = $1 AND ($3 = '' OR (p.end_time, p.match_id) < ($2, $3))
+         ORDER BY p.end_time DESC, p.match_id DESC
+         LIMIT $4",
+    )
+    .bind(pid.as_str())
+    .bind(before)
+    .bind(&before_id)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    if rows.is_empty() && !params.contains_key("cursor") {
+        return Err(ApiError::not_found(format!(
+            "player {pid} has no match history"
+        )));
+    }
+    let mut matches = Vec::new();
+    let mut next_cursor = None;
+    for (i, row) in rows.iter().enumerate() {
+        if i as i64 == limit {
+            let (end, id): (DateTime<Utc>, String) = {
+                let last = &rows[i - 1];
+                (last.get("end_time"), last.get("match_id"))
+            };
+            next_cursor = Some(URL_SAFE_NO_PAD.encode(format!("{}:{id}", end.timestamp_millis())));
+            break;
+        }
+        let mut summary: Value = row.get("match");
+        for field in ["start_time", "end_time"] {
+            summary[field] = normalize_time(&summary[field]);
+        }
+        matches.push(json!({"match": summary, "player": row.get::<Value, _>("line")}));
+    }
+    Ok(Json(json!({
+        "player_id": pid.as_str(),
+        "count": matches.len(),
+        "matches": matches,
+        "next_cursor": next_cursor,
+        "timestamp": rfc3339(Utc::now().timestamp_millis()),
+    }))
+    .into_response())
+}
+
+/// PostgreSQL's JSON time (`2026-01-01T12:00:00.123+00:00`) as the API writes times.
+fn normalize_time(value: &Value) -> Value {
+    value
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map_or(Value::Null, |t| json!(rfc3339(t.timestamp_millis())))
+}
+
+async fn career(
+    State(state): State<HistoryState>,
+    raw: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let pool = database(&state)?;
+    let pid = player(raw)?;
+    let filters = Filters::of(&params(query)?)?;
+    let row = sqlx::query(&format!(
+        "SELECT count(*) AS matches, sum(kills)::bigint AS kills, sum(deaths)::bigint AS deaths,
+             sum(assists)::bigint AS assists, sum(suicides)::bigint AS suicides,
+             sum(score)::bigint AS score, sum(damage_dealt) AS damage_dealt,
+             sum(damage_received) AS damage_received, sum(healing_done) AS healing_done,
+             sum(shots_fired)::bigint AS shots_fired, sum(shots_hit)::bigint AS shots_hit,
+             sum(headshots)::bigint AS headshots, sum(longshots)::bigint AS longshots,
+             sum(multikills)::bigint AS multikills, max(best_multikill) AS best_multikill,
+             max(best_streak) AS best_streak, sum(playtime_ms)::bigint AS playtime_ms,
+             sum(distance_traveled) AS distance_traveled,
+             min(end_time) AS first_match, max(end_time) AS last_match
+         FROM match_players WHERE player_id = $1 AND {FILTERS}"
+    ))
+    .bind(pid.as_str())
+    .bind(filters.since)
+    .bind(filters.until)
+    .bind(&filters.game_mode)
+    .bind(&filters.map)
+    .fetch_one(pool)
+    .await
+    .map_err(db_error)?;
+    let matches: i64 = row.get("matches");
+    if matches == 0 {
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM match_players WHERE player_id = $1)")
+                .bind(pid.as_str())
+                .fetch_one(pool)
+                .await
+                .map_err(db_error)?;
+        if !known {
+            return Err(ApiError::not_found(format!(
+                "player {pid} has no match history"
+            )));
+        }
+    }
+    let int = |name: &str| row.get::<Option<i64>, _>(name).unwrap_or(0);
+    let float = |name: &str| row.get::<Option<f64>, _>(name).unwrap_or(0.0);
+    let (kills, deaths, assists) = (int("kills"), int("deaths"), int("assists"));
+    let (fired, hit, playtime) = (int("shots_fired"), int("shots_hit"), int("playtime_ms"));
+    let (score, distance) = (int("score"), float("distance_traveled"));
+    let when = |name: &str| {
+        row.get::<Option<DateTime<Utc>>, _>(name)
+            .map(|t| rfc3339(t.timestamp_millis()))
+    };
+    Ok(Json(json!({
+        "player_id": pid.as_str(),
+        "filters": filters.to_json(),
+        "matches": matches,
+        "first_match": when("first_match"),
+        "last_match": when("last_match"),
+        "totals": {
+            "kills": kills, "deaths": deaths, "assists": assists,
+            "suicides": int("suicides"), "score": score,
+            "damage_dealt": float("damage_dealt"), "damage_received": float("damage_received"),
+            "healing_done": float("healing_done"), "shots_fired": fired, "shots_hit": hit,
+            "headshots": int("headshots"), "longshots": int("longshots"),
+            "multikills": int("multikills"), "playtime_ms": playtime,
+            "distance_traveled": distance,
+        },
+        "best": {"best_streak": int("best_streak"), "best_multikill": int("best_multikill")},
+        // The contract's formulas, over the totals.
+        "derived": {
+            "kd_ratio": if deaths == 0 { kills as f64 } else { kills as f64 / deaths as f64 },
+            "kda": (kills + assists) as f64 / deaths.max(1) as f64,
+            "accuracy_pct": if fired == 0 { 0.0 } else { (100.0 * hit as f64 / fired as f64).min(100.0) },
+            "avg_speed": if playtime == 0 { 0.0 } else { distance / (playtime as f64 / 1000.0) },
+            "performance_rating": score as f64 * 60_000.0 / playtime.max(60_000) as f64,
+        },
+        "timestamp": rfc3339(Utc::now().timestamp_millis()),
+    }))
+    .into_response())
+}
+
+/// A board's value per player, as SQL over its rows, and whether it is a ratio (held to
+/// the minimum-matches rule).
+fn board_value(metric: Metric) -> (&'static str, bool) {
+    match metric {
+        Metric::Kills => ("sum(kills)", false),
+        Metric::Deaths => ("sum(deaths)", false),
+        Metric::Assists => ("sum(assists)", false),
+        Metric::Score => ("sum(score)", false),
+        Metric::Damage => ("sum(damage_dealt)", false),
+        Metric::DamageReceived => ("sum(damage_received)", false),
+        Metric::Headshots => ("sum(headshots)", false),
+        Metric::Healing => ("sum(healing_done)", false),
+        Metric::Distance => ("sum(distance_traveled)", false),
+        Metric::BestStreak => ("max(best_streak)", false),
+        Metric::Multikills => ("sum(multikills)", false),
+        Metric::Playtime => ("sum(playtime_ms)", false),
+        Metric::KdRatio => (
+            "CASE WHEN sum(deaths) = 0 THEN sum(kills)::float8 ELSE sum(kills)::float8 / sum(deaths) END",
+            true,
+        ),
+        Metric::Kda => (
+            "(sum(kills) + sum(assists))::float8 / greatest(sum(deaths), 1)",
+            true,
+        ),
+        Metric::Accuracy => (
+            "CASE WHEN sum(shots_fired) = 0 THEN 0 ELSE least(100, 100 * sum(shots_hit)::float8 / sum(shots_fired)) END",
+            true,
+        ),
+    }
+}
+
+async fn board(
+    State(state): State<HistoryState>,
+    raw: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let pool = database(&state)?;
+    let Path(raw) =
+        raw.map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))?;
+    let metric = Metric::parse(&raw).ok_or_else(|| {
+        let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();
+        ApiError::bad_request(format!(
+            "unknown metric {raw:?}; valid metrics: {}",
+            valid.join(", ")
+        ))
+    })?;
+    let params = params(query)?;
+    let limit = limit(&params, BOARD_LIMIT)?;
+    let filters = Filters::of(&params)?;
+    let around = params
+        .get("around")
+        .map(|p| {
+            PlayerId::parse(p).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
+        })
+        .transpose()?;
+    let (value, ratio) = board_value(metric);
+    let min_matches = if ratio { state.min_matches } else { 1 };
+    // Ties share a rank (1, 2, 2, 4), then player_id orders them.
+    let sql = format!(
+        "WITH totals AS (
+             SELECT player_id, count(*) AS matches, ({value})::float8 AS value,
+                    (array_agg(player_name ORDER BY end_time DESC))[1] AS player_name
+             FROM match_players WHERE {FILTERS}
+             GROUP BY player_id HAVING count(*) >= $6
+         ), ranked AS (
+             SELECT *, rank() OVER (ORDER BY value DESC) AS rank,
+                    row_number() OVER (ORDER BY value DESC, player_id) AS position
+             FROM totals
+         ), focus AS (
+             SELECT coalesce((SELECT position FROM ranked WHERE player_id = $1), 0) AS at
+         )
+         SELECT player_id, player_name, matches, value, rank, position FROM ranked, focus
+         WHERE CASE WHEN $1 = '' THEN position <= $7
+                    ELSE position BETWEEN focus.at - $7 AND focus.at + $7 AND focus.at > 0 END
+         ORDER BY position"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(around.as_ref().map_or("", |p| p.as_str()).to_owned())
+        .bind(filters.since)
+        .bind(filters.until)
+        .bind(&filters.game_mode)
+        .bind(&filters.map)
+        .bind(min_matches)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    if let Some(pid) = &around
+        && rows.is_empty()
+    {
+        return Err(ApiError::not_found(format!(
+            "player {pid} is not on this board"
+        )));
+    }
+    let players: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let value: f64 = row.get("value");
+            json!({
+                "player_id": row.get::<String, _>("player_id"),
+                "player_name": row.get::<Option<String>, _>("player_name"),
+                "matches": row.get::<i64, _>("matches"),
+                "rank": row.get::<i64, _>("rank"),
+                "value": if metric.is_count() { json!(value as u64) } else { json!(value) },
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "metric": metric.as_str(),
+        "filters": filters.to_json(),
+        "limit": limit,
+        "min_matches": min_matches,
+        "count": players.len(),
+        "players": players,
+        "timestamp": rfc3339(Utc::now().timestamp_millis()),
+    });
+    if let Some(pid) = around {
+        body["around"] = json!(pid.as_str());
+    }
+    Ok(Json(body).into_response())
+}
