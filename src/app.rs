@@ -154,7 +154,7 @@ impl App {
             resync_interval: config.cache.resync_interval,
         });
         let history_stats = Arc::new(HistoryStats::default());
-        let (history, pool) = match &config.history.database_url {
+        let (history, pool) = match config.history.url() {
             None => (None, None),
             Some(url) => {
                 let pool = crate::history::store::pool(url)?;
@@ -176,7 +176,7 @@ impl App {
         let state = HttpState {
             history: config
                 .history
-                .database_url
+                .url()
                 .is_some()
                 .then(|| history_stats.clone()),
             stats: stats.clone(),

@@ -136,6 +136,13 @@ pub struct HistoryConfig {
     pub history_min_matches: i64,
 }
 
+impl HistoryConfig {
+    /// The database URL, if history is on (an empty `DATABASE_URL` is off).
+    pub fn url(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|u| !u.is_empty())
+    }
+}
+
 /// What browsers, CDNs and API clients meet.
 #[derive(Debug, Clone, Args)]
 pub struct Edge {

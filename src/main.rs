@@ -87,10 +87,10 @@ fn main() {
 /// `match-stats erase-player <ID>`.
 async fn erase_player(config: &match_stats::Config, player_id: &str) -> anyhow::Result<()> {
     use match_stats::history::store;
-    let url =
-        config.history.database_url.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("DATABASE_URL is not set: there is no history to erase")
-        })?;
+    let url = config
+        .history
+        .url()
+        .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is not set: there is no history to erase"))?;
     let pool = store::pool(url)?;
     store::migrate(&pool).await?;
     let rows = store::erase_player(&pool, player_id).await?;

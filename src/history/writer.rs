@@ -170,9 +170,7 @@ impl HistoryWriter {
                 let chunk = tokio::select! {
                     _ = token.cancelled() => return Ok(()),
                     _ = lag_check.tick() => {
-                        if let Ok(info) = consumer.info().await {
-                            self.stats.set_lag(info.num_pending + info.num_ack_pending as u64);
-                        }
+                        self.read_lag(&mut consumer).await;
                         continue;
                     }
                     chunk = chunks.next() => match chunk {
@@ -206,11 +204,16 @@ impl HistoryWriter {
                 if let Err(error) = last.ack().await {
                     tracing::warn!(%error, "history consumer: ack failed (the chunk will be redelivered)");
                 }
-                if let Ok(info) = consumer.info().await {
-                    self.stats
-                        .set_lag(info.num_pending + info.num_ack_pending as u64);
-                }
+                self.read_lag(&mut consumer).await;
             }
+        }
+    }
+
+    /// Reads the consumer's lag (bounded: NATS may be away).
+    async fn read_lag(&self, consumer: &mut PullConsumer) {
+        if let Ok(Ok(info)) = tokio::time::timeout(LAG_INTERVAL, consumer.info()).await {
+            self.stats
+                .set_lag(info.num_pending + info.num_ack_pending as u64);
         }
     }
 

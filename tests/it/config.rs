@@ -28,6 +28,16 @@ const CASES: &[(&str, &str, Invalid)] = &[
     ),
     ("API_KEYS", "key-one,key-two", None),
     (
+        "DATABASE_URL",
+        "postgres://stats:secret@db:5432/match_stats",
+        None,
+    ),
+    (
+        "HISTORY_MIN_MATCHES",
+        "3",
+        Some(("0", "invalid value '0' for HISTORY_MIN_MATCHES")),
+    ),
+    (
         "RATE_LIMIT_PER_SECOND",
         "20",
         Some(("-1", "invalid value '-1' for RATE_LIMIT_PER_SECOND")),
@@ -364,7 +374,15 @@ fn every_variable_parses_and_its_invalid_value_names_it() {
             serde_json::from_slice(&out.stdout).expect("config prints JSON");
         assert_eq!(settings[var]["source"], "env", "{var}");
         let shown = settings[var]["value"].as_str().unwrap();
-        if ["REDIS_PASSWORD", "NATS_PASSWORD", "NATS_TOKEN", "API_KEYS"].contains(var) {
+        if [
+            "REDIS_PASSWORD",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "API_KEYS",
+            "DATABASE_URL",
+        ]
+        .contains(var)
+        {
             assert_eq!(shown, "***", "{var} is redacted");
             assert!(
                 !String::from_utf8_lossy(&out.stdout).contains(valid),
