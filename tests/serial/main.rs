@@ -7,6 +7,7 @@ mod browser;
 mod cluster;
 mod conservation;
 mod exact_counts;
+mod history_faults;
 // Shared with the `it` binary; not every helper is used here.
 #[allow(dead_code)]
 #[path = "../support/mod.rs"]
