@@ -13,7 +13,7 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium postgresql build run test bench bench-recovery load-test bench-cluster bench-streams lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium postgresql build run test bench bench-recovery load-test bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ bench-recovery: nats-server ## Time to ready with 1,000,000 events in the stream
 
 bench-streams: nats-server ## 1,000 live stream clients while ingesting 5,000 events/s, and the 304 path, next to baselines (release)
 	cargo bench --bench streams
+
+bench-history: nats-server postgresql ## The history writer's rate and the history routes over 100,000 matches x 64 players (release)
+	cargo bench --bench history
 
 load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
 	cargo bench --bench load

@@ -16,7 +16,6 @@
 //!
 //! Under `cargo test` (no `--bench`), a smoke run with small numbers.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,10 +24,16 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+
+// Shared by the benchmarks; not every helper is used in each.
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
 use match_stats::Config;
 use match_stats::cli::Cli;
 use match_stats::tools::loadgen::{self, LoadArgs, Watch};
-use match_stats_harness::{NatsServer, RedisServer, free_port};
+use match_stats_harness::{NatsServer, RedisServer};
+use support::Service;
 
 struct Sizes {
     events: u64,
@@ -102,69 +107,10 @@ fn load_watching_rest(
     }
 }
 
-/// The service binary as a child process.
-struct Service {
-    child: Child,
-    http: String,
-}
-
-impl Service {
-    async fn start(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_match-stats"))
-            .env("NATS_URL", nats.url())
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "REDIS_ADDR",
-                redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port())),
-            )
-            .env("LOG_LEVEL", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start match-stats");
-        let service = Service {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..600 {
-            if reqwest::get(format!("{}/health", service.http))
-                .await
-                .is_ok()
-            {
-                return service;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("match-stats did not start");
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
-    /// The peak RSS so far.
-    fn hwm_bytes(&self) -> u64 {
-        self.status_kib("VmHWM:")
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
+/// The service against `nats` (and `redis`).
+async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {
+    let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
+    Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis)]).await
 }
 
 /// Events waiting or unacknowledged in the service's partition consumers.
@@ -404,7 +350,7 @@ async fn main() -> anyhow::Result<()> {
         published.events_per_second
     );
     let started = Instant::now();
-    let service = Service::start(&nats, Some(&redis)).await;
+    let service = start_service(&nats, Some(&redis)).await;
     let mut last = Instant::now();
     loop {
         let waiting = backlog(&js, &config).await;
@@ -528,7 +474,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Memory: an idle service on an empty NATS.
     let idle_nats = NatsServer::start();
-    let idle = Service::start(&idle_nats, None).await;
+    let idle = start_service(&idle_nats, None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = idle.rss_bytes();
     drop(idle);

@@ -12,7 +12,6 @@
 //!
 //! Under `cargo test` (no `--bench`), a smoke run with small numbers.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +19,15 @@ use clap::Parser;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+
+// Shared by the benchmarks; not every helper is used in each.
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
 use match_stats::cli::Cli;
 use match_stats::tools::loadgen::{self, LoadArgs};
-use match_stats_harness::{NatsServer, free_port};
+use match_stats_harness::NatsServer;
+use support::{Service, cpu_seconds};
 
 struct Sizes {
     matches: u32,
@@ -52,78 +57,6 @@ fn sizes() -> Sizes {
 const PLAYERS: u32 = 16;
 const CONNECTIONS: usize = 64;
 
-struct Service {
-    child: Child,
-    http: String,
-}
-
-impl Service {
-    async fn start(nats: &NatsServer) -> Service {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_match-stats"))
-            .env("NATS_URL", nats.url())
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("REDIS_ADDR", "")
-            .env("LOG_LEVEL", "warn")
-            .env("STREAM_MAX_CLIENTS", "5000")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start match-stats");
-        let service = Service {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-        };
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/ready", service.http)).await
-                && r.status().is_success()
-            {
-                return service;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        rss_of(self.child.id())
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        cpu_of(self.child.id())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-/// User + system CPU seconds of a process (clock ticks of 1/100 s).
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn load(matches: u32, rate: u32, events: u64, seconds: Option<u64>) -> LoadArgs {
     // (`events` 0 and a duration: at `rate` for that long.)
     LoadArgs {
@@ -148,11 +81,11 @@ struct Phase {
 
 /// CPU of the service and of this process over `seconds`, then the service's RSS.
 async fn measure(service: &Service, seconds: u64) -> Phase {
-    let (cpu, own) = (service.cpu_seconds(), cpu_of(std::process::id()));
+    let (cpu, own) = (service.cpu_seconds(), cpu_seconds(std::process::id()));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     Phase {
         service_cpu: (service.cpu_seconds() - cpu) / seconds as f64 * 100.0,
-        bench_cpu: (cpu_of(std::process::id()) - own) / seconds as f64 * 100.0,
+        bench_cpu: (cpu_seconds(std::process::id()) - own) / seconds as f64 * 100.0,
         rss: service.rss_bytes(),
     }
 }
@@ -270,7 +203,11 @@ async fn main() -> anyhow::Result<()> {
         "warn",
     ])?
     .config;
-    let service = Service::start(&nats).await;
+    let service = Service::start(&[
+        ("NATS_URL", nats.url()),
+        ("STREAM_MAX_CLIENTS", "5000".into()),
+    ])
+    .await;
     let rss_idle = service.rss_bytes();
     // Every phase publishes to new matches: time to start them, and to connect, is not
     // measured.

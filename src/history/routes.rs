@@ -144,6 +144,19 @@ impl Filters {
     }
 }
 
+/// A player's matches: $1 player, $2/$3 the cursor (end time, match id; '' for the first
+/// page), $4 rows.
+pub const MATCHES_SQL: &str = "SELECT p.match_id, p.end_time,
+             jsonb_build_object('match_id', m.match_id, 'map_name', m.map_name,
+                 'game_mode', m.game_mode, 'start_time', m.start_time, 'end_time', m.end_time,
+                 'duration_ms', m.duration_ms, 'end_reason', m.end_reason,
+                 'event_count', m.version, 'player_count', m.player_count) AS match,
+             to_jsonb(p) - 'match_id' - 'end_time' - 'game_mode' - 'map_name' AS line
+         FROM match_players p JOIN matches m ON m.match_id = p.match_id
+         WHERE p.player_id = $1 AND ($3 = '' OR (p.end_time, p.match_id) < ($2, $3))
+         ORDER BY p.end_time DESC, p.match_id DESC
+         LIMIT $4";
+
 /// `... AND` conditions on `match_players` for the filters bound as $2..$5.
 const FILTERS: &str = "($2::timestamptz IS NULL OR end_time >= $2)
      AND ($3::timestamptz IS NULL OR end_time < $3)
@@ -174,25 +187,14 @@ async fn player_matches(
     };
     let before =
         DateTime::<Utc>::from_timestamp_millis(before_ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let rows = sqlx::query(
-        "SELECT p.match_id, p.end_time,
-             jsonb_build_object('match_id', m.match_id, 'map_name', m.map_name,
-                 'game_mode', m.game_mode, 'start_time', m.start_time, 'end_time', m.end_time,
-                 'duration_ms', m.duration_ms, 'end_reason', m.end_reason,
-                 'event_count', m.version, 'player_count', m.player_count) AS match,
-             to_jsonb(p) - 'match_id' - 'end_time' - 'game_mode' - 'map_name' AS line
-         FROM match_players p JOIN matches m ON m.match_id = p.match_id
-         WHERE p.player_id = $1 AND ($3 = '' OR (p.end_time, p.match_id) < ($2, $3))
-         ORDER BY p.end_time DESC, p.match_id DESC
-         LIMIT $4",
-    )
-    .bind(pid.as_str())
-    .bind(before)
-    .bind(&before_id)
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error)?;
+    let rows = sqlx::query(MATCHES_SQL)
+        .bind(pid.as_str())
+        .bind(before)
+        .bind(&before_id)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
     if rows.is_empty() && !params.contains_key("cursor") {
         return Err(ApiError::not_found(format!(
             "player {pid} has no match history"
@@ -233,15 +235,9 @@ fn normalize_time(value: &Value) -> Value {
         .map_or(Value::Null, |t| json!(rfc3339(t.timestamp_millis())))
 }
 
-async fn career(
-    State(state): State<HistoryState>,
-    raw: Result<Path<String>, PathRejection>,
-    query: Params,
-) -> Result<Response, ApiError> {
-    let pool = database(&state)?;
-    let pid = player(raw)?;
-    let filters = Filters::of(&params(query)?)?;
-    let row = sqlx::query(&format!(
+/// A player's career: $1 player, $2..$5 the filters.
+pub fn career_sql() -> String {
+    format!(
         "SELECT count(*) AS matches, sum(kills)::bigint AS kills, sum(deaths)::bigint AS deaths,
              sum(assists)::bigint AS assists, sum(suicides)::bigint AS suicides,
              sum(score)::bigint AS score, sum(damage_dealt) AS damage_dealt,
@@ -253,15 +249,26 @@ async fn career(
              sum(distance_traveled) AS distance_traveled,
              min(end_time) AS first_match, max(end_time) AS last_match
          FROM match_players WHERE player_id = $1 AND {FILTERS}"
-    ))
-    .bind(pid.as_str())
-    .bind(filters.since)
-    .bind(filters.until)
-    .bind(&filters.game_mode)
-    .bind(&filters.map)
-    .fetch_one(pool)
-    .await
-    .map_err(db_error)?;
+    )
+}
+
+async fn career(
+    State(state): State<HistoryState>,
+    raw: Result<Path<String>, PathRejection>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let pool = database(&state)?;
+    let pid = player(raw)?;
+    let filters = Filters::of(&params(query)?)?;
+    let row = sqlx::query(&career_sql())
+        .bind(pid.as_str())
+        .bind(filters.since)
+        .bind(filters.until)
+        .bind(&filters.game_mode)
+        .bind(&filters.map)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)?;
     let matches: i64 = row.get("matches");
     if matches == 0 {
         let known: bool =
@@ -316,7 +323,7 @@ async fn career(
 
 /// A board's value per player, as SQL over its rows, and whether it is a ratio (held to
 /// the minimum-matches rule).
-fn board_value(metric: Metric) -> (&'static str, bool) {
+pub fn board_value(metric: Metric) -> (&'static str, bool) {
     match metric {
         Metric::Kills => ("sum(kills)", false),
         Metric::Deaths => ("sum(deaths)", false),
@@ -345,6 +352,30 @@ fn board_value(metric: Metric) -> (&'static str, bool) {
     }
 }
 
+/// A board over `value` (see [`board_value`]): $1 the `around` player ('' for the top),
+/// $2..$5 the filters, $6 the minimum matches, $7 the limit. Ties share a rank (1, 2, 2,
+/// 4), then player_id orders them.
+pub fn board_sql(value: &str) -> String {
+    format!(
+        "WITH totals AS (
+             SELECT player_id, count(*) AS matches, ({value})::float8 AS value,
+                    (array_agg(player_name ORDER BY end_time DESC))[1] AS player_name
+             FROM match_players WHERE {FILTERS}
+             GROUP BY player_id HAVING count(*) >= $6
+         ), ranked AS (
+             SELECT *, rank() OVER (ORDER BY value DESC) AS rank,
+                    row_number() OVER (ORDER BY value DESC, player_id) AS position
+             FROM totals
+         ), focus AS (
+             SELECT coalesce((SELECT position FROM ranked WHERE player_id = $1), 0) AS at
+         )
+         SELECT player_id, player_name, matches, value, rank, position FROM ranked, focus
+         WHERE CASE WHEN $1 = '' THEN position <= $7
+                    ELSE position BETWEEN focus.at - $7 AND focus.at + $7 AND focus.at > 0 END
+         ORDER BY position"
+    )
+}
+
 async fn board(
     State(state): State<HistoryState>,
     raw: Result<Path<String>, PathRejection>,
@@ -371,25 +402,7 @@ async fn board(
         .transpose()?;
     let (value, ratio) = board_value(metric);
     let min_matches = if ratio { state.min_matches } else { 1 };
-    // Ties share a rank (1, 2, 2, 4), then player_id orders them.
-    let sql = format!(
-        "WITH totals AS (
-             SELECT player_id, count(*) AS matches, ({value})::float8 AS value,
-                    (array_agg(player_name ORDER BY end_time DESC))[1] AS player_name
-             FROM match_players WHERE {FILTERS}
-             GROUP BY player_id HAVING count(*) >= $6
-         ), ranked AS (
-             SELECT *, rank() OVER (ORDER BY value DESC) AS rank,
-                    row_number() OVER (ORDER BY value DESC, player_id) AS position
-             FROM totals
-         ), focus AS (
-             SELECT coalesce((SELECT position FROM ranked WHERE player_id = $1), 0) AS at
-         )
-         SELECT player_id, player_name, matches, value, rank, position FROM ranked, focus
-         WHERE CASE WHEN $1 = '' THEN position <= $7
-                    ELSE position BETWEEN focus.at - $7 AND focus.at + $7 AND focus.at > 0 END
-         ORDER BY position"
-    );
+    let sql = board_sql(value);
     let rows = sqlx::query(&sql)
         .bind(around.as_ref().map_or("", |p| p.as_str()).to_owned())
         .bind(filters.since)

@@ -636,6 +636,9 @@ async fn every_error_is_json_with_the_right_status() {
         "/matches/{matchID}/leaderboard/{metric}",
         "/matches/{matchID}/stream",
         "/matches/{matchID}/leaderboard/{metric}/stream",
+        "/players/{playerID}/matches",
+        "/players/{playerID}/career",
+        "/leaderboards/{metric}",
         "/system/stats",
     ] {
         assert!(

@@ -19,6 +19,7 @@ pub struct PostgresServer {
     port: u16,
     dir: TempDir,
     bin: PathBuf,
+    durable: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -67,8 +68,19 @@ fn as_postgres(program: PathBuf) -> Command {
 }
 
 impl PostgresServer {
-    /// Initializes a cluster in a temp dir and starts it on a free port.
+    /// Initializes a cluster in a temp dir and starts it on a free port, without fsync
+    /// (tests: a process crash loses nothing, only a machine crash would).
     pub fn start() -> Self {
+        Self::init(false)
+    }
+
+    /// The same with PostgreSQL's default durability (fsync, synchronous commit): for
+    /// benchmarks.
+    pub fn start_durable() -> Self {
+        Self::init(true)
+    }
+
+    fn init(durable: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("match-stats-postgres-")
@@ -98,27 +110,28 @@ impl PostgresServer {
             port: free_port(),
             dir,
             bin,
+            durable,
         };
         server.launch();
         server
     }
 
     fn launch(&mut self) {
+        let fast = [
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ];
         let child = as_postgres(self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(self.dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(if self.durable { &[][..] } else { &fast[..] })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

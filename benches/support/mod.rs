@@ -1,0 +1,98 @@
+//! What the benchmarks share: the service binary as a child process (release, started
+//! with the given settings and stopped with SIGTERM on drop) and its CPU and memory.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use match_stats_harness::free_port;
+
+/// The service binary as a child process.
+pub struct Service {
+    child: Child,
+    /// Its HTTP base URL.
+    pub http: String,
+}
+
+impl Service {
+    /// Starts it with `env` (on a free HTTP port, logging warnings only), once `/health`
+    /// answers.
+    pub async fn start(env: &[(&str, String)]) -> Service {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_match-stats"))
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_LEVEL", "warn")
+            .env("REDIS_ADDR", "")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start match-stats");
+        let service = Service {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..600 {
+            if reqwest::get(format!("{}/health", service.http))
+                .await
+                .is_ok()
+            {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("match-stats did not start");
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now.
+    pub fn rss_bytes(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// The peak resident memory so far.
+    pub fn hwm_bytes(&self) -> u64 {
+        status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `/proc/<pid>/status` field in bytes.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User + system CPU seconds of a process (clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
