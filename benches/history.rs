@@ -233,17 +233,17 @@ async fn main() -> anyhow::Result<()> {
     let players = sizes.players;
     let player =
         move |rng: &mut rand::rngs::ThreadRng| format!("bench-p{}", rng.random_range(0..players));
-    let p = player.clone();
+    let p = player;
     let matches_route = hammer(&service.http, sizes.seconds, move |rng| {
         format!("/api/v1/match-stats/players/{}/matches?limit=20", p(rng))
     })
     .await;
-    let p = player.clone();
+    let p = player;
     let career_route = hammer(&service.http, sizes.seconds, move |rng| {
         format!("/api/v1/match-stats/players/{}/career", p(rng))
     })
     .await;
-    let p = player.clone();
+    let p = player;
     let career_filtered = hammer(&service.http, sizes.seconds, move |rng| {
         format!(
             "/api/v1/match-stats/players/{}/career?game_mode=mode1&since=2026-01-01T00:00:00Z",

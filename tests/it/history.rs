@@ -328,3 +328,79 @@ async fn without_a_database_history_routes_say_it_is_not_configured() {
         .1;
     assert_eq!(stats["history"]["enabled"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_backfills_from_the_completed_matches_bucket() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let workload = scenario_copies(2);
+    let completed = completed(&workload.expected);
+    // History off while the matches are played; then the deltas stream is purged, so
+    // that only the completed-matches bucket still has them.
+    let service = ServiceProcess::start(&nats).await;
+    publish_lines(&js, &workload.lines).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, stats) = get(service.http(), &format!("{PREFIX}/system/stats")).await;
+        if stats["matches"]["completed"].as_u64() == Some(completed.len() as u64) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "matches completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (The bucket is written once the final delta is confirmed.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(service);
+    js.get_stream("MATCH_DELTAS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+
+    let postgres = PostgresServer::start();
+    let service = ServiceProcess::start_with(&nats, &[("DATABASE_URL", postgres.url())]).await;
+    let pool = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM matches")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if stored == completed.len() as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backfilled: {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, want) in &completed {
+        let row = sqlx::query(
+            "SELECT version, end_reason, (SELECT count(*) FROM match_players p WHERE p.match_id = m.match_id) AS players FROM matches m WHERE match_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            row.get::<i64, _>("version"),
+            want["event_count"].as_i64().unwrap()
+        );
+        assert_eq!(
+            row.get::<Option<String>, _>("end_reason"),
+            None,
+            "not known from the bucket"
+        );
+        assert_eq!(
+            row.get::<i64, _>("players") as usize,
+            want["player_stats"].as_array().unwrap().len()
+        );
+    }
+    let (_, ready) = get(service.http(), "/ready").await;
+    let backfill = &ready["history"]["backfill"];
+    assert_eq!(backfill["running"], false, "{ready}");
+    assert_eq!(backfill["done"], completed.len(), "{ready}");
+    assert_eq!(backfill["total"], completed.len(), "{ready}");
+}

@@ -438,7 +438,7 @@ async fn a_leaderboard_stream_sends_the_top_n_when_it_changes_and_an_overtake_wh
     };
     let kill = |k: &str, v: &str| json!({"killer_id": k, "victim_id": v, "weapon": "ak"});
     // ana 2 kills, ben 1, cho 0.
-    let opening = vec![
+    let opening = [
         event("player_join", "ana", json!({})),
         event("player_join", "ben", json!({})),
         event("player_join", "cho", json!({})),
