@@ -138,6 +138,9 @@ async fn fill(pool: &sqlx::PgPool, matches: i64, players: i64) {
     .execute(pool)
     .await
     .unwrap();
+    match_stats::history::store::rebuild_totals(pool)
+        .await
+        .unwrap();
     sqlx::query("ANALYZE").execute(pool).await.unwrap();
 }
 
@@ -288,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
         &literal(
             format!(
                 "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
-                routes::career_sql()
+                routes::career_sql(&routes::Filters::default())
             ),
             &["'bench-p42'", "NULL", "NULL", "NULL", "NULL"],
         ),
@@ -300,9 +303,34 @@ async fn main() -> anyhow::Result<()> {
         &literal(
             format!(
                 "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
-                routes::board_sql(kills)
+                routes::board_sql(kills, &routes::Filters::default())
             ),
             &["''", "NULL", "NULL", "NULL", "NULL", "1", "10"],
+        ),
+    )
+    .await;
+    let kd = routes::board_value(match_stats_queries::leaderboard::Metric::KdRatio).0;
+    let window = routes::Filters {
+        since: Some(chrono::Utc::now() - chrono::Duration::days(7)),
+        game_mode: Some("mode1".into()),
+        ..Default::default()
+    };
+    let week_plan = plan(
+        &pool,
+        &literal(
+            format!(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+                routes::board_sql(kd, &window)
+            ),
+            &[
+                "''",
+                "now() - interval '7 days'",
+                "NULL",
+                "'mode1'",
+                "NULL",
+                "5",
+                "10",
+            ],
         ),
     )
     .await;
@@ -356,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("Plan, player's matches:\n```\n{matches_plan}\n```");
     println!("Plan, career:\n```\n{career_plan}\n```");
-    println!("Plan, board all time:\n```\n{board_plan}\n```");
+    println!("Plan, board all time (the players' totals):\n```\n{board_plan}\n```");
+    println!("Plan, board over a week and a game mode (the lines):\n```\n{week_plan}\n```");
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use match_stats_queries::cache::CompletedStore;
+use match_stats_queries::cache::{CacheError, CompletedStore};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -42,14 +42,25 @@ pub async fn run(
     for chunk in ids.chunks(BATCH) {
         let mut records = Vec::with_capacity(chunk.len());
         for id in chunk {
-            match completed.get(id).await {
+            // A transient error (NATS busy, a limit, a timeout) is retried; only an
+            // object that cannot be decoded is skipped.
+            let read = Retry::new(token, "reading a completed match for the backfill")
+                .run(|| async {
+                    match completed.get(id).await {
+                        Ok(found) => Ok(Ok(found)),
+                        Err(CacheError::Corrupt(error)) => Ok(Err(error)),
+                        Err(error) => Err(error),
+                    }
+                })
+                .await?;
+            match read {
                 Ok(Some(snapshot)) => records.push(MatchRecord {
                     view: snapshot.to_view(),
                     end_reason: None,
                 }),
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(match_id = %id, %error, "history backfill: unreadable object skipped")
+                    tracing::warn!(match_id = %id, %error, "history backfill: undecodable object skipped")
                 }
             }
         }

@@ -117,11 +117,16 @@ fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<
 }
 
 /// The period and game mode (and map) filters shared by careers and boards.
-struct Filters {
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-    game_mode: Option<String>,
-    map: Option<String>,
+#[derive(Debug, Default)]
+pub struct Filters {
+    /// Matches that ended at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Matches that ended before.
+    pub until: Option<DateTime<Utc>>,
+    /// One game mode.
+    pub game_mode: Option<String>,
+    /// One map.
+    pub map: Option<String>,
 }
 
 impl Filters {
@@ -157,11 +162,25 @@ pub const MATCHES_SQL: &str = "SELECT p.match_id, p.end_time,
          ORDER BY p.end_time DESC, p.match_id DESC
          LIMIT $4";
 
-/// `... AND` conditions on `match_players` for the filters bound as $2..$5.
-const FILTERS: &str = "($2::timestamptz IS NULL OR end_time >= $2)
-     AND ($3::timestamptz IS NULL OR end_time < $3)
-     AND ($4::text IS NULL OR game_mode = $4)
-     AND ($5::text IS NULL OR map_name = $5)";
+/// Conditions on `match_players` for the filters present, bound as $2 (since), $3
+/// (until), $4 (game mode), $5 (map): only those present are written, so that the planner
+/// sees which index serves (a period: `end_time`).
+fn filters_sql(filters: &Filters) -> String {
+    let mut conditions = vec!["true"];
+    if filters.since.is_some() {
+        conditions.push("end_time >= $2");
+    }
+    if filters.until.is_some() {
+        conditions.push("end_time < $3");
+    }
+    if filters.game_mode.is_some() {
+        conditions.push("game_mode = $4");
+    }
+    if filters.map.is_some() {
+        conditions.push("map_name = $5");
+    }
+    conditions.join(" AND ")
+}
 
 async fn player_matches(
     State(state): State<HistoryState>,
@@ -236,7 +255,8 @@ fn normalize_time(value: &Value) -> Value {
 }
 
 /// A player's career: $1 player, $2..$5 the filters.
-pub fn career_sql() -> String {
+pub fn career_sql(filters: &Filters) -> String {
+    let filters = filters_sql(filters);
     format!(
         "SELECT count(*) AS matches, sum(kills)::bigint AS kills, sum(deaths)::bigint AS deaths,
              sum(assists)::bigint AS assists, sum(suicides)::bigint AS suicides,
@@ -248,7 +268,7 @@ pub fn career_sql() -> String {
              max(best_streak) AS best_streak, sum(playtime_ms)::bigint AS playtime_ms,
              sum(distance_traveled) AS distance_traveled,
              min(end_time) AS first_match, max(end_time) AS last_match
-         FROM match_players WHERE player_id = $1 AND {FILTERS}"
+         FROM match_players WHERE player_id = $1 AND {filters}"
     )
 }
 
@@ -260,7 +280,7 @@ async fn career(
     let pool = database(&state)?;
     let pid = player(raw)?;
     let filters = Filters::of(&params(query)?)?;
-    let row = sqlx::query(&career_sql())
+    let row = sqlx::query(&career_sql(&filters))
         .bind(pid.as_str())
         .bind(filters.since)
         .bind(filters.until)
@@ -354,15 +374,27 @@ pub fn board_value(metric: Metric) -> (&'static str, bool) {
 
 /// A board over `value` (see [`board_value`]): $1 the `around` player ('' for the top),
 /// $2..$5 the filters, $6 the minimum matches, $7 the limit. Ties share a rank (1, 2, 2,
-/// 4), then player_id orders them.
-pub fn board_sql(value: &str) -> String {
-    format!(
-        "WITH totals AS (
-             SELECT player_id, count(*) AS matches, ({value})::float8 AS value,
+/// 4), then player_id orders them. Over all time (no period, no map) it reads the
+/// players' totals ($4: the game mode, or `*` for all), else it sums the period's lines.
+pub fn board_sql(value: &str, filters: &Filters) -> String {
+    let totals = if filters.since.is_none() && filters.until.is_none() && filters.map.is_none() {
+        // The same expression over the totals' columns: sum(x) and max(x) are x there.
+        let value = value.replace("sum(", "(").replace("max(", "(");
+        format!(
+            "SELECT player_id, matches, ({value})::float8 AS value, player_name
+             FROM player_totals WHERE game_mode = coalesce($4, '*') AND matches >= $6"
+        )
+    } else {
+        format!(
+            "SELECT player_id, count(*) AS matches, ({value})::float8 AS value,
                     (array_agg(player_name ORDER BY end_time DESC))[1] AS player_name
-             FROM match_players WHERE {FILTERS}
-             GROUP BY player_id HAVING count(*) >= $6
-         ), ranked AS (
+             FROM match_players WHERE {}
+             GROUP BY player_id HAVING count(*) >= $6",
+            filters_sql(filters)
+        )
+    };
+    format!(
+        "WITH totals AS ({totals}), ranked AS (
              SELECT *, rank() OVER (ORDER BY value DESC) AS rank,
                     row_number() OVER (ORDER BY value DESC, player_id) AS position
              FROM totals
@@ -402,7 +434,7 @@ async fn board(
         .transpose()?;
     let (value, ratio) = board_value(metric);
     let min_matches = if ratio { state.min_matches } else { 1 };
-    let sql = board_sql(value);
+    let sql = board_sql(value, &filters);
     let rows = sqlx::query(&sql)
         .bind(around.as_ref().map_or("", |p| p.as_str()).to_owned())
         .bind(filters.since)

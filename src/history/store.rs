@@ -119,13 +119,20 @@ async fn replace_players(
     if matches.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM match_players WHERE match_id = ANY($1)")
-        .bind(matches)
-        .execute(&mut **tx)
-        .await?;
+    // The old lines out, their sums taken off the players' totals.
+    sqlx::query(&format!(
+        "WITH old AS (DELETE FROM match_players WHERE match_id = ANY($1) RETURNING *),
+         sums {TOTALS_COLUMNS} AS ({SUMS_OF} old, {MODES} GROUP BY player_id, mode)
+         UPDATE player_totals t SET {}
+         FROM sums s WHERE t.game_mode = s.game_mode AND t.player_id = s.player_id",
+        subtract()
+    ))
+    .bind(matches)
+    .execute(&mut **tx)
+    .await?;
     let c = PlayerColumns::of(records);
     sqlx::query(
-        "INSERT INTO match_players
+        &format!("WITH new AS (INSERT INTO match_players
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[],
              $12::bigint[], $13::float8[], $14::float8[], $15::float8[], $16::bigint[],
@@ -133,8 +140,14 @@ async fn replace_players(
              $22::bigint[], $23::bigint[], $24::bigint[], $25::float8[], $26::float8[],
              $27::float8[], $28::bigint[], $29::float8[], $30::float8[], $31::jsonb[],
              $32::jsonb[], $33::float8[], $34::float8[], $35::float8[])
-             AS p(match_id, player_id, end_time, game_mode, map_name, player_name, team_id, kills, deaths, assists, suicides, score, damage_dealt, damage_received, healing_done, shots_fired, shots_hit, accuracy_pct, headshots, longshots, multikills, best_multikill, current_streak, best_streak, kd_ratio, kda, performance_rating, playtime_ms, distance_traveled, avg_speed, weapon_used, items_used, current_x, current_y, current_z)
-         WHERE NOT EXISTS (SELECT 1 FROM erased_players e WHERE e.player_id = p.player_id)",
+             AS p(
+                 match_id, player_id, end_time, game_mode, map_name, player_name, team_id, kills, deaths, assists, suicides, score, damage_dealt, damage_received, healing_done, shots_fired, shots_hit, accuracy_pct, headshots, longshots, multikills, best_multikill, current_streak, best_streak, kd_ratio, kda, performance_rating, playtime_ms, distance_traveled, avg_speed,
+                 weapon_used, items_used, current_x, current_y, current_z)
+         WHERE NOT EXISTS (SELECT 1 FROM erased_players e WHERE e.player_id = p.player_id)
+         RETURNING *),
+         sums {TOTALS_COLUMNS} AS ({SUMS_OF} new, {MODES} GROUP BY player_id, mode)
+         INSERT INTO player_totals SELECT * FROM sums
+         ON CONFLICT (game_mode, player_id) DO UPDATE SET {}", add()),
     )
     .bind(&c.match_id)
     .bind(&c.player_id)
@@ -176,6 +189,77 @@ async fn replace_players(
     Ok(())
 }
 
+/// Each line counted under its game mode and under every mode (`*`).
+const MODES: &str = "LATERAL (VALUES (coalesce(game_mode, '')), ('*')) AS modes (mode)";
+
+/// A `player_totals` row per (player, mode) from lines: `{SUMS_OF} <lines>, {MODES}`.
+const SUMS_OF: &str = "SELECT player_id, mode, (array_agg(player_name ORDER BY end_time DESC))[1],
+    count(*), sum(kills), sum(deaths), sum(assists), sum(score), sum(damage_dealt),
+    sum(damage_received), sum(healing_done), sum(shots_fired), sum(shots_hit), sum(headshots),
+    sum(multikills), max(best_streak), max(best_multikill), sum(playtime_ms),
+    sum(distance_traveled) FROM";
+
+/// The columns of a `player_totals` row, in table order.
+const TOTALS_COLUMNS: &str = "(player_id, game_mode, player_name, matches, kills, deaths,
+    assists, score, damage_dealt, damage_received, healing_done, shots_fired, shots_hit,
+    headshots, multikills, best_streak, best_multikill, playtime_ms, distance_traveled)";
+
+/// The totals' summed columns.
+const SUMMED: [&str; 13] = [
+    "kills",
+    "deaths",
+    "assists",
+    "score",
+    "damage_dealt",
+    "damage_received",
+    "healing_done",
+    "shots_fired",
+    "shots_hit",
+    "headshots",
+    "multikills",
+    "playtime_ms",
+    "distance_traveled",
+];
+
+/// Subtracting `s` (a sums row, columns named as the table's) from `t`.
+fn subtract() -> String {
+    let mut set = vec!["matches = t.matches - s.matches".to_owned()];
+    set.extend(SUMMED.iter().map(|c| format!("{c} = t.{c} - s.{c}")));
+    set.join(", ")
+}
+
+/// Adding `EXCLUDED` to a totals row; the bests only grow.
+fn add() -> String {
+    let mut set = vec![
+        "player_name = coalesce(EXCLUDED.player_name, player_totals.player_name)".to_owned(),
+        "matches = player_totals.matches + EXCLUDED.matches".to_owned(),
+        "best_streak = greatest(player_totals.best_streak, EXCLUDED.best_streak)".to_owned(),
+        "best_multikill = greatest(player_totals.best_multikill, EXCLUDED.best_multikill)"
+            .to_owned(),
+    ];
+    set.extend(
+        SUMMED
+            .iter()
+            .map(|c| format!("{c} = player_totals.{c} + EXCLUDED.{c}")),
+    );
+    set.join(", ")
+}
+
+/// Rebuilds every player's totals from their lines (after a bulk load, or to take back
+/// bests a correction lowered).
+pub async fn rebuild_totals(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM player_totals")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO player_totals {SUMS_OF} match_players, {MODES} GROUP BY player_id, mode"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 /// Whether the first start's backfill is still to do.
 pub async fn needs_backfill(pool: &PgPool) -> sqlx::Result<bool> {
     let done: Option<chrono::DateTime<chrono::Utc>> =
@@ -206,6 +290,10 @@ pub async fn erase_player(pool: &PgPool, player_id: &str) -> sqlx::Result<u64> {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    sqlx::query("DELETE FROM player_totals WHERE player_id = $1")
+        .bind(player_id)
+        .execute(&mut *tx)
+        .await?;
     // First blood names players too.
     sqlx::query(
         "UPDATE matches SET first_blood = NULL

@@ -246,6 +246,16 @@ async fn completed_matches_careers_and_boards_in_postgresql() {
         .map(|((p, v), r)| (p, v, r))
         .collect();
     assert_eq!(got, want, "the kills board across matches");
+    // The same board summed from the lines of a period (all of them here).
+    let (_, period) = get(
+        service.http(),
+        &format!("{PREFIX}/leaderboards/kills?limit=100&since=2000-01-01T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(
+        period["players"], board["players"],
+        "totals and lines agree"
+    );
     // A ratio board holds players with at least HISTORY_MIN_MATCHES matches.
     let (_, kd) = get(
         service.http(),
@@ -282,6 +292,79 @@ async fn completed_matches_careers_and_boards_in_postgresql() {
     assert_eq!(status, 400);
     assert!(bad["error"].as_str().unwrap().contains("kd_ratio"));
 
+    // A late event (at the match's end time, so the contract applies it): the match's
+    // rows move to the new version.
+    let (late_id, late_match) = completed.iter().next().unwrap();
+    let players = late_match["player_stats"].as_array().unwrap();
+    let (killer, victim) = (
+        players[0]["player_id"].as_str().unwrap(),
+        players[1]["player_id"].as_str().unwrap(),
+    );
+    let late = serde_json::json!({
+        "event_id": "late-kill-1", "match_id": late_id, "player_id": killer,
+        "event_type": "kill", "timestamp": late_match["end_time"],
+        "event_data": {"killer_id": killer, "victim_id": victim, "weapon": "late"},
+    });
+    crate::support::publish_all(
+        &js,
+        "match_stats.events",
+        [&serde_json::to_vec(&late).unwrap()[..]],
+    )
+    .await;
+    let version = late_match["event_count"].as_i64().unwrap() + 1;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT version FROM matches WHERE match_id = $1")
+            .bind(late_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if stored == version {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late correction written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kills: i64 = sqlx::query_scalar(
+        "SELECT kills FROM match_players WHERE match_id = $1 AND player_id = $2",
+    )
+    .bind(late_id)
+    .bind(killer)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kills,
+        players[0]["kills"].as_i64().unwrap() + 1,
+        "the late kill counted"
+    );
+    // The all-time board (the players' totals) moved with it.
+    let lines: i64 =
+        sqlx::query_scalar("SELECT sum(kills)::bigint FROM match_players WHERE player_id = $1")
+            .bind(killer)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (_, board) = get(
+        service.http(),
+        &format!("{PREFIX}/leaderboards/kills?limit=100"),
+    )
+    .await;
+    let entry = board["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["player_id"] == killer)
+        .unwrap();
+    assert_eq!(
+        entry["value"].as_i64().unwrap(),
+        lines,
+        "totals follow a correction"
+    );
+
     // Erasure: the player's lines go, and the routes no longer know them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_match-stats"))
         .args(["erase-player", pid])
@@ -307,7 +390,11 @@ async fn completed_matches_careers_and_boards_in_postgresql() {
         .await
         .1;
     assert_eq!(stats["history"]["enabled"], true);
-    assert_eq!(stats["history"]["matches_written"], completed.len());
+    assert_eq!(
+        stats["history"]["matches_written"],
+        completed.len() + 1,
+        "each match once, and the corrected one again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
