@@ -376,7 +376,7 @@ pub fn board_value(metric: Metric) -> (&'static str, bool) {
 /// $2..$5 the filters, $6 the minimum matches, $7 the limit. Ties share a rank (1, 2, 2,
 /// 4), then player_id orders them. Over all time (no period, no map) it reads the
 /// players' totals ($4: the game mode, or `*` for all), else it sums the period's lines.
-pub fn board_sql(value: &str, filters: &Filters) -> String {
+pub fn board_sql(value: &str, filters: &Filters, around: bool) -> String {
     let totals = if filters.since.is_none() && filters.until.is_none() && filters.map.is_none() {
         // The same expression over the totals' columns: sum(x) and max(x) are x there.
         let value = value.replace("sum(", "(").replace("max(", "(");
@@ -393,6 +393,15 @@ pub fn board_sql(value: &str, filters: &Filters) -> String {
             filters_sql(filters)
         )
     };
+    if !around {
+        // The top: a bounded sort; ranks follow from the values in order (every player
+        // ahead of one on the board is in the top too).
+        return format!(
+            "WITH totals AS ({totals})
+             SELECT player_id, player_name, matches, value, 0::bigint AS rank FROM totals
+             ORDER BY value DESC, player_id LIMIT $7"
+        );
+    }
     format!(
         "WITH totals AS ({totals}), ranked AS (
              SELECT *, rank() OVER (ORDER BY value DESC) AS rank,
@@ -434,7 +443,13 @@ async fn board(
         .transpose()?;
     let (value, ratio) = board_value(metric);
     let min_matches = if ratio { state.min_matches } else { 1 };
-    let sql = board_sql(value, &filters);
+    let sql = board_sql(value, &filters, around.is_some());
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    // Sorting a period's players in memory rather than on disk.
+    sqlx::query("SET LOCAL work_mem = '64MB'")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
     let rows = sqlx::query(&sql)
         .bind(around.as_ref().map_or("", |p| p.as_str()).to_owned())
         .bind(filters.since)
@@ -443,9 +458,10 @@ async fn board(
         .bind(&filters.map)
         .bind(min_matches)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
     if let Some(pid) = &around
         && rows.is_empty()
     {
@@ -453,15 +469,22 @@ async fn board(
             "player {pid} is not on this board"
         )));
     }
+    let values: Vec<f64> = rows.iter().map(|row| row.get("value")).collect();
     let players: Vec<Value> = rows
         .iter()
-        .map(|row| {
-            let value: f64 = row.get("value");
+        .enumerate()
+        .map(|(i, row)| {
+            let value = values[i];
+            // The top: 1 + how many are ahead with a greater value (ties share a rank).
+            let rank = match around {
+                Some(_) => row.get::<i64, _>("rank"),
+                None => 1 + values[..i].iter().filter(|v| **v > value).count() as i64,
+            };
             json!({
                 "player_id": row.get::<String, _>("player_id"),
                 "player_name": row.get::<Option<String>, _>("player_name"),
                 "matches": row.get::<i64, _>("matches"),
-                "rank": row.get::<i64, _>("rank"),
+                "rank": rank,
                 "value": if metric.is_count() { json!(value as u64) } else { json!(value) },
             })
         })
