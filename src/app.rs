@@ -209,7 +209,14 @@ impl App {
             .merge(history_routes)
             .merge(match_stats_queries::page::router())
             .merge(public_ops);
-        let routes = edge::with_edge_layers(api::with_api_layers(routes, limits), &edge);
+        let routes = edge::with_edge_layers(api::with_api_layers(routes, limits), &edge).layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(telemetry::http_span)
+                .on_request(())
+                .on_response(telemetry::http_response)
+                // Errors are logged where they happen, once.
+                .on_failure(()),
+        );
         let admin = match (config.admin_addr, admin_ops) {
             (Some(addr), Some(ops)) => Some((
                 TcpListener::bind(addr)

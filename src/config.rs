@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
 
+    /// The `service.name` of exported spans (the service version goes beside it as
+    /// `service.version`).
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "match-stats")]
+    pub otel_service_name: String,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -398,23 +403,11 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log filter: {e} (e.g. info, debug, match_stats=debug,warn)"))
 }
 
-/// Durations like `500ms`, `30s`, `2m`, `1h`, `7d`.
+/// Durations like `500ms`, `30s`, `2m`, `1h30m`, `7d` (humantime's syntax; too large a value is
+/// an error).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m, 1h, 7d)"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return Err(format!("{s:?} has no unit ms, s, m, h or d")),
-    };
-    Ok(Duration::from_millis(ms))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m, 1h30m, 7d): {e}"))
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -454,8 +447,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert!(parse_duration("10").unwrap_err().contains("not a duration"));
         assert!(parse_duration("x").unwrap_err().contains("not a duration"));
+        // Too large for a duration: an error, not a panic or a wrap-around.
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]

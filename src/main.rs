@@ -104,6 +104,7 @@ async fn run(cli: Cli) -> i32 {
         &cli.config.log_level,
         &cli.config.log_format,
         cli.config.otel_exporter_otlp_endpoint.as_deref(),
+        &cli.config.otel_service_name,
     ) {
         Ok(provider) => provider,
         Err(error) => {

@@ -23,6 +23,7 @@ pub fn init(
     level: &str,
     format: &str,
     otlp_endpoint: Option<&str>,
+    service_name: &str,
 ) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
@@ -31,7 +32,15 @@ pub fn init(
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut provider = SdkTracerProvider::builder();
+    // Spans say which service and version made them.
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = otlp_endpoint {
         // As the OpenTelemetry spec says of this variable: a base URL, the signal's path
         // appended.
@@ -50,10 +59,17 @@ pub fn init(
     let provider = provider.build();
     let filter = EnvFilter::try_new(level)
         .map_err(|e| anyhow::anyhow!("LOG_LEVEL {level:?} is not a log filter: {e}"))?;
+    // Colours only for a person at a terminal (never in a log file), and never with
+    // NO_COLOR set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = if format == "json" {
         fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        fmt::layer().with_writer(std::io::stderr).boxed()
+        fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .boxed()
     };
     // Logs follow LOG_LEVEL; traces take this service's spans whatever the log level.
     let traces = tracing_opentelemetry::layer()
@@ -106,6 +122,46 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     fn keys(&self) -> Vec<&str> {
         Vec::new()
     }
+}
+
+/// W3C trace context read from HTTP request headers.
+struct HttpHeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// A server span for an HTTP request (`tower_http::trace`), continuing the request's
+/// `traceparent` when it has one.
+pub fn http_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "http_request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HttpHeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Records the response status on the request's span.
+pub fn http_response<B>(
+    response: &axum::http::Response<B>,
+    _latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    span.record("http.response.status_code", response.status().as_u16());
 }
 
 /// W3C trace context written into NATS message headers.

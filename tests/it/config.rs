@@ -27,6 +27,7 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("soon", "invalid value 'soon' for COMPLETED_CACHE_MAX_AGE")),
     ),
     ("API_KEYS", "key-one,key-two", None),
+    ("OTEL_SERVICE_NAME", "match-stats-eu", None),
     (
         "DATABASE_URL",
         "postgres://stats:secret@db:5432/match_stats",
@@ -260,7 +261,10 @@ const CASES: &[(&str, &str, Invalid)] = &[
     (
         "SHUTDOWN_GRACE",
         "20s",
-        Some(("1y", "invalid value '1y' for SHUTDOWN_GRACE")),
+        Some((
+            "1 fortnight",
+            "invalid value '1 fortnight' for SHUTDOWN_GRACE",
+        )),
     ),
     ("REDIS_ADDR", "redis.local:6380", None),
     ("REDIS_USERNAME", "stats", None),
@@ -284,7 +288,10 @@ const CASES: &[(&str, &str, Invalid)] = &[
     (
         "COMPLETED_RETENTION",
         "48h",
-        Some(("2days", "invalid value '2days' for COMPLETED_RETENTION")),
+        Some((
+            "two days",
+            "invalid value 'two days' for COMPLETED_RETENTION",
+        )),
     ),
     (
         "CACHE_WRITE_INTERVAL",
@@ -319,7 +326,7 @@ const CASES: &[(&str, &str, Invalid)] = &[
     (
         "EVENTS_MAX_AGE",
         "14d",
-        Some(("2w", "invalid value '2w' for EVENTS_MAX_AGE")),
+        Some(("2 moons", "invalid value '2 moons' for EVENTS_MAX_AGE")),
     ),
 ];
 

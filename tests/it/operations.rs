@@ -294,16 +294,19 @@ async fn traces_are_exported_over_otlp_http_when_an_endpoint_is_set() {
 
     use async_nats::jetstream::message::PublishMessage;
 
-    // A stand-in collector: counts OTLP/HTTP trace exports.
+    // A stand-in collector: keeps every OTLP/HTTP trace export (protobuf: names and
+    // strings appear as they are, trace ids as their 16 bytes).
     let exports = Arc::new(AtomicUsize::new(0));
-    let seen = exports.clone();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let (seen, kept) = (exports.clone(), bodies.clone());
     let collector = axum::Router::new().route(
         "/v1/traces",
         axum::routing::post(move |body: axum::body::Bytes| {
-            let seen = seen.clone();
+            let (seen, kept) = (seen.clone(), kept.clone());
             async move {
                 if !body.is_empty() {
                     seen.fetch_add(1, Ordering::SeqCst);
+                    kept.lock().unwrap().extend_from_slice(&body);
                 }
                 ""
             }
@@ -333,6 +336,20 @@ async fn traces_are_exported_over_otlp_http_when_an_endpoint_is_set() {
     .await
     .unwrap();
     service.wait_received(1).await;
+    // A REST request carrying a traceparent: its server span continues that trace.
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/match-stats/matches/active",
+            service.http()
+        ))
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     // The batch exporter sends within its schedule (5 s) or at shutdown.
     service.terminate();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -343,4 +360,31 @@ async fn traces_are_exported_over_otlp_http_when_an_endpoint_is_set() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let contains = |needle: &[u8]| {
+        let body = bodies.lock().unwrap();
+        body.windows(needle.len()).any(|w| w == needle)
+    };
+    let rest_trace: Vec<u8> = (0..16)
+        .map(|i| {
+            u8::from_str_radix(&"0af7651916cd43dd8448eb211c80319c"[2 * i..2 * i + 2], 16).unwrap()
+        })
+        .collect();
+    // Shutdown flushes: wait for the REST span too.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !contains(b"http_request") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a REST span was exported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        contains(b"service.name") && contains(b"match-stats"),
+        "the resource names the service"
+    );
+    assert!(contains(b"service.version") && contains(env!("CARGO_PKG_VERSION").as_bytes()));
+    assert!(
+        contains(&rest_trace),
+        "the REST span continues the request's trace"
+    );
 }
