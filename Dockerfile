@@ -15,6 +15,9 @@ RUN mkdir -p src benches commands/src commands/benches queries/src tests/harness
  && touch src/lib.rs commands/src/lib.rs queries/src/lib.rs tests/harness/src/lib.rs \
  && cargo build --release --locked --bin match-stats
 COPY . .
+# The commit for match_stats_build_info (.git is not in the build context).
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=$GIT_COMMIT
 # (newer mtimes than the stubs, so cargo rebuilds the workspace crates)
 RUN touch src/main.rs src/lib.rs commands/src/lib.rs queries/src/lib.rs \
  && cargo build --release --locked --bin match-stats

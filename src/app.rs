@@ -95,6 +95,8 @@ impl App {
     /// the Redis cache, binds HTTP and builds every part. Fails fast with a message naming
     /// what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The recorder first: every part registers its series as it is built.
+        let _ = telemetry::metrics();
         let nats = nats::connect(&config).await?;
         let js = jetstream::new(nats.clone());
         let provisioned = nats::streams::ensure(&js, &config).await?;

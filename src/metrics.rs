@@ -99,6 +99,9 @@ pub const REDIS_ERRORS: &str = "match_stats_redis_errors_total";
 /// The Redis circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const CACHE_CIRCUIT_STATE: &str = "match_stats_cache_circuit_state";
 
+/// 1, labelled with the version and the commit built from.
+pub const BUILD_INFO: &str = "match_stats_build_info";
+
 /// Completed matches the history writer wrote (newer than what the table held).
 pub const HISTORY_MATCHES_WRITTEN: &str = "match_stats_history_matches_written_total";
 /// Deltas waiting for the history writer.
@@ -114,6 +117,11 @@ pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        "Always 1; its labels say which version and commit this process runs.",
+    ),
     (
         HISTORY_MATCHES_WRITTEN,
         Kind::Counter,
@@ -371,6 +379,63 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
 pub fn describe() {
     match_stats_queries::metrics::describe(DESCRIPTIONS);
     match_stats_queries::metrics::describe(QUERY_SIDE);
+    zero_counters();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("MATCH_STATS_COMMIT"))
+        .set(1.0);
+    // CPU, memory, open file descriptors, threads (process_* series).
+    metrics_process::Collector::default().describe();
+}
+
+/// Counters labelled by a fixed set of values, and those values.
+fn labelled() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    use match_stats_commands::Reason;
+    use match_stats_queries::metrics as q;
+    let reasons: Vec<&'static str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    vec![
+        (EVENTS_REJECTED, "reason", reasons.clone()),
+        (DEAD_LETTERS, "reason", reasons),
+        (CACHE_WRITES, "result", vec!["written", "older"]),
+        (q::STREAMS_OPENED, "stream", vec!["match", "leaderboard"]),
+    ]
+}
+
+/// Registers every counter at 0 from the start (and every histogram without a label) (an increment of 0 leaves a counter that
+/// already counts as it is), so that `increase()` sees its first occurrence: unlabelled
+/// counters once, labelled ones for each known value (the partition-release reasons are
+/// registered by the command side, which names them; HTTP requests by route as they
+/// come).
+fn zero_counters() {
+    let labelled = labelled();
+    for (name, kind, _) in DESCRIPTIONS.iter().chain(QUERY_SIDE) {
+        // Histograms are rendered from their registration on (empty until observed).
+        if *kind == Kind::Histogram && *name != match_stats_queries::metrics::HTTP_REQUEST_DURATION
+        {
+            let _ = metrics::histogram!(*name);
+            continue;
+        }
+        if *kind != Kind::Counter
+            || *name == PARTITION_RELEASES
+            || *name == match_stats_queries::metrics::HTTP_REQUESTS
+        {
+            continue;
+        }
+        if *name == match_stats_queries::metrics::CACHE_REQUESTS {
+            for level in ["memory", "redis", "kv"] {
+                for result in ["hit", "miss"] {
+                    metrics::counter!(*name, "level" => level, "result" => result).increment(0);
+                }
+            }
+            continue;
+        }
+        match labelled.iter().find(|(n, _, _)| n == name) {
+            Some((_, label, values)) => {
+                for value in values {
+                    metrics::counter!(*name, *label => *value).increment(0);
+                }
+            }
+            None => metrics::counter!(*name).increment(0),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -203,6 +203,7 @@ fn history_json(state: &HttpState) -> serde_json::Value {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.api.lookups.publish_hit_ratios();
     state.api.live.publish_gauges();
+    metrics_process::Collector::default().collect();
     state.stats.publish_partition_gauges();
     state.capacity.publish_gauges(&state.api.model);
     (

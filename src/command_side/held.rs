@@ -132,6 +132,23 @@ pub enum Release {
 }
 
 impl Release {
+    /// Every reason.
+    pub const ALL: [Release; 5] = [
+        Release::PinnedElsewhere,
+        Release::StaleSnapshot,
+        Release::Shutdown,
+        Release::Shared,
+        Release::Failed,
+    ];
+
+    /// Registers the releases counter at 0 for every reason (`increase()` then sees the
+    /// first release of each).
+    pub fn register_counters() {
+        for reason in Release::ALL {
+            metrics::counter!(m::PARTITION_RELEASES, "reason" => reason.as_str()).increment(0);
+        }
+    }
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -66,6 +66,7 @@ impl Ingest {
         provisioned: Provisioned,
         stats: Arc<IngestStats>,
     ) -> Self {
+        held::Release::register_counters();
         let ctx = Context {
             js,
             completed: provisioned.completed,

@@ -101,6 +101,7 @@ impl HistoryWriter {
     /// Migrates, backfills on a first start, then writes until cancelled. A database that
     /// is down is waited for with back-off; ingest and the API never wait for it.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        self.stats.set_lag(0);
         match self.prepare(&token).await {
             Ok(consumer) => self.write_until_cancelled(consumer, &token).await,
             Err(Cancelled) => Ok(()),

@@ -90,6 +90,7 @@ impl Projector {
             retention,
             live,
         } = self;
+        metrics::gauge!(m::READ_MODEL_MATCHES).set(0.0);
         let mut stream = js.get_stream(&deltas_stream).await?;
         let state = stream.info().await?.state.clone();
         let target = if state.messages == 0 {

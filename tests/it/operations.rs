@@ -388,3 +388,87 @@ async fn traces_are_exported_over_otlp_http_when_an_endpoint_is_set() {
         "the REST span continues the request's trace"
     );
 }
+
+/// Series that exist only with a feature this test does not configure.
+const CONDITIONAL: &[&str] = &[
+    // Redis.
+    "match_stats_cache_circuit_state",
+    // DATABASE_URL.
+    "match_stats_history_lag_messages",
+    "match_stats_history_backfill_matches",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_service_has_every_series_from_the_start_and_passes_promtool() {
+    use std::io::Write as _;
+    let nats = NatsServer::start();
+    let service = ServiceProcess::start(&nats).await;
+    let url = format!("{}/metrics", service.http());
+    // The second scrape also holds the first one's request series.
+    let _ = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool: `make deps` installs Debian's prometheus package");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for (name, _, _) in match_stats::metrics::DESCRIPTIONS
+        .iter()
+        .chain(match_stats_queries::metrics::DESCRIPTIONS)
+    {
+        if CONDITIONAL.contains(name) {
+            continue;
+        }
+        assert!(families.contains(name), "{name} exists from the start");
+    }
+    // Counters at 0 for each known label value, build information, process figures.
+    for line in [
+        "match_stats_events_received_total 0",
+        "match_stats_recovery_gaps_total 0",
+        "match_stats_snapshot_errors_total 0",
+        "match_stats_events_rejected_total{reason=\"malformed\"} 0",
+        "match_stats_dead_letters_total{reason=\"limit_exceeded\"} 0",
+        "match_stats_partition_releases_total{reason=\"stale_snapshot\"} 0",
+        "match_stats_cache_requests_total{level=\"redis\",result=\"hit\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}");
+    }
+    let build = format!(
+        "match_stats_build_info{{version=\"{}\",commit=",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&build) && l.ends_with(" 1")),
+        "build info"
+    );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(families.contains(family), "{family}");
+    }
+}

@@ -75,6 +75,8 @@ impl std::fmt::Debug for Live {
 impl Live {
     /// A hub allowing `max_clients` stream clients at once on this replica.
     pub fn new(max_clients: usize) -> Self {
+        metrics::gauge!(crate::metrics::STREAM_CHANNELS).set(0.0);
+        metrics::gauge!(crate::metrics::STREAM_CLIENTS).set(0.0);
         Live {
             channels: Mutex::new(HashMap::new()),
             clients: Arc::new(Semaphore::new(max_clients)),
