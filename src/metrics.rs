@@ -99,6 +99,8 @@ pub const REDIS_ERRORS: &str = "match_stats_redis_errors_total";
 /// The Redis circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const CACHE_CIRCUIT_STATE: &str = "match_stats_cache_circuit_state";
 
+/// 1 while `/ready` says ready, 0 otherwise (as of its last call: the probes').
+pub const READY: &str = "match_stats_ready";
 /// 1, labelled with the version and the commit built from.
 pub const BUILD_INFO: &str = "match_stats_build_info";
 
@@ -117,6 +119,11 @@ pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        READY,
+        Kind::Gauge,
+        "1 while this replica's /ready says ready, 0 otherwise (as of the last readiness probe).",
+    ),
     (
         BUILD_INFO,
         Kind::Gauge,
@@ -380,6 +387,7 @@ pub fn describe() {
     match_stats_queries::metrics::describe(DESCRIPTIONS);
     match_stats_queries::metrics::describe(QUERY_SIDE);
     zero_counters();
+    metrics::gauge!(READY).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("MATCH_STATS_COMMIT"))
         .set(1.0);
     // CPU, memory, open file descriptors, threads (process_* series).

@@ -167,6 +167,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         "consuming live events"
     };
+    metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
     let status = if ready {
         StatusCode::OK
     } else {

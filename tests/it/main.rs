@@ -13,6 +13,7 @@ mod history;
 mod http_edge;
 mod lifecycle;
 mod limits;
+mod monitoring;
 mod operations;
 mod permissions;
 mod query_side;
