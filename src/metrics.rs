@@ -99,6 +99,8 @@ pub const REDIS_ERRORS: &str = "match_stats_redis_errors_total";
 /// The Redis circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const CACHE_CIRCUIT_STATE: &str = "match_stats_cache_circuit_state";
 
+/// Events waiting in each partition's consumer.
+pub const PARTITION_PENDING: &str = "match_stats_partition_pending";
 /// 1 while `/ready` says ready, 0 otherwise (as of its last call: the probes').
 pub const READY: &str = "match_stats_ready";
 /// 1, labelled with the version and the commit built from.
@@ -119,6 +121,11 @@ pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        PARTITION_PENDING,
+        Kind::Gauge,
+        "Events waiting in each partition's consumer (label partition), as last read (every second).",
+    ),
     (
         READY,
         Kind::Gauge,

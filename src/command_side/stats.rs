@@ -396,7 +396,9 @@ impl IngestStats {
             metrics::gauge!(m::PARTITION_SECONDS_SINCE_PROGRESS, "partition" => label.clone())
                 .set(seconds);
             metrics::gauge!(m::PARTITION_RETRY_STREAK, "partition" => label.clone()).set(streak);
-            metrics::gauge!(m::PARTITION_STALLED, "partition" => label).set(stalled);
+            metrics::gauge!(m::PARTITION_STALLED, "partition" => label.clone()).set(stalled);
+            metrics::gauge!(m::PARTITION_PENDING, "partition" => label)
+                .set(get(&slot.pending) as f64);
         }
     }
 
