@@ -147,21 +147,29 @@ pub fn http_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         http.request.method = %request.method(),
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HttpHeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
+    record_ids(&span);
     span
 }
 
-/// Records the response status on the request's span.
+/// Records the response status on the request's span, and logs the request at debug.
 pub fn http_response<B>(
     response: &axum::http::Response<B>,
-    _latency: std::time::Duration,
+    latency: std::time::Duration,
     span: &tracing::Span,
 ) {
     span.record("http.response.status_code", response.status().as_u16());
+    tracing::debug!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request served"
+    );
 }
 
 /// W3C trace context written into NATS message headers.
@@ -183,9 +191,29 @@ pub fn event_span(
     let headers = headers.filter(|h| h.get("traceparent").is_some())?;
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let span = tracing::info_span!("apply_event", stream_sequence);
+    let span = tracing::info_span!(
+        "apply_event",
+        stream_sequence,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
     let _ = span.set_parent(parent);
+    record_ids(&span);
     Some(span)
+}
+
+/// Records a span's OpenTelemetry trace and span ids as its `trace_id` and `span_id`
+/// fields: JSON logs written inside it carry them (under `span`), so a log line can be
+/// found from a trace and the reverse.
+fn record_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
 }
 
 /// Sets `span`'s trace context (`traceparent`) on outgoing headers.

@@ -472,3 +472,63 @@ async fn a_fresh_service_has_every_series_from_the_start_and_passes_promtool() {
         assert!(families.contains(family), "{family}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_trace_and_span_ids_of_a_request() {
+    use std::io::BufRead as _;
+    let nats = NatsServer::start();
+    let port = match_stats_harness::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_match-stats"))
+        .env("NATS_URL", nats.url())
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_ADDR", "")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "warn,match_stats::telemetry=debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(format!("{base}/health")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the service starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let status = reqwest::Client::new()
+        .get(format!("{base}/api/v1/match-stats/matches/active"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let found = loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line for the request");
+        assert!(!line.contains('\u{1b}'), "no colour codes: {line}");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if entry["span"]["trace_id"] == trace {
+            break entry;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(found["fields"]["message"], "request served", "{found}");
+    assert_eq!(found["fields"]["status"], 200, "{found}");
+    let span_id = found["span"]["span_id"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16, "the request's own span: {found}");
+    assert_ne!(span_id, "00f067aa0ba902b7", "a child of the caller's span");
+}
