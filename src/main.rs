@@ -112,6 +112,7 @@ async fn run(cli: Cli) -> i32 {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    let json_logs = cli.config.log_format == "json";
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::DemoFeed(args) => demo::run(&cli.config, args).await,
@@ -132,8 +133,12 @@ async fn run(cli: Cli) -> i32 {
     match result {
         Ok(()) => 0,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("match-stats: {error:#}");
+            // Once: as a JSON log line where logs are JSON, else as one plain line.
+            if json_logs {
+                tracing::error!("{error:#}");
+            } else {
+                eprintln!("match-stats: {error:#}");
+            }
             if error.is::<Abandoned>() {
                 EXIT_ABANDONED
             } else {

@@ -55,6 +55,7 @@ pub fn init(
             .build()
             .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT {endpoint:?}: {e}"))?;
         provider = provider.with_batch_exporter(exporter);
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let provider = provider.build();
     let filter = EnvFilter::try_new(level)
@@ -137,10 +138,19 @@ impl opentelemetry::propagation::Extractor for HttpHeaderExtractor<'_> {
     }
 }
 
+/// Whether spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT set).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A server span for an HTTP request (`tower_http::trace`), continuing the request's
-/// `traceparent` when it has one.
+/// `traceparent` when it has one. Without an exporter and without a `traceparent` there
+/// is nothing to continue or send: no span (a request then costs no tracing at all).
 pub fn http_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+        && !request.headers().contains_key("traceparent")
+    {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "http_request",
         otel.kind = "server",
