@@ -137,6 +137,25 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_names_its_value_as_its_variable() {
+        use clap::CommandFactory;
+        let mut differ = Vec::new();
+        for arg in Cli::command().get_arguments() {
+            let (Some(env), Some(names)) = (arg.get_env(), arg.get_value_names()) else {
+                continue;
+            };
+            let env = env.to_string_lossy();
+            if names[0].as_str() != env {
+                differ.push(format!("{} <{}>", env, names[0]));
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "value names that are not their variables: {differ:?}"
+        );
+    }
+
+    #[test]
     fn defaults_parse_and_flags_override() {
         let cli = Cli::try_parse_from(["match-stats", "--batch-size", "7"]).unwrap();
         assert_eq!(cli.config.batch_size, 7);

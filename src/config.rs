@@ -189,7 +189,7 @@ pub struct Lifecycle {
     pub snapshot_interval: Duration,
     /// A match with no event for this long is ended with a `match_end` (reason
     /// `idle_timeout`) published to the events stream (e.g. 30m).
-    #[arg(long = "match-idle-timeout", env = "MATCH_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long = "match-idle-timeout", env = "MATCH_IDLE_TIMEOUT", value_name = "MATCH_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Completed matches leave the command side's memory this long after their last
     /// event (e.g. 24h).
@@ -254,7 +254,7 @@ pub struct CacheConfig {
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
     /// TTL of an active match in Redis, refreshed while it is live (e.g. 10m).
-    #[arg(long = "cache-ttl-active", env = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long = "cache-ttl-active", env = "CACHE_TTL_ACTIVE", value_name = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
     pub ttl_active: Duration,
     /// How long completed matches stay queryable (Redis TTL and key-value max age).
     #[arg(long, env = "COMPLETED_RETENTION", default_value = "24h", value_parser = parse_duration)]
@@ -262,10 +262,10 @@ pub struct CacheConfig {
     /// How often changed matches are written through to Redis (e.g. 5s). Every replica
     /// answers from its own read model; Redis serves replicas that lack a match, so a
     /// few seconds old is enough, and each write renders a whole match.
-    #[arg(long = "cache-write-interval", env = "CACHE_WRITE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "cache-write-interval", env = "CACHE_WRITE_INTERVAL", value_name = "CACHE_WRITE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub write_interval: Duration,
     /// How often every match in memory is written again (repopulates a flushed Redis).
-    #[arg(long = "cache-resync-interval", env = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "cache-resync-interval", env = "CACHE_RESYNC_INTERVAL", value_name = "CACHE_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub resync_interval: Duration,
 }
 
@@ -356,7 +356,7 @@ pub struct StreamNames {
     pub partitions: u16,
     /// How long a partition stays with a replica that stopped pulling (killed, cut off)
     /// before NATS pins another one: the failover time (e.g. 10s).
-    #[arg(long, env = "PARTITION_PIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "PARTITION_PIN_TIMEOUT", value_name = "PARTITION_PIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub pin_timeout: Duration,
     /// Replicas of every stream and bucket in a NATS cluster (1, or 3 in production).
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
