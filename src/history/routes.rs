@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use match_stats_commands::PlayerId;
 use match_stats_commands::view::rfc3339;
 use match_stats_queries::api::ApiError;
 use match_stats_queries::leaderboard::Metric;
+use match_stats_queries::params::{Params, limit, metric, params, path, player_id};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
@@ -68,37 +69,8 @@ fn db_error(error: sqlx::Error) -> ApiError {
     )
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
-
-fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
-}
-
 fn player(raw: Result<Path<String>, PathRejection>) -> Result<PlayerId, ApiError> {
-    let Path(raw) =
-        raw.map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))?;
-    PlayerId::parse(&raw).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
-}
-
-fn limit(
-    params: &HashMap<String, String>,
-    (default, max): (usize, usize),
-) -> Result<i64, ApiError> {
-    match params.get("limit") {
-        None => Ok(default as i64),
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .map(|n| n as i64)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "invalid limit {raw:?}: must be an integer from 1 to {max}"
-                ))
-            }),
-    }
+    player_id(&path(raw)?)
 }
 
 fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -190,7 +162,7 @@ async fn player_matches(
     let pool = database(&state)?;
     let pid = player(raw)?;
     let params = params(query)?;
-    let limit = limit(&params, MATCHES_LIMIT)?;
+    let limit = limit(&params, MATCHES_LIMIT)? as i64;
     // The cursor: the last row's (end_time in ms, match_id).
     let (before_ms, before_id) = match params.get("cursor") {
         None => (i64::MAX, String::new()),
@@ -423,24 +395,11 @@ async fn board(
     query: Params,
 ) -> Result<Response, ApiError> {
     let pool = database(&state)?;
-    let Path(raw) =
-        raw.map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))?;
-    let metric = Metric::parse(&raw).ok_or_else(|| {
-        let valid: Vec<_> = Metric::ALL.iter().map(|m| m.as_str()).collect();
-        ApiError::bad_request(format!(
-            "unknown metric {raw:?}; valid metrics: {}",
-            valid.join(", ")
-        ))
-    })?;
+    let metric = metric(&path(raw)?)?;
     let params = params(query)?;
-    let limit = limit(&params, BOARD_LIMIT)?;
+    let limit = limit(&params, BOARD_LIMIT)? as i64;
     let filters = Filters::of(&params)?;
-    let around = params
-        .get("around")
-        .map(|p| {
-            PlayerId::parse(p).map_err(|e| ApiError::bad_request(format!("invalid player id: {e}")))
-        })
-        .transpose()?;
+    let around = params.get("around").map(|p| player_id(p)).transpose()?;
     let (value, ratio) = board_value(metric);
     let min_matches = if ratio { state.min_matches } else { 1 };
     let sql = board_sql(value, &filters, around.is_some());

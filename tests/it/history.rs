@@ -74,22 +74,7 @@ async fn completed_matches_careers_and_boards_in_postgresql() {
 
     // Every completed match lands once, at its final version.
     let pool = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM matches")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
-        if stored == completed.len() as i64 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{stored} of {} matches written",
-            completed.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::wait_history_matches(&pool, completed.len() as i64).await;
     for (id, want) in &completed {
         let row = sqlx::query("SELECT version, duration_ms, total_kills, player_count, end_reason FROM matches WHERE match_id = $1")
             .bind(id)
@@ -448,21 +433,7 @@ async fn a_first_start_backfills_from_the_completed_matches_bucket() {
     let postgres = PostgresServer::start();
     let service = ServiceProcess::start_with(&nats, &[("DATABASE_URL", postgres.url())]).await;
     let pool = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM matches")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
-        if stored == completed.len() as i64 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backfilled: {stored}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::wait_history_matches(&pool, completed.len() as i64).await;
     for (id, want) in &completed {
         let row = sqlx::query(
             "SELECT version, end_reason, (SELECT count(*) FROM match_players p WHERE p.match_id = m.match_id) AS players FROM matches m WHERE match_id = $1",

@@ -126,22 +126,7 @@ async fn history_is_complete_after_kill_9s_and_a_database_outage() {
     // 3. The database back: every completed match once, at its final version.
     postgres.restart();
     let pool = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM matches")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0);
-        if stored == completed.len() as i64 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "history complete after the outage: {stored} of {}",
-            completed.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::support::wait_history_matches(&pool, completed.len() as i64).await;
     for (id, want) in &completed {
         let row = sqlx::query(
             "SELECT m.version, (SELECT count(*) FROM match_players p WHERE p.match_id = m.match_id) AS players

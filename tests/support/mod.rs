@@ -659,3 +659,22 @@ pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> 
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// Waits until the history database holds `n` matches.
+pub async fn wait_history_matches(pool: &sqlx::PgPool, n: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM matches")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+        if stored == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history holds {stored} of {n} matches"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
