@@ -4,8 +4,9 @@
 //! 1. Catch-up: LOAD_EVENTS (1,000,000) events of 1,000 matches x 64 players published
 //!    first, then the service (release binary, a child process) started: events/s until
 //!    every partition's consumer is drained. Baselines: a bare relay (pull-consume the
-//!    same stream, republish one message per event to a stream, await the acks, ack) and
-//!    a bare consumer (pull-consume and ack, no work: what NATS can deliver here).
+//!    same stream, republish one message per event to a stream, await the acks, ack),
+//!    a bare consumer (pull-consume and ack, no work: what NATS can deliver here), and
+//!    the bare pipeline (`support/pipeline.rs`: the service's NATS work, no domain work).
 //! 2. Memory: the service's RSS with those 1,000 live matches of 64 players, less an idle
 //!    service's.
 //! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9) and
@@ -26,6 +27,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
+#[path = "support/pipeline.rs"]
+mod pipeline;
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
@@ -486,11 +489,23 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("load-test: bare consumer catching up on the same stream...");
     let consumer_catch_up = baseline_catch_up(&js, events, false, vec![None]).await?;
     eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
-    let partition_filters = match_stats::nats::Partitioning::of(&config.streams)
-        .all()
-        .map(|p| Some(p.filter(&config.streams)))
-        .collect();
-    let partitioned_catch_up = baseline_catch_up(&js, events, false, partition_filters).await?;
+    let partition_filters: Vec<Option<String>> =
+        match_stats::nats::Partitioning::of(&config.streams)
+            .all()
+            .map(|p| Some(p.filter(&config.streams)))
+            .collect();
+    let partitioned_catch_up =
+        baseline_catch_up(&js, events, false, partition_filters.clone()).await?;
+    eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
+    let filters = partition_filters.into_iter().flatten().collect();
+    let bare_pipeline = pipeline::catch_up(
+        &js,
+        events,
+        filters,
+        config.batch_size as usize,
+        config.batch_linger,
+    )
+    .await?;
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
@@ -527,6 +542,17 @@ async fn main() -> anyhow::Result<()> {
             catch_up / relay_catch_up,
             catch_up / consumer_catch_up,
             catch_up / partitioned_catch_up
+        ),
+    ));
+    rows.push((
+        "catch-up: the bare pipeline (the service's NATS work with no domain work)".into(),
+        "-".into(),
+        format!(
+            "{:.0} events/s ({:.2}x the relay; {:.2} messages republished per event); the service reaches {:.2}x it",
+            bare_pipeline.events_per_second,
+            bare_pipeline.events_per_second / relay_catch_up,
+            bare_pipeline.messages_per_event,
+            catch_up / bare_pipeline.events_per_second
         ),
     ));
     for ((rate, service), relay) in sizes.rates.iter().zip(&service_live).zip(&relay_live) {

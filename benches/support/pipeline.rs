@@ -1,0 +1,194 @@
+//! The bare pipeline: the NATS work of the service's own design with no domain work, as a
+//! baseline for its catch-up. One pull consumer per partition filter (the service's
+//! layout); each batch's events are grouped by match and each group republished as one
+//! message (its events' payloads concatenated, with the first event's `Nats-Msg-Id`), as
+//! the service publishes one coalesced delta per match per batch; the publish acks are
+//! awaited, then the batch is acknowledged with one ack-all; and an ordered consumer
+//! reads every republished message back, as the query side reads the deltas. Decoding,
+//! rules, read model, snapshots and Redis are left out: whatever the service does on top
+//! of this costs more.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use futures::StreamExt;
+
+const STREAM: &str = "PIPELINE";
+const SUBJECT: &str = "pipeline";
+
+/// Counts shared by the pipeline's tasks.
+#[derive(Default)]
+struct Counts {
+    /// Events acknowledged on the events stream.
+    consumed: AtomicU64,
+    /// Messages published (and confirmed) to the pipeline stream.
+    published: AtomicU64,
+    /// Messages read back from it.
+    read: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// What one run of the pipeline measured.
+pub struct PipelineRun {
+    /// Events per second, until every event was consumed and every republished message
+    /// read back.
+    pub events_per_second: f64,
+    /// Republished messages per event.
+    pub messages_per_event: f64,
+}
+
+/// Catches up on the whole `events_stream` through the bare pipeline, one consumer per
+/// filter in `filters`, batches of up to `batch` messages closed after `linger` (the
+/// service's `BATCH_SIZE` and `BATCH_LINGER`).
+pub async fn catch_up(
+    js: &jetstream::Context,
+    events_stream: &str,
+    filters: Vec<String>,
+    batch: usize,
+    linger: Duration,
+) -> anyhow::Result<PipelineRun> {
+    js.create_or_update_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECT}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let out = js.get_stream(STREAM).await?;
+    out.purge().await?;
+    let stored = js
+        .get_stream(events_stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    let counts = Arc::new(Counts::default());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for filter in filters {
+        tasks.push(tokio::spawn(partition(
+            js.clone(),
+            events_stream.to_owned(),
+            filter,
+            (batch, linger),
+            counts.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
+    while counts.consumed.load(Ordering::Relaxed) < stored
+        || counts.read.load(Ordering::Relaxed) < counts.published.load(Ordering::Relaxed)
+    {
+        anyhow::ensure!(
+            !tasks.iter().any(|t| t.is_finished()),
+            "the bare pipeline stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    counts.stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(PipelineRun {
+        events_per_second: stored as f64 / elapsed,
+        messages_per_event: counts.published.load(Ordering::Relaxed) as f64 / stored as f64,
+    })
+}
+
+/// One partition: pull a batch, republish one message per match, await the acks, ack all.
+async fn partition(
+    js: jetstream::Context,
+    events_stream: String,
+    filter: String,
+    (batch, linger): (usize, Duration),
+    counts: Arc<Counts>,
+) -> anyhow::Result<()> {
+    let consumer = js
+        .get_stream(&events_stream)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(format!("pipeline-{}", rand::random::<u32>())),
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending: 10_000,
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?;
+    let mut messages = std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(
+        messages, batch, linger
+    ));
+    while !counts.stop.load(Ordering::Relaxed) {
+        let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+        else {
+            continue;
+        };
+        let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut by_match: HashMap<&str, Vec<u8>> = HashMap::new();
+        let mut ids: HashMap<&str, String> = HashMap::new();
+        for message in &chunk {
+            let subject = message.subject.as_str();
+            by_match
+                .entry(subject)
+                .or_default()
+                .extend_from_slice(&message.payload);
+            if let Some(id) = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            {
+                ids.entry(subject).or_insert_with(|| id.as_str().to_owned());
+            }
+        }
+        let mut acks = Vec::with_capacity(by_match.len());
+        for (subject, payload) in by_match {
+            let mut copy = PublishMessage::build().payload(payload.into());
+            if let Some(id) = ids.get(subject) {
+                copy = copy.message_id(id.as_str());
+            }
+            acks.push(js.send_publish(format!("{SUBJECT}.out"), copy).await?);
+        }
+        let published = acks.len() as u64;
+        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+            ack?;
+        }
+        if let Some(last) = chunk.last() {
+            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        counts.published.fetch_add(published, Ordering::Relaxed);
+        counts
+            .consumed
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The query side's half: an ordered consumer reading the republished messages.
+async fn read_back(out: stream::Stream, batch: usize, counts: Arc<Counts>) -> anyhow::Result<()> {
+    let reader = out
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = reader.messages().await?.ready_chunks(batch);
+    while !counts.stop.load(Ordering::Relaxed) {
+        let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+        else {
+            continue;
+        };
+        let read = chunk.len() as u64;
+        for message in chunk {
+            message?;
+        }
+        counts.read.fetch_add(read, Ordering::Relaxed);
+    }
+    Ok(())
+}
