@@ -1,10 +1,9 @@
 //! [`Batches`]: a partition's pulled messages in batches. A batch closes when it is full;
-//! or, once nothing more has arrived, at once when traffic is sparse (the last batch held
-//! a single message and the consumer reports nothing else waiting on the server: a live
-//! event does not wait for company), else up to `linger` after its first message (a
-//! catch-up, or dense live traffic: the batch fills and its deltas coalesce into fewer
-//! messages, which is what keeps up at high rates). The messages not yet handed out stay
-//! inside the stream, so dropping a `next()` in a `select!` loses none.
+//! or, once nothing more has arrived, at once when the consumer reported nothing else
+//! waiting on the server (live traffic: no event waits for company), else up to `linger`
+//! after its first message (a catch-up: the batch fills and its deltas coalesce). The
+//! messages not yet handed out stay inside the stream, so dropping a `next()` in a
+//! `select!` loses none.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,9 +21,6 @@ pub struct Batches<S: Stream> {
     batch: Vec<S::Item>,
     /// Set once the batch's first message arrived with more waiting on the server.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// The last batch handed out held more than one message: traffic is dense enough for
-    /// waiting to pay off.
-    dense: bool,
     ended: bool,
 }
 
@@ -38,14 +34,12 @@ impl<S: Stream> Batches<S> {
             linger,
             batch: Vec::new(),
             deadline: None,
-            dense: false,
             ended: false,
         }
     }
 
     fn take(&mut self) -> Poll<Option<Vec<S::Item>>> {
         self.deadline = None;
-        self.dense = self.batch.len() > 1;
         Poll::Ready(Some(std::mem::replace(
             &mut self.batch,
             Vec::with_capacity(self.max),
@@ -95,7 +89,7 @@ where
                     let Some(last) = this.batch.last() else {
                         return Poll::Pending;
                     };
-                    if this.linger.is_zero() || !(this.dense || last.waiting_behind()) {
+                    if this.linger.is_zero() || !last.waiting_behind() {
                         return this.take();
                     }
                     let linger = this.linger;
@@ -157,19 +151,6 @@ mod tests {
         got.push(batches.next().await.unwrap());
         assert_eq!(sizes(&got), vec![4, 1]);
         assert_eq!(started.elapsed(), Duration::from_millis(7));
-        // Sparse again (the last batch held one message): nothing behind it goes at once.
-        tx.unbounded_send(Item(false)).unwrap();
-        let at = tokio::time::Instant::now();
-        assert_eq!(batches.next().await.unwrap().len(), 1);
-        assert_eq!(at.elapsed(), Duration::ZERO);
-        // Dense traffic (two at once) lingers even with nothing reported behind.
-        tx.unbounded_send(Item(false)).unwrap();
-        tx.unbounded_send(Item(false)).unwrap();
-        assert_eq!(batches.next().await.unwrap().len(), 2);
-        let at = tokio::time::Instant::now();
-        tx.unbounded_send(Item(false)).unwrap();
-        assert_eq!(batches.next().await.unwrap().len(), 1);
-        assert_eq!(at.elapsed(), Duration::from_millis(5), "waited for company");
         drop(tx);
         assert!(batches.next().await.is_none(), "ends with its input");
     }
