@@ -65,10 +65,9 @@ pub struct Config {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// How long a partition waits for its batch to fill once its first message arrived,
-    /// while the server holds more for it (a catch-up): a millisecond lets it coalesce
-    /// hundreds of events into one delta message per match. Live events, with nothing
-    /// behind them, never wait; 0 never waits.
+    /// How long a partition waits for its batch to fill once its first message arrived:
+    /// 0 processes whatever has arrived at once; a millisecond lets a catch-up coalesce
+    /// hundreds of events into one delta message per match.
     #[arg(long, env = "BATCH_LINGER", default_value = "1ms", value_parser = parse_duration)]
     pub batch_linger: std::time::Duration,
 

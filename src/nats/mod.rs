@@ -1,9 +1,7 @@
 //! Everything about reaching NATS: the connection ([`connect`]), the JetStream streams,
-//! consumers and buckets the service provisions ([`streams`]), the naming of the
-//! events stream's partitions ([`partition`]), and how a partition's pulled messages are
-//! cut into batches ([`batches`]).
+//! consumers and buckets the service provisions ([`streams`]), and the naming of the
+//! events stream's partitions ([`partition`]).
 
-pub mod batches;
 pub mod partition;
 pub mod streams;
 
