@@ -73,7 +73,6 @@ fn main() {
         .replace(dhat::Profiler::new_heap());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.config.workers))
-        .on_thread_park(return_freed_memory)
         .enable_all()
         .build()
         .expect("the async runtime starts");
@@ -83,30 +82,6 @@ fn main() {
     #[cfg(feature = "heap-profile")]
     drop(PROFILER.lock().expect("profiler").take());
     std::process::exit(code);
-}
-
-/// Called when a runtime thread runs out of work: at most once a second per thread, its
-/// allocator heap returns the pages it no longer uses to the system. mimalloc returns
-/// them only when that thread allocates again, so the memory a burst freed (a catch-up's
-/// batches) otherwise stays resident while the service idles.
-#[allow(unsafe_code)] // one FFI call; see SAFETY below
-fn return_freed_memory() {
-    #[cfg(not(feature = "heap-profile"))]
-    {
-        use std::cell::Cell;
-        use std::time::Instant;
-        thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-        let now = Instant::now();
-        if LAST
-            .get()
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
-        {
-            return;
-        }
-        LAST.set(Some(now));
-        // SAFETY: mi_collect only frees the calling thread's unused pages.
-        unsafe { libmimalloc_sys::mi_collect(true) };
-    }
 }
 
 /// `match-stats erase-player <ID>`.
