@@ -578,37 +578,6 @@ mod tests {
     }
 
     #[test]
-    fn a_borrowed_delta_encodes_to_the_same_bytes_and_id() {
-        let id = MatchId::parse("m-1").unwrap();
-        let stats = crate::stats::MatchStats::default();
-        let view = MatchView::render(id, &stats, None::<std::iter::Empty<_>>);
-        let (a, b) = (entry(3, 2), entry(4, 1));
-        let owned = StatDelta {
-            match_id: id,
-            entries: vec![a.clone(), b.clone()],
-            match_view: Some(Box::new(view.clone())),
-        };
-        let borrowed = StatDeltaRef {
-            match_id: id,
-            entries: vec![Cow::Borrowed(&a), Cow::Owned(b)],
-            match_view: Some(&view),
-        };
-        assert_eq!(
-            rmp_serde::to_vec_named(&borrowed).unwrap(),
-            rmp_serde::to_vec_named(&owned).unwrap()
-        );
-        assert_eq!(borrowed.msg_id(), owned.msg_id());
-        let without = StatDeltaRef {
-            match_view: None,
-            ..borrowed
-        };
-        let read: StatDelta =
-            rmp_serde::from_slice(&rmp_serde::to_vec_named(&without).unwrap()).unwrap();
-        assert_eq!(read.match_view, None);
-        assert_eq!(read.entries, owned.entries);
-    }
-
-    #[test]
     fn a_message_id_names_its_position() {
         let id = MatchId::parse("m-1").unwrap();
         let whole = StatDelta {
