@@ -13,8 +13,6 @@
 //! [`Change::apply_to_match`] and [`Change::apply_to_player`] fold a change into the
 //! stored statistics: what a consumer of deltas does to hold the same state.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 
 use crate::event::TimestampMs;
@@ -69,7 +67,15 @@ impl StatDelta {
     /// replay never publishes a change twice: `<match>:<version>`,
     /// `<match>:<first>-<last>`, or for a part, `<match>:<version>#<part>/<parts>`.
     pub fn msg_id(&self) -> String {
-        msg_id(&self.match_id, self.entries.first(), self.entries.last())
+        let first = self.entries.first().map_or(0, |e| e.version);
+        let last = self.entries.last();
+        match last {
+            Some(e) if !e.is_whole() => {
+                format!("{}:{}#{}/{}", self.match_id, e.version, e.part, e.parts)
+            }
+            Some(e) if e.version != first => format!("{}:{first}-{}", self.match_id, e.version),
+            _ => format!("{}:{first}", self.match_id),
+        }
     }
 
     /// The position a `Nats-Msg-Id` written by [`StatDelta::msg_id`] names.
@@ -87,39 +93,6 @@ impl StatDelta {
             version: last.parse().ok()?,
             part: None,
         })
-    }
-}
-
-/// A [`StatDelta`] over entries the writer keeps: the same encoding, without copying
-/// their changes into a message first (the writer's hot path).
-#[derive(Debug, Serialize)]
-pub struct StatDeltaRef<'a> {
-    /// The match.
-    pub match_id: MatchId,
-    /// Consecutive applied events, oldest first (a part of a split event is owned).
-    pub entries: Vec<Cow<'a, DeltaEntry>>,
-    /// As [`StatDelta::match_view`].
-    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_view: Option<&'a MatchView>,
-}
-
-impl StatDeltaRef<'_> {
-    /// Its `Nats-Msg-Id`, as [`StatDelta::msg_id`].
-    pub fn msg_id(&self) -> String {
-        msg_id(
-            &self.match_id,
-            self.entries.first().map(|e| e.as_ref()),
-            self.entries.last().map(|e| e.as_ref()),
-        )
-    }
-}
-
-fn msg_id(match_id: &MatchId, first: Option<&DeltaEntry>, last: Option<&DeltaEntry>) -> String {
-    let first = first.map_or(0, |e| e.version);
-    match last {
-        Some(e) if !e.is_whole() => format!("{match_id}:{}#{}/{}", e.version, e.part, e.parts),
-        Some(e) if e.version != first => format!("{match_id}:{first}-{}", e.version),
-        _ => format!("{match_id}:{first}"),
     }
 }
 
