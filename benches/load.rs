@@ -221,13 +221,7 @@ async fn baseline_catch_up(
 ) -> anyhow::Result<f64> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let stored = js
-        .get_stream(events_stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
+    let stored = support::stored_messages(js, events_stream).await?;
     let started = Instant::now();
     let tasks: Vec<_> = filters
         .into_iter()

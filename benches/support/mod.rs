@@ -96,3 +96,11 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// How many messages `stream` stores.
+pub async fn stored_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<u64> {
+    Ok(js.get_stream(stream).await?.info().await?.state.messages)
+}

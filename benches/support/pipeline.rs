@@ -59,13 +59,7 @@ pub async fn catch_up(
     .await?;
     let out = js.get_stream(STREAM).await?;
     out.purge().await?;
-    let stored = js
-        .get_stream(events_stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
+    let stored = crate::support::stored_messages(js, events_stream).await?;
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -133,27 +127,23 @@ async fn partition(
             continue;
         };
         let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let mut by_match: HashMap<&str, Vec<u8>> = HashMap::new();
-        let mut ids: HashMap<&str, String> = HashMap::new();
+        // Per match: its events' payloads and the first event's message id.
+        let mut by_match: HashMap<&str, (Vec<u8>, Option<&str>)> = HashMap::new();
         for message in &chunk {
-            let subject = message.subject.as_str();
-            by_match
-                .entry(subject)
-                .or_default()
-                .extend_from_slice(&message.payload);
-            if let Some(id) = message
+            let id = message
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            {
-                ids.entry(subject).or_insert_with(|| id.as_str().to_owned());
-            }
+                .map(|id| id.as_str());
+            let (payload, first_id) = by_match.entry(message.subject.as_str()).or_default();
+            payload.extend_from_slice(&message.payload);
+            *first_id = first_id.or(id);
         }
         let mut acks = Vec::with_capacity(by_match.len());
-        for (subject, payload) in by_match {
+        for (payload, id) in by_match.into_values() {
             let mut copy = PublishMessage::build().payload(payload.into());
-            if let Some(id) = ids.get(subject) {
-                copy = copy.message_id(id.as_str());
+            if let Some(id) = id {
+                copy = copy.message_id(id);
             }
             acks.push(js.send_publish(format!("{SUBJECT}.out"), copy).await?);
         }
