@@ -16,6 +16,7 @@ mod recorder;
 mod rules;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -62,12 +63,14 @@ pub enum Outcome {
 }
 
 /// One match: its statistics, its players, and what the rules need to remember.
-/// Serializable whole (dedup window included) for snapshots.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Serializable whole (dedup window included) for snapshots ([`wire`]).
+#[derive(Debug, Clone)]
 pub struct Match {
     match_id: MatchId,
     stats: MatchStats,
     players: Players,
+    /// Every player by [`PlayerState::slot`]: the order the match first named them.
+    roster: Vec<PlayerId>,
     started_by_match_start: bool,
     recent: DedupWindow,
 }
@@ -77,15 +80,18 @@ pub struct Match {
 type Players = BTreeMap<PlayerId, Box<PlayerState>>;
 
 /// A player's statistics and the rule state that is not published.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default)]
 struct PlayerState {
+    /// Its place in the match's roster.
+    slot: u32,
     stats: PlayerStats,
     /// Time of the last non-suicide kill, for multi-kill chains.
     last_kill: Option<TimestampMs>,
     /// Current multi-kill chain length.
     chain: u64,
-    /// Latest damage time per attacker since this player's last counted death.
-    hits_taken: Vec<(PlayerId, TimestampMs)>,
+    /// Latest damage time per attacker (by roster slot: 16 bytes an entry instead of a
+    /// 68-byte id) since this player's last counted death.
+    hits_taken: Vec<(u32, TimestampMs)>,
 }
 
 /// What a rule works on: the match's statistics and players, the event's time, whether
@@ -94,6 +100,7 @@ struct Fold<'a> {
     rec: Recorder,
     stats: &'a mut MatchStats,
     players: &'a mut Players,
+    roster: &'a mut Vec<PlayerId>,
     started_by_match_start: &'a mut bool,
     /// The event's timestamp.
     t: TimestampMs,
@@ -108,6 +115,7 @@ impl Match {
             match_id,
             stats: MatchStats::default(),
             players: BTreeMap::new(),
+            roster: Vec::new(),
             started_by_match_start: false,
             recent: DedupWindow::default(),
         }
@@ -225,6 +233,7 @@ impl Match {
             rec: Recorder::new(buffer),
             stats: &mut self.stats,
             players: &mut self.players,
+            roster: &mut self.roster,
             started_by_match_start: &mut self.started_by_match_start,
             t: event.timestamp_ms,
             late,
@@ -242,8 +251,12 @@ impl Match {
                 .set(None, Field::LastUpdate, &mut f.stats.last_update, t);
         }
         for id in named_players(event) {
-            if let Entry::Vacant(slot) = f.players.entry(id) {
-                let player = slot.insert(Box::default());
+            if let Entry::Vacant(vacant) = f.players.entry(id) {
+                let player = vacant.insert(Box::new(PlayerState {
+                    slot: f.roster.len() as u32,
+                    ..PlayerState::default()
+                }));
+                f.roster.push(id);
                 f.rec
                     .set(Some(id), Field::Online, &mut player.stats.online, !late);
                 if !late {

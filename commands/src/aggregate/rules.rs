@@ -153,7 +153,8 @@ pub(super) fn kill(
     }
 
     let hits = std::mem::take(&mut player(players, v).hits_taken);
-    for &(a, hit_at) in &hits {
+    for &(slot, hit_at) in &hits {
+        let a = f.roster[slot as usize];
         if a != k && a != v && hit_at >= t - ASSIST_WINDOW_MS {
             let assister = &mut player(players, a).stats;
             rec.add(Some(a), Field::Assists, &mut assister.assists, 1);
@@ -189,14 +190,15 @@ pub(super) fn death(
 pub(super) fn damage(f: &mut Fold<'_>, a: PlayerId, v: PlayerId, damage: f64) {
     let (t, rec, stats, players) = (f.t, &mut f.rec, &mut *f.stats, &mut *f.players);
     if a != v {
-        let s = &mut player(players, a).stats;
+        let attacker = player(players, a);
+        let (slot, s) = (attacker.slot, &mut attacker.stats);
         rec.add_f64(Some(a), Field::DamageDealt, &mut s.damage_dealt, damage);
         rec.add(Some(a), Field::ShotsHit, &mut s.shots_hit, 1);
         rec.add_f64(None, Field::TotalDamage, &mut stats.total_damage, damage);
         let hits = &mut player(players, v).hits_taken;
-        match hits.iter_mut().find(|(attacker, _)| *attacker == a) {
+        match hits.iter_mut().find(|(attacker, _)| *attacker == slot) {
             Some((_, at)) => *at = (*at).max(t),
-            None => hits.push((a, t)),
+            None => hits.push((slot, t)),
         }
     }
     let s = &mut player(players, v).stats;
