@@ -4,9 +4,10 @@
 use match_stats_commands::{PlayerId, PlayerView};
 use serde::Serialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::error::now;
-use crate::leaderboard::{Metric, Ranked};
+use crate::leaderboard::{Metric, Ranked, Top};
 use crate::read_model::MatchSnapshot;
 
 #[derive(Serialize)]
@@ -24,13 +25,16 @@ struct LeaderboardBody<'a> {
     metric: &'static str,
     limit: usize,
     count: usize,
-    players: Vec<Entry<'a>>,
+    players: &'a RawValue,
     timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     around: Option<&'a str>,
 }
 
-/// A leaderboard response for `ranked` (a slice of the snapshot's standings).
+/// A leaderboard response for `ranked` (a slice of the snapshot's standings: its top
+/// `limit`, or the players `around` one). The top's `players` array is rendered once per
+/// snapshot and metric (for the first limit asked) and copied into every response after;
+/// `timestamp` is the request's.
 pub fn leaderboard_body(
     snapshot: &MatchSnapshot,
     metric: Metric,
@@ -38,7 +42,41 @@ pub fn leaderboard_body(
     ranked: &[Ranked],
     around: Option<&PlayerId>,
 ) -> bytes::Bytes {
-    let players: Vec<Entry> = ranked
+    let render = || {
+        let players = entries(snapshot, metric, ranked);
+        Top {
+            limit,
+            count: players.len(),
+            players: serde_json::value::to_raw_value(&players).expect("views serialize"),
+        }
+    };
+    let uncached;
+    let top = match around
+        .is_none()
+        .then(|| snapshot.top(metric, limit, render))
+        .flatten()
+    {
+        Some(top) => top,
+        None => {
+            uncached = render();
+            &uncached
+        }
+    };
+    let body = LeaderboardBody {
+        match_id: snapshot.summary.match_id.as_str(),
+        metric: metric.as_str(),
+        limit,
+        count: top.count,
+        players: &top.players,
+        timestamp: now(),
+        around: around.map(|p| p.as_str()),
+    };
+    serde_json::to_vec(&body).expect("views serialize").into()
+}
+
+/// The player objects of `ranked`, each with its `rank` and `value`.
+fn entries<'a>(snapshot: &'a MatchSnapshot, metric: Metric, ranked: &[Ranked]) -> Vec<Entry<'a>> {
+    ranked
         .iter()
         .filter_map(|r| {
             let player = snapshot.players().get(&r.standing.player_id)?;
@@ -53,15 +91,108 @@ pub fn leaderboard_body(
                 value,
             })
         })
-        .collect();
-    let body = LeaderboardBody {
-        match_id: snapshot.summary.match_id.as_str(),
-        metric: metric.as_str(),
-        limit,
-        count: players.len(),
-        players,
-        timestamp: now(),
-        around: around.map(|p| p.as_str()),
-    };
-    serde_json::to_vec(&body).expect("views serialize").into()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use match_stats_commands::{MatchId, MatchStats, MatchView, PlayerStats};
+
+    /// A match of five players with 3, 9, 1, 7 and 5 kills.
+    fn snapshot() -> MatchSnapshot {
+        let players: Vec<(PlayerId, PlayerStats)> =
+            [("p1", 3), ("p2", 9), ("p3", 1), ("p4", 7), ("p5", 5)]
+                .into_iter()
+                .map(|(id, kills)| {
+                    let stats = PlayerStats {
+                        kills,
+                        ..Default::default()
+                    };
+                    (PlayerId::parse(id).unwrap(), stats)
+                })
+                .collect();
+        let view = MatchView::render(
+            MatchId::parse("m1").unwrap(),
+            &MatchStats::default(),
+            Some(players.iter().map(|(id, stats)| (id, stats))),
+        );
+        MatchSnapshot::from_view(view)
+    }
+
+    fn body(snapshot: &MatchSnapshot, limit: usize, around: Option<&str>) -> serde_json::Value {
+        let around = around.map(|p| PlayerId::parse(p).unwrap());
+        let ranked: Vec<Ranked> = match &around {
+            None => snapshot.ranked(Metric::Kills).take(limit).collect(),
+            Some(pid) => {
+                let all: Vec<Ranked> = snapshot.ranked(Metric::Kills).collect();
+                let at = all
+                    .iter()
+                    .position(|r| r.standing.player_id == *pid)
+                    .unwrap();
+                all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec()
+            }
+        };
+        let bytes = leaderboard_body(snapshot, Metric::Kills, limit, &ranked, around.as_ref());
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn players(body: &serde_json::Value) -> Vec<(String, u64, u64)> {
+        body["players"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let id = p["player_id"].as_str().unwrap().to_owned();
+                (
+                    id,
+                    p["rank"].as_u64().unwrap(),
+                    p["value"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn expected(rows: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
+        rows.iter()
+            .map(|(id, rank, v)| (id.to_string(), *rank, *v))
+            .collect()
+    }
+
+    #[test]
+    fn the_cached_top_answers_like_a_fresh_render_and_other_limits_render_their_own() {
+        let snapshot = snapshot();
+        let top3 = expected(&[("p2", 1, 9), ("p4", 2, 7), ("p5", 3, 5)]);
+        // The first request renders and caches; the second is served from the cache.
+        for _ in 0..2 {
+            let b = body(&snapshot, 3, None);
+            assert_eq!(players(&b), top3);
+            assert_eq!(
+                (b["count"].as_u64(), b["limit"].as_u64()),
+                (Some(3), Some(3))
+            );
+            assert_eq!(
+                (b["match_id"].as_str(), b["metric"].as_str()),
+                (Some("m1"), Some("kills"))
+            );
+            assert!(
+                b["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "{b}"
+            );
+            assert!(b.get("around").is_none());
+        }
+        // Another limit is not the cached one.
+        let b = body(&snapshot, 2, None);
+        assert_eq!(players(&b), expected(&[("p2", 1, 9), ("p4", 2, 7)]));
+        assert_eq!(b["count"].as_u64(), Some(2));
+        // Around a player: its window, never the cached top.
+        let b = body(&snapshot, 1, Some("p1"));
+        assert_eq!(
+            players(&b),
+            expected(&[("p5", 3, 5), ("p1", 4, 3), ("p3", 5, 1)])
+        );
+        assert_eq!(b["around"].as_str(), Some("p1"));
+        // And the cached top is still the top 3.
+        assert_eq!(players(&body(&snapshot, 3, None)), top3);
+    }
 }

@@ -44,6 +44,11 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// Its place in [`Metric::ALL`].
+    pub fn index(self) -> usize {
+        Metric::ALL.iter().position(|m| *m == self).expect("listed")
+    }
+
     /// Every metric, in the contract's order.
     pub const ALL: [Metric; 15] = [
         Metric::Kills,
@@ -170,6 +175,20 @@ pub struct Ranked {
 #[derive(Debug, Default)]
 pub struct Leaderboards {
     sorted: OnceLock<Box<[OnceLock<Vec<Standing>>; 15]>>,
+    /// Per metric, its leaderboard's `players` array as JSON for the first limit asked
+    /// (what every polling client of the match asks again until the next snapshot).
+    tops: OnceLock<Box<[OnceLock<Top>; 15]>>,
+}
+
+/// A leaderboard's `players` array, rendered once per snapshot, metric and limit.
+#[derive(Debug)]
+pub struct Top {
+    /// The `limit` it was rendered for.
+    pub limit: usize,
+    /// How many players it holds.
+    pub count: usize,
+    /// The JSON array.
+    pub players: Box<serde_json::value::RawValue>,
 }
 
 impl Leaderboards {
@@ -179,11 +198,7 @@ impl Leaderboards {
     where
         I: IntoIterator<Item = &'a PlayerView>,
     {
-        let i = Metric::ALL
-            .iter()
-            .position(|m| *m == metric)
-            .expect("listed");
-        let sorted = self.sorted.get_or_init(Box::default)[i].get_or_init(|| {
+        let sorted = self.sorted.get_or_init(Box::default)[metric.index()].get_or_init(|| {
             let mut standings: Vec<Standing> = players
                 .into_iter()
                 .map(|p| Standing {
@@ -207,6 +222,14 @@ impl Leaderboards {
                 standing: *standing,
             }
         })
+    }
+
+    /// A metric's top `limit` as rendered by `render` the first time this snapshot was
+    /// asked for the metric; `None` when that first request asked for another limit (the
+    /// caller renders its own, uncached).
+    pub fn top(&self, metric: Metric, limit: usize, render: impl FnOnce() -> Top) -> Option<&Top> {
+        let top = self.tops.get_or_init(Box::default)[metric.index()].get_or_init(render);
+        (top.limit == limit).then_some(top)
     }
 }
 

@@ -14,7 +14,7 @@ use match_stats_commands::{
 };
 use serde::Serialize;
 
-use crate::leaderboard::{Leaderboards, Metric, Ranked};
+use crate::leaderboard::{Leaderboards, Metric, Ranked, Top};
 use crate::projection::{Lenient, MatchProjection, ProjectionError};
 
 /// One match as of one version: what every route reads.
@@ -112,6 +112,12 @@ impl MatchSnapshot {
     pub fn ranked(&self, metric: Metric) -> impl Iterator<Item = Ranked> + '_ {
         self.leaderboards
             .ranked(metric, self.players().values().map(|p| p.as_ref()))
+    }
+
+    /// A metric's top `limit` as its leaderboard's `players` JSON, rendered by `render`
+    /// once per snapshot and metric (`None`: cached for another limit).
+    pub fn top(&self, metric: Metric, limit: usize, render: impl FnOnce() -> Top) -> Option<&Top> {
+        self.leaderboards.top(metric, limit, render)
     }
 
     /// Whether the match has ended.
