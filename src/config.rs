@@ -62,7 +62,7 @@ pub struct Config {
     pub streams: StreamNames,
 
     /// Messages processed per batch (their effects are published together, then acked).
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
     /// How long a partition waits for its batch to fill once its first message arrived:
