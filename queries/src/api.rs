@@ -36,7 +36,8 @@ pub const MAX_URI_BYTES: usize = 2048;
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// The API routes, with JSON 404/405 fallbacks and per-route metrics.
+/// The API routes, with JSON 404/405 fallbacks and per-route metrics. The state is
+/// shared behind one `Arc`: axum clones it for every request.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/match-stats/matches/active", get(active_matches))
@@ -58,7 +59,7 @@ pub fn router(state: ApiState) -> Router {
             get(crate::stream::leaderboard_stream),
         )
         .route("/openapi.json", get(openapi))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// Bounds on requests.
@@ -173,7 +174,7 @@ fn conditional(
 }
 
 async fn match_object(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     raw: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -185,7 +186,7 @@ async fn match_object(
 }
 
 async fn player_object(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     raw: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -213,7 +214,7 @@ struct ActiveMatches<'a> {
 }
 
 async fn active_matches(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     query: Params,
 ) -> Result<Response, ApiError> {
     let params = params(query)?;
@@ -270,7 +271,7 @@ async fn active_matches(
 }
 
 async fn leaderboard(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     raw: Result<Path<(String, String)>, PathRejection>,
     query: Params,
     headers: HeaderMap,

@@ -100,7 +100,7 @@ async fn latest(state: &ApiState, id: &MatchId) -> Option<Arc<MatchSnapshot>> {
 
 /// One match stream's client.
 struct MatchClient {
-    state: ApiState,
+    state: Arc<ApiState>,
     id: MatchId,
     subscription: Subscription,
     /// The version the client holds.
@@ -173,7 +173,7 @@ impl MatchClient {
 
 /// `GET /api/v1/match-stats/matches/{matchID}/stream`.
 pub async fn match_stream(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     raw: Result<Path<String>, PathRejection>,
     query: Params,
     headers: HeaderMap,
@@ -234,7 +234,7 @@ struct Overtake<'a> {
 
 /// One leaderboard stream's client.
 struct BoardClient {
-    state: ApiState,
+    state: Arc<ApiState>,
     id: MatchId,
     metric: Metric,
     limit: usize,
@@ -344,7 +344,7 @@ impl BoardClient {
 
 /// `GET /api/v1/match-stats/matches/{matchID}/leaderboard/{metric}/stream?limit=`.
 pub async fn leaderboard_stream(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     raw: Result<Path<(String, String)>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
