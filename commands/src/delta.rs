@@ -13,6 +13,8 @@
 //! [`Change::apply_to_match`] and [`Change::apply_to_player`] fold a change into the
 //! stored statistics: what a consumer of deltas does to hold the same state.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::TimestampMs;
@@ -67,15 +69,7 @@ impl StatDelta {
     /// replay never publishes a change twice: `<match>:<version>`,
     /// `<match>:<first>-<last>`, or for a part, `<match>:<version>#<part>/<parts>`.
     pub fn msg_id(&self) -> String {
-        let first = self.entries.first().map_or(0, |e| e.version);
-        let last = self.entries.last();
-        match last {
-            Some(e) if !e.is_whole() => {
-                format!("{}:{}#{}/{}", self.match_id, e.version, e.part, e.parts)
-            }
-            Some(e) if e.version != first => format!("{}:{first}-{}", self.match_id, e.version),
-            _ => format!("{}:{first}", self.match_id),
-        }
+        msg_id(&self.match_id, self.entries.first(), self.entries.last())
     }
 
     /// The position a `Nats-Msg-Id` written by [`StatDelta::msg_id`] names.
@@ -93,6 +87,39 @@ impl StatDelta {
             version: last.parse().ok()?,
             part: None,
         })
+    }
+}
+
+/// A [`StatDelta`] over entries the writer keeps: the same encoding, without copying
+/// their changes into a message first (the writer's hot path).
+#[derive(Debug, Serialize)]
+pub struct StatDeltaRef<'a> {
+    /// The match.
+    pub match_id: MatchId,
+    /// Consecutive applied events, oldest first (a part of a split event is owned).
+    pub entries: Vec<Cow<'a, DeltaEntry>>,
+    /// As [`StatDelta::match_view`].
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_view: Option<&'a MatchView>,
+}
+
+impl StatDeltaRef<'_> {
+    /// Its `Nats-Msg-Id`, as [`StatDelta::msg_id`].
+    pub fn msg_id(&self) -> String {
+        msg_id(
+            &self.match_id,
+            self.entries.first().map(|e| e.as_ref()),
+            self.entries.last().map(|e| e.as_ref()),
+        )
+    }
+}
+
+fn msg_id(match_id: &MatchId, first: Option<&DeltaEntry>, last: Option<&DeltaEntry>) -> String {
+    let first = first.map_or(0, |e| e.version);
+    match last {
+        Some(e) if !e.is_whole() => format!("{match_id}:{}#{}/{}", e.version, e.part, e.parts),
+        Some(e) if e.version != first => format!("{match_id}:{first}-{}", e.version),
+        _ => format!("{match_id}:{first}"),
     }
 }
 
@@ -548,6 +575,37 @@ mod tests {
             1,
             "a small entry stays whole"
         );
+    }
+
+    #[test]
+    fn a_borrowed_delta_encodes_to_the_same_bytes_and_id() {
+        let id = MatchId::parse("m-1").unwrap();
+        let stats = crate::stats::MatchStats::default();
+        let view = MatchView::render(id, &stats, None::<std::iter::Empty<_>>);
+        let (a, b) = (entry(3, 2), entry(4, 1));
+        let owned = StatDelta {
+            match_id: id,
+            entries: vec![a.clone(), b.clone()],
+            match_view: Some(Box::new(view.clone())),
+        };
+        let borrowed = StatDeltaRef {
+            match_id: id,
+            entries: vec![Cow::Borrowed(&a), Cow::Owned(b)],
+            match_view: Some(&view),
+        };
+        assert_eq!(
+            rmp_serde::to_vec_named(&borrowed).unwrap(),
+            rmp_serde::to_vec_named(&owned).unwrap()
+        );
+        assert_eq!(borrowed.msg_id(), owned.msg_id());
+        let without = StatDeltaRef {
+            match_view: None,
+            ..borrowed
+        };
+        let read: StatDelta =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&without).unwrap()).unwrap();
+        assert_eq!(read.match_view, None);
+        assert_eq!(read.entries, owned.entries);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod view;
 
 pub use aggregate::{DEDUP_WINDOW, Match, Outcome};
 pub use decode::decode;
-pub use delta::{Change, DeltaEntry, Field, FieldValue, StatDelta};
+pub use delta::{Change, DeltaEntry, Field, FieldValue, StatDelta, StatDeltaRef};
 pub use event::{Event, EventKind, TimestampMs};
 pub use id::{EventId, MatchId, PlayerId};
 pub use key_counts::KeyCounts;

@@ -3,13 +3,15 @@
 //! ([`Effect`]): stat deltas coalesced per match ([`DeltaBatch`]), dead letters, final
 //! match objects and the `match_end`s of idle matches.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use match_stats_commands::delta::{FORMAT_HEADER, FORMAT_VERSION, Position};
 use match_stats_commands::{
-    Change, DeltaEntry, Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta, decode,
+    Change, DeltaEntry, Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta,
+    StatDeltaRef, decode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -508,11 +510,19 @@ impl DeltaBatch {
         let mut dropped = 0;
         for (delta, headers) in &self.segments {
             let stored = published.get(&delta.match_id).copied().unwrap_or_default();
-            let mut open: Vec<DeltaEntry> = Vec::new();
+            let mut open: Vec<Cow<'_, DeltaEntry>> = Vec::new();
             let mut open_changes = 0;
-            let mut messages: Vec<Vec<DeltaEntry>> = Vec::new();
+            let mut messages: Vec<Vec<Cow<'_, DeltaEntry>>> = Vec::new();
             for entry in &delta.entries {
-                for part in entry.clone().split(MAX_CHANGES_PER_MESSAGE) {
+                // A whole entry is published as it is kept; only a split one is copied.
+                let parts: Vec<Cow<'_, DeltaEntry>> =
+                    if DeltaEntry::parts_of(entry.changes.len(), MAX_CHANGES_PER_MESSAGE) == 1 {
+                        vec![Cow::Borrowed(entry)]
+                    } else {
+                        let split = entry.clone().split(MAX_CHANGES_PER_MESSAGE);
+                        split.into_iter().map(Cow::Owned).collect()
+                    };
+                for part in parts {
                     let at = (!part.is_whole()).then_some(part.part);
                     if stored.position.covers(part.version, at) {
                         dropped += 1;
@@ -537,18 +547,14 @@ impl DeltaBatch {
             messages.extend((!open.is_empty()).then_some(open));
             let count = messages.len();
             for (i, entries) in messages.into_iter().enumerate() {
-                let message = StatDelta {
+                let message = StatDeltaRef {
                     match_id: delta.match_id,
                     entries,
                     // The match object goes with the last message of the batch's delta.
-                    match_view: if i + 1 == count {
-                        delta.match_view.clone()
-                    } else {
-                        None
-                    },
+                    match_view: delta.match_view.as_deref().filter(|_| i + 1 == count),
                 };
                 let expected = expecting.insert(delta.match_id).then_some(stored.sequence);
-                effects.push(delta_effect(names, message, headers, expected));
+                effects.push(delta_effect(names, &message, headers, expected));
             }
         }
         (effects, dropped)
@@ -558,7 +564,7 @@ impl DeltaBatch {
 /// One delta message as an effect.
 fn delta_effect(
     names: &StreamNames,
-    delta: StatDelta,
+    delta: &StatDeltaRef<'_>,
     headers: &HeaderMap,
     expected: Option<u64>,
 ) -> Effect {
@@ -579,7 +585,7 @@ fn delta_effect(
             position,
             entries: delta.entries.len() as u64,
         },
-        payload: rmp_serde::to_vec_named(&delta)
+        payload: rmp_serde::to_vec_named(delta)
             .expect("deltas serialize")
             .into(),
         headers,
