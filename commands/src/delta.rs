@@ -255,7 +255,7 @@ impl Change {
             Field::TotalHealing => m.total_healing = float(v).ok_or_else(bad)?,
             Field::FirstBlood => {
                 m.first_blood = opt(v, |v| match v {
-                    FieldValue::FirstBlood(fb) => Some(*fb),
+                    FieldValue::FirstBlood(fb) => Some(**fb),
                     _ => None,
                 })
                 .ok_or_else(bad)?
@@ -327,8 +327,9 @@ pub enum FieldValue {
     Float(f64),
     /// Names, modes, and `status`.
     Text(Label),
-    /// `first_blood`.
-    FirstBlood(FirstBlood),
+    /// `first_blood` (boxed: two ids would make every value, and so every change, twice
+    /// as large; it changes once a match).
+    FirstBlood(Box<FirstBlood>),
 }
 
 /// Reads the variant straight from the encoded type (an untagged derive would buffer the
@@ -386,12 +387,12 @@ impl<'de> serde::de::Visitor<'de> for FieldValueVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldValue, A::Error> {
         FirstBlood::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            .map(FieldValue::FirstBlood)
+            .map(FieldValue::from)
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldValue, A::Error> {
         FirstBlood::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
-            .map(FieldValue::FirstBlood)
+            .map(FieldValue::from)
     }
 }
 
@@ -432,7 +433,7 @@ impl From<Label> for FieldValue {
 }
 impl From<FirstBlood> for FieldValue {
     fn from(v: FirstBlood) -> Self {
-        FieldValue::FirstBlood(v)
+        FieldValue::FirstBlood(Box::new(v))
     }
 }
 impl<T: Into<FieldValue>> From<Option<T>> for FieldValue {
@@ -536,6 +537,23 @@ fn opt<T>(v: &FieldValue, f: impl Fn(&FieldValue) -> Option<T>) -> Option<Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_change_stays_small() {
+        // Every applied event's change list holds these: a value no larger than an inline
+        // label, a change no larger than two ids and two such values.
+        let label = std::mem::size_of::<Option<Label>>();
+        assert!(
+            std::mem::size_of::<FieldValue>() <= label + 8,
+            "{}",
+            std::mem::size_of::<FieldValue>()
+        );
+        assert!(
+            std::mem::size_of::<Change>() <= 4 * (label + 8),
+            "{}",
+            std::mem::size_of::<Change>()
+        );
+    }
+
     use super::*;
     use crate::id::label;
 
