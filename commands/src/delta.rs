@@ -537,6 +537,9 @@ fn opt<T>(v: &FieldValue, f: impl Fn(&FieldValue) -> Option<T>) -> Option<Option
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::id::label;
+
     #[test]
     fn a_change_stays_small() {
         // Every applied event's change list holds these: a value no larger than an inline
@@ -553,9 +556,6 @@ mod tests {
             std::mem::size_of::<Change>()
         );
     }
-
-    use super::*;
-    use crate::id::label;
 
     fn entry(version: u64, changes: usize) -> DeltaEntry {
         DeltaEntry {
