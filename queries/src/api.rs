@@ -20,10 +20,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use match_stats_commands::{MatchId, MatchStatus, MatchView};
 use serde::Serialize;
 
-use crate::board::leaderboard_body;
+use crate::board::{self, around_body, top_body};
 pub use crate::error::ApiError;
 use crate::error::now;
-use crate::leaderboard::Ranked;
 use crate::lookup::find;
 pub use crate::lookup::{ApiState, Level, LookupStats, Misses, NEGATIVE_CAPACITY, NEGATIVE_TTL};
 pub use crate::params::{ACTIVE_LIMIT, LEADERBOARD_LIMIT};
@@ -283,27 +282,20 @@ async fn leaderboard(
     let limit = limit(&params, LEADERBOARD_LIMIT)?;
     let around = params.get("around").map(|p| player_id(p)).transpose()?;
     let snapshot = find(&state, &id).await?;
-    let ranked: Vec<Ranked> = match around {
-        None => snapshot.ranked(metric).take(limit).collect(),
+    let window = match around {
+        None => None,
         Some(pid) => {
-            let all: Vec<Ranked> = snapshot.ranked(metric).collect();
-            let at = all
-                .iter()
-                .position(|r| r.standing.player_id == pid)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("player {pid} not found in match {id}"))
-                })?;
-            all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec()
+            let window = board::around(&snapshot, metric, limit, &pid).ok_or_else(|| {
+                ApiError::not_found(format!("player {pid} not found in match {id}"))
+            })?;
+            Some((pid, window))
         }
     };
     Ok(conditional(&state, &headers, &snapshot, || {
-        json_bytes(leaderboard_body(
-            &snapshot,
-            metric,
-            limit,
-            &ranked,
-            around.as_ref(),
-        ))
+        json_bytes(match &window {
+            Some((pid, window)) => around_body(&snapshot, metric, limit, window, pid),
+            None => top_body(&snapshot, metric, limit),
+        })
     }))
 }
 

@@ -31,47 +31,77 @@ struct LeaderboardBody<'a> {
     around: Option<&'a str>,
 }
 
-/// A leaderboard response for `ranked` (a slice of the snapshot's standings: its top
-/// `limit`, or the players `around` one). The top's `players` array is rendered once per
-/// snapshot and metric (for the first limit asked) and copied into every response after;
-/// `timestamp` is the request's.
-pub fn leaderboard_body(
-    snapshot: &MatchSnapshot,
-    metric: Metric,
-    limit: usize,
-    ranked: &[Ranked],
-    around: Option<&PlayerId>,
-) -> bytes::Bytes {
+/// The response for a metric's top `limit`: its `players` array is ranked and rendered
+/// once per snapshot and metric (for the first limit asked) and copied into every response
+/// after; `timestamp` is the request's.
+pub fn top_body(snapshot: &MatchSnapshot, metric: Metric, limit: usize) -> bytes::Bytes {
     let render = || {
-        let players = entries(snapshot, metric, ranked);
-        Top {
-            limit,
-            count: players.len(),
-            players: serde_json::value::to_raw_value(&players).expect("views serialize"),
-        }
+        let ranked: Vec<Ranked> = snapshot.ranked(metric).take(limit).collect();
+        rendered(snapshot, metric, limit, &ranked)
     };
     let uncached;
-    let top = match around
-        .is_none()
-        .then(|| snapshot.top(metric, limit, render))
-        .flatten()
-    {
+    let top = match snapshot.top(metric, limit, render) {
         Some(top) => top,
         None => {
             uncached = render();
             &uncached
         }
     };
+    body(snapshot, metric, limit, top, None)
+}
+
+/// The standings of `around` and the `limit` players either side of it, or `None` when
+/// the match has no such player.
+pub fn around(
+    snapshot: &MatchSnapshot,
+    metric: Metric,
+    limit: usize,
+    around: &PlayerId,
+) -> Option<Vec<Ranked>> {
+    let all: Vec<Ranked> = snapshot.ranked(metric).collect();
+    let at = all.iter().position(|r| r.standing.player_id == *around)?;
+    Some(all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec())
+}
+
+/// The response for the players around one (`window`, from [`around`]).
+pub fn around_body(
+    snapshot: &MatchSnapshot,
+    metric: Metric,
+    limit: usize,
+    window: &[Ranked],
+    around: &PlayerId,
+) -> bytes::Bytes {
+    let players = rendered(snapshot, metric, limit, window);
+    body(snapshot, metric, limit, &players, Some(around))
+}
+
+fn body(
+    snapshot: &MatchSnapshot,
+    metric: Metric,
+    limit: usize,
+    players: &Top,
+    around: Option<&PlayerId>,
+) -> bytes::Bytes {
     let body = LeaderboardBody {
         match_id: snapshot.summary.match_id.as_str(),
         metric: metric.as_str(),
         limit,
-        count: top.count,
-        players: &top.players,
+        count: players.count,
+        players: &players.players,
         timestamp: now(),
         around: around.map(|p| p.as_str()),
     };
     serde_json::to_vec(&body).expect("views serialize").into()
+}
+
+/// `ranked` as a `players` array.
+fn rendered(snapshot: &MatchSnapshot, metric: Metric, limit: usize, ranked: &[Ranked]) -> Top {
+    let players = entries(snapshot, metric, ranked);
+    Top {
+        limit,
+        count: players.len(),
+        players: serde_json::value::to_raw_value(&players).expect("views serialize"),
+    }
 }
 
 /// The player objects of `ranked`, each with its `rank` and `value`.
@@ -121,19 +151,14 @@ mod tests {
     }
 
     fn body(snapshot: &MatchSnapshot, limit: usize, around: Option<&str>) -> serde_json::Value {
-        let around = around.map(|p| PlayerId::parse(p).unwrap());
-        let ranked: Vec<Ranked> = match &around {
-            None => snapshot.ranked(Metric::Kills).take(limit).collect(),
+        let bytes = match around {
+            None => top_body(snapshot, Metric::Kills, limit),
             Some(pid) => {
-                let all: Vec<Ranked> = snapshot.ranked(Metric::Kills).collect();
-                let at = all
-                    .iter()
-                    .position(|r| r.standing.player_id == *pid)
-                    .unwrap();
-                all[at.saturating_sub(limit)..(at + limit + 1).min(all.len())].to_vec()
+                let pid = PlayerId::parse(pid).unwrap();
+                let window = super::around(snapshot, Metric::Kills, limit, &pid).unwrap();
+                around_body(snapshot, Metric::Kills, limit, &window, &pid)
             }
         };
-        let bytes = leaderboard_body(snapshot, Metric::Kills, limit, &ranked, around.as_ref());
         serde_json::from_slice(&bytes).unwrap()
     }
 

@@ -24,7 +24,7 @@ use match_stats_commands::{MatchId, PlayerId};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::board::leaderboard_body;
+use crate::board::top_body;
 use crate::error::ApiError;
 use crate::leaderboard::{Metric, Ranked};
 use crate::live::{Fit, Subscription, Update, summary_json};
@@ -314,8 +314,7 @@ impl BoardClient {
             }
         }
         if self.shown.is_none() || top != self.top {
-            let ranked: Vec<Ranked> = snapshot.ranked(self.metric).take(self.limit).collect();
-            let body = leaderboard_body(&snapshot, self.metric, self.limit, &ranked, None);
+            let body = top_body(&snapshot, self.metric, self.limit);
             out.push(event("leaderboard", snapshot.version, &body));
             self.top = top;
         }
