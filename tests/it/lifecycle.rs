@@ -93,7 +93,11 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     )
     .await;
     service.wait_received(200).await;
-    assert!(service.counts().snapshots_written >= 1);
+    // The snapshot follows the batch that crossed 50 events (after it was counted).
+    wait_for("a snapshot written", || {
+        service.counts().snapshots_written >= 1
+    })
+    .await;
 
     // Another replica snapshots a partition (its marker and a match record): this one's
     // next snapshot of that partition is refused.
