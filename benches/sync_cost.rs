@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use async_nats::jetstream;
 use match_stats_harness::NatsCluster;
 
@@ -14,26 +15,40 @@ use match_stats_harness::NatsCluster;
 async fn publish_rate(cluster: &NatsCluster, count: usize) -> anyhow::Result<f64> {
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, user, password) = match_stats_harness::CLUSTER_USERS[0];
+    // The stream is created once the cluster has elected a leader and knows all three peers
+    // (an R3 stream asked for earlier fails with "insufficient resources"); on a slow machine
+    // that takes a while, so every error is retried until the deadline, and the last one is
+    // reported.
     let js = loop {
-        let (_, user, password) = match_stats_harness::CLUSTER_USERS[0];
-        let options =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
-        if let Ok(client) = options.connect(servers.clone()).await {
-            let js = jetstream::new(client);
-            if js.query_account().await.is_ok() {
-                break js;
+        let attempt = async {
+            let options =
+                async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+            let client = options.connect(servers.clone()).await?;
+            jetstream::new(client.clone())
+                .create_stream(jetstream::stream::Config {
+                    name: "RATE".into(),
+                    subjects: vec!["rate.*".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await?;
+            // Acks under `sync_interval: always` wait for three fsyncs; a loaded machine can
+            // take longer than the 5 s default.
+            let js = jetstream::ContextBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(client);
+            anyhow::Ok(js)
+        };
+        match attempt.await {
+            Ok(js) => break js,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("the cluster is not ready yet ({error}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            Err(error) => return Err(error.context("no R3 stream within 60 s")),
         }
-        anyhow::ensure!(Instant::now() < deadline, "the cluster elects no leader");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    js.create_stream(jetstream::stream::Config {
-        name: "RATE".into(),
-        subjects: vec!["rate.*".into()],
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await?;
     let payload = bytes::Bytes::from(vec![b'x'; 200]);
     let started = Instant::now();
     let mut acks = VecDeque::new();
@@ -61,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/cluster/node.conf");
     let always = NatsCluster::start();
-    let synced = publish_rate(&always, events).await?;
+    let synced = publish_rate(&always, events)
+        .await
+        .context("publishing with sync_interval always")?;
     drop(always);
     // The same configuration without the fsync setting, laid out like `nats/` (NATS reads
     // an include relative to the including file).
@@ -76,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
         &relaxed_config,
         std::fs::read_to_string(&config)?.replace("sync_interval: always", ""),
     )?;
-    let default = publish_rate(&NatsCluster::start_with(&relaxed_config), events).await?;
+    let default = publish_rate(&NatsCluster::start_with(&relaxed_config), events)
+        .await
+        .context("publishing with the default sync_interval")?;
     println!(
         "3-node cluster on loopback, R3 stream, {events} events of 200 bytes, 256 in flight: \
          sync_interval always {synced:.0} events/s, default (2 min) {default:.0} events/s ({:.2}x)",
