@@ -16,10 +16,10 @@ async fn publish_rate(cluster: &NatsCluster, count: usize) -> anyhow::Result<f64
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (_, user, password) = match_stats_harness::CLUSTER_USERS[0];
-    // The stream is created once the cluster has elected a leader and knows all three peers
-    // (an R3 stream asked for earlier fails with "insufficient resources"); on a slow machine
-    // that takes a while, so every error is retried until the deadline, and the last one is
-    // reported.
+    // The stream can be created once the cluster has elected a leader and knows all three
+    // peers; asked earlier, the request times out (seen on every run here) or is refused.
+    // On a slow machine that takes a while, so every error is retried until the deadline,
+    // and the last one is reported.
     let js = loop {
         let attempt = async {
             let options =
