@@ -98,7 +98,7 @@ impl App {
         // The recorder first: every part registers its series as it is built.
         let _ = telemetry::metrics();
         let nats = nats::connect(&config).await?;
-        let js = jetstream::new(nats.clone());
+        let js = nats::writers_context(nats.clone(), config.streams.partitions);
         let provisioned = nats::streams::ensure(&js, &config).await?;
         let signing_key = nats::streams::cache_signing_key(&js, &config).await?;
         let redis = RedisCache::connect(redis_settings(&config.cache, signing_key)?)

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use super::matches::{DeltaBatch, Effect, EffectKind, Published, Stored};
 use crate::metrics as m;
-use crate::nats::Partition;
+use crate::nats::{ACKS_IN_FLIGHT_PER_WRITER, Partition};
 use crate::retry::{Cancelled, Retry};
 
 /// The events stream sequences of events whose effects could never be stored.
@@ -152,28 +152,32 @@ fn note_stored(published: &mut Published, effect: &Effect, sequence: u64) {
     }
 }
 
-/// Sends every effect, then awaits every acknowledgement: one result per effect.
+/// Sends the effects in windows of [`ACKS_IN_FLIGHT_PER_WRITER`], awaiting each window's
+/// acknowledgements before the next (the context admits that many per writer: see
+/// [`crate::nats::writers_context`]): one result per effect, in order.
 async fn send_all(
     js: &jetstream::Context,
     effects: &[&Effect],
 ) -> Vec<Result<PublishAck, PublishError>> {
-    let mut pending = Vec::with_capacity(effects.len());
-    for e in effects {
-        let mut message = PublishMessage::build()
-            .payload(e.payload.clone())
-            .headers(e.headers.clone())
-            .message_id(&e.msg_id);
-        if let Some(sequence) = e.expected_last_subject_sequence {
-            message = message.expected_last_subject_sequence(sequence);
+    let mut results = Vec::with_capacity(effects.len());
+    for window in effects.chunks(ACKS_IN_FLIGHT_PER_WRITER) {
+        let mut pending = Vec::with_capacity(window.len());
+        for e in window {
+            let mut message = PublishMessage::build()
+                .payload(e.payload.clone())
+                .headers(e.headers.clone())
+                .message_id(&e.msg_id);
+            if let Some(sequence) = e.expected_last_subject_sequence {
+                message = message.expected_last_subject_sequence(sequence);
+            }
+            pending.push(js.send_publish(e.subject.clone(), message).await);
         }
-        pending.push(js.send_publish(e.subject.clone(), message).await);
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for sent in pending {
-        results.push(match sent {
-            Ok(ack) => ack.await,
-            Err(error) => Err(error),
-        });
+        for sent in pending {
+            results.push(match sent {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            });
+        }
     }
     results
 }

@@ -1,15 +1,38 @@
-//! Everything about reaching NATS: the connection ([`connect`]), the JetStream streams,
-//! consumers and buckets the service provisions ([`streams`]), and the naming of the
-//! events stream's partitions ([`partition`]).
+//! Everything about reaching NATS: the connection ([`connect`]), the writers' JetStream
+//! context ([`writers_context`]), the JetStream streams, consumers and buckets the service
+//! provisions ([`streams`]), and the naming of the events stream's partitions
+//! ([`partition`]).
 
 pub mod partition;
 pub mod streams;
 
 use anyhow::Context as _;
+use async_nats::jetstream;
 
 use crate::config::Config;
 
 pub use partition::{Partition, Partitioning, partition_of};
+
+/// Publishes one partition's writer has awaiting their acknowledgements at most (a batch's
+/// effects go out in windows of this many).
+pub const ACKS_IN_FLIGHT_PER_WRITER: usize = 256;
+
+/// Acknowledgements in flight beyond the writers' windows: the other publishers on the
+/// context (idle matches' `match_end`, snapshot records, completed match objects).
+const ACKS_IN_FLIGHT_OTHERS: usize = 1024;
+
+/// The JetStream context of the command side. async-nats admits a bounded number of
+/// publishes awaiting their acks per context (5,000 by default) and makes the next one
+/// wait for a free place; a writer sends a window before awaiting it, so writers waiting
+/// for places the others hold could all wait for ever. The context admits every writer's
+/// full window at once, so none ever waits on another.
+pub fn writers_context(client: async_nats::Client, partitions: u16) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .max_ack_inflight(
+            usize::from(partitions) * ACKS_IN_FLIGHT_PER_WRITER + ACKS_IN_FLIGHT_OTHERS,
+        )
+        .build(client)
+}
 
 /// Connects to NATS with the configured authentication and TLS; a refused or
 /// unreachable server is an error naming the URL and the cause (no silent retry loop).

@@ -303,3 +303,41 @@ async fn many_one_event_matches_cost_a_few_kilobytes_each_and_fill_the_capacity_
     );
     assert_eq!(counts["effects_deduplicated"], 0, "{counts}");
 }
+
+/// A catch-up on many distinct matches: every partition's batches name hundreds of them,
+/// so every writer sends hundreds of deltas at once. async-nats's context admits a bounded
+/// number of publishes awaiting acks and makes the next one wait; when writers sent a whole
+/// batch before awaiting it, they could wait on each other for ever and every partition
+/// stopped (the test above, run beside the rest of this binary on a loaded machine,
+/// stalled at 4,823 of 20,000 in two runs of two; with the context's bound set to 500,
+/// this test stalls every time). Now each writer sends in windows the context always
+/// admits (`nats::writers_context`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_on_twenty_thousand_distinct_matches_goes_through() {
+    const MATCHES: usize = 20_000;
+    let _heavy = support::one_heavy_test_at_a_time().await;
+    let nats = NatsServer::start();
+    // The first service creates the streams and is gone before anything is published.
+    ServiceProcess::start(&nats).await.kill9();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let joins = (0..MATCHES).map(|i| {
+        let id = format!("c-{i:06}");
+        let payload = event(
+            format!("{id}-join"),
+            &id,
+            Some("p1"),
+            "player_join",
+            json!({"player_name": "P1", "team_id": "red"}),
+        );
+        (format!("match_stats.events.{id}"), payload)
+    });
+    publish_each(&js, joins).await;
+    // A busy core makes the writers' batches overlap, as on a shared node.
+    let busy = support::BusyCore::start();
+    let service = ServiceProcess::start(&nats).await;
+    service.wait_received(MATCHES as u64).await;
+    drop(busy);
+    let counts = service.counts().await;
+    assert_eq!(counts["applied"], MATCHES as u64, "{counts}");
+    assert_eq!(counts["deltas_published"], MATCHES as u64, "{counts}");
+}
