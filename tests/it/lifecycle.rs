@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use match_stats_harness::{NatsServer, contract};
 
-use crate::support::{self, Service, WAIT, publish_all, read_stream, wait_for};
+use crate::support::{self, Service, publish_all, read_stream, wait_for, wait_for_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_the_final_snapshot_replays_nothing_and_keeps_the_counts() {
@@ -320,21 +320,4 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
         "the replay decides the same"
     );
     service.stop().await;
-}
-
-async fn wait_for_json(url: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(response) = reqwest::get(url).await
-            && let Ok(body) = response.json::<serde_json::Value>().await
-            && done(&body)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -63,6 +63,21 @@ async fn publish_each(
     }
 }
 
+/// `n` matches of one event each (a player joining), ids `<prefix>-000000` on.
+fn one_event_matches(prefix: &str, n: usize) -> impl Iterator<Item = (String, Vec<u8>)> {
+    (0..n).map(move |i| {
+        let id = format!("{prefix}-{i:06}");
+        let payload = event(
+            format!("{id}-join"),
+            &id,
+            Some("p1"),
+            "player_join",
+            json!({"player_name": "P1", "team_id": "red"}),
+        );
+        (format!("match_stats.events.{id}"), payload)
+    })
+}
+
 async fn get(url: String) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
@@ -258,18 +273,7 @@ async fn many_one_event_matches_cost_a_few_kilobytes_each_and_fill_the_capacity_
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = service.rss_bytes();
-    let joins = (0..MATCHES).map(|i| {
-        let id = format!("v3-{i:06}");
-        let payload = event(
-            format!("{id}-join"),
-            &id,
-            Some("p1"),
-            "player_join",
-            json!({"player_name": "P1", "team_id": "red"}),
-        );
-        (format!("match_stats.events.{id}"), payload)
-    });
-    publish_each(&js, joins).await;
+    publish_each(&js, one_event_matches("v3", MATCHES)).await;
     service.wait_received(MATCHES as u64).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while service.metric("match_stats_read_model_matches", "").await < MATCHES as f64 {
@@ -320,18 +324,7 @@ async fn a_catch_up_on_twenty_thousand_distinct_matches_goes_through() {
     // The first service creates the streams and is gone before anything is published.
     ServiceProcess::start(&nats).await.kill9();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let joins = (0..MATCHES).map(|i| {
-        let id = format!("c-{i:06}");
-        let payload = event(
-            format!("{id}-join"),
-            &id,
-            Some("p1"),
-            "player_join",
-            json!({"player_name": "P1", "team_id": "red"}),
-        );
-        (format!("match_stats.events.{id}"), payload)
-    });
-    publish_each(&js, joins).await;
+    publish_each(&js, one_event_matches("c", MATCHES)).await;
     // A busy core makes the writers' batches overlap, as on a shared node.
     let busy = support::BusyCore::start();
     let service = ServiceProcess::start(&nats).await;

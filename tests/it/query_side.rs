@@ -12,7 +12,7 @@ use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings};
 use match_stats_queries::{ApiState, ReadModel, api};
 use serde_json::{Value, json};
 
-use crate::support::{self, Service, WAIT, publish_all};
+use crate::support::{self, Service, WAIT, publish_all, wait_for_json};
 
 /// Every response must come back within this, whatever Redis does.
 const RESPONSE_BUDGET: Duration = Duration::from_millis(100);
@@ -240,16 +240,11 @@ async fn active_matches_page_by_cursor_in_match_id_order_without_players() {
     ids.sort();
     // The events were received; the read model lists the matches once their deltas are
     // projected: the paging starts when all three are there.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while get_ok(&service.http, &format!("{PREFIX}/matches/active?limit=100")).await["count"]
-        != ids.len()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the active matches never all listed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_json(
+        &format!("{}{PREFIX}/matches/active?limit=100", service.http),
+        |page| page["count"] == ids.len(),
+    )
+    .await;
     let mut seen = Vec::new();
     let mut cursor = String::new();
     while seen.len() < ids.len() {

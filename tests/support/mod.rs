@@ -660,6 +660,24 @@ pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> 
     HEAVY.lock().await
 }
 
+/// Waits until the JSON answer of `url` satisfies `done` (within [`WAIT`]).
+pub async fn wait_for_json(url: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(response) = reqwest::get(url).await
+            && let Ok(body) = response.json::<serde_json::Value>().await
+            && done(&body)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the history database holds `n` matches.
 pub async fn wait_history_matches(pool: &sqlx::PgPool, n: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
