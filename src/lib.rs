@@ -12,6 +12,7 @@
 //! - [`ops`]: `/health`, `/ready`, `/metrics`, `/system/stats`, pprof (the API routes are
 //!   in `match_stats_queries::api`);
 //! - [`serve`]: the HTTP server and its connection limits;
+//! - [`memory`]: freed memory returned to the system after a burst;
 //! - [`retry`]: the one retry idiom (back-off with jitter until it succeeds or stops);
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`tools`]: the demo feed and the load generator.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod command_side;
 pub mod config;
 pub mod history;
+pub mod memory;
 pub mod metrics;
 pub mod nats;
 pub mod ops;

@@ -73,6 +73,7 @@ fn main() {
         .replace(dhat::Profiler::new_heap());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(cli.config.workers))
+        .on_thread_park(match_stats::memory::on_thread_park)
         .enable_all()
         .build()
         .expect("the async runtime starts");

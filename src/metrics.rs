@@ -119,6 +119,9 @@ pub const HISTORY_UNRESOLVED: &str = "match_stats_history_unresolved_total";
 /// Matches backfilled from the completed-matches bucket.
 pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 
+/// Seconds per return of a runtime thread's free allocator pages to the system.
+pub const MEMORY_COLLECTIONS: &str = "match_stats_memory_collection_seconds";
+
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
@@ -285,6 +288,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         PARTITION_STALLED,
         Kind::Gauge,
         "Per partition this replica writes: 1 when events wait and no batch was confirmed for 30 s.",
+    ),
+    (
+        MEMORY_COLLECTIONS,
+        Kind::Histogram,
+        "Seconds per return of a runtime thread's free allocator pages to the system: once after the read model caught up, then at most every 10 s per thread when it runs out of work.",
     ),
     (
         REPLICAS_LIVE,

@@ -222,6 +222,8 @@ impl Projector {
             metrics::gauge!(m::READ_MODEL_MATCHES).set(builders.len() as f64);
             if !model.is_caught_up() && reached {
                 model.set_caught_up();
+                // The catch-up's chunks are gone: their pages go back.
+                crate::memory::return_freed_soon();
                 tracing::info!(
                     matches = builders.len(),
                     seconds = started.elapsed().as_secs_f64(),
