@@ -57,6 +57,13 @@ impl HeldPartition {
         }
     }
 
+    /// Whether the bucket lacks something this state holds: changed matches, or events
+    /// decided since the last snapshot. Rejections and duplicates change no match, only
+    /// the counters, which reach the other replicas through the marker.
+    pub fn unsnapshotted(&self) -> bool {
+        self.matches.has_changes() || self.events_since_snapshot > 0
+    }
+
     /// Whether this replica writes the partition.
     pub fn is_writer(&self) -> bool {
         self.pin.is_some()

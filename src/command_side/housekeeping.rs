@@ -175,7 +175,7 @@ pub async fn run(
     let may_snapshot = h.is_writer() || pinned == Pinned::Nobody;
     if may_snapshot
         && age >= ctx.lifecycle.snapshot_interval
-        && h.matches.has_changes()
+        && h.unsnapshotted()
         && snapshot(ctx, partition, held).await == Snapshot::GaveUp
     {
         return;

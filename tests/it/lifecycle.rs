@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use match_stats_harness::{NatsServer, contract};
 
-use crate::support::{self, Service, publish_all, read_stream, wait_for, wait_for_json};
+use crate::support::{
+    self, Service, ServiceProcess, publish_all, read_stream, wait_for, wait_for_json,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_the_final_snapshot_replays_nothing_and_keeps_the_counts() {
@@ -320,4 +322,54 @@ async fn idle_matches_are_ended_through_the_stream_and_a_replay_decides_the_same
         "the replay decides the same"
     );
     service.stop().await;
+}
+
+/// A batch that changes no match (here one rejected event) still changes the partition's
+/// counters, and a replica that does not write the partition counts it from the marker:
+/// the writer snapshots such a batch like any other. (It used to wait for a changed
+/// match, so the other replica stayed one short until the partition's next applied
+/// event, for ever if none came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_only_rejections_reaches_the_other_replicas_counts() {
+    let nats = NatsServer::start();
+    let env = [("SNAPSHOT_INTERVAL", "1s".to_owned())];
+    let replicas = [
+        ServiceProcess::start_with(&nats, &env).await,
+        ServiceProcess::start_with(&nats, &env).await,
+    ];
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let event = |id: &str, kind: &str, data: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "event_id": id,
+            "match_id": "m-rejections-alone",
+            "event_type": kind,
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+            "player_id": "p1",
+            "event_data": data,
+        }))
+        .unwrap()
+    };
+    let join = event(
+        "e-join",
+        "player_join",
+        serde_json::json!({"player_name": "P1", "team_id": "red"}),
+    );
+    let unknown = event("e-unknown", "teleport", serde_json::json!({}));
+    publish_all(&js, "match_stats.events", [join.as_slice()]).await;
+    // One replica writes the match's partition; the other counts it through the marker.
+    for replica in &replicas {
+        replica.wait_received(1).await;
+    }
+    publish_all(&js, "match_stats.events", [unknown.as_slice()]).await;
+    for replica in &replicas {
+        replica.wait_received(2).await;
+        let counts = replica.counts().await;
+        assert_eq!(
+            (
+                &counts["applied"],
+                &counts["rejected"]["unknown_event_type"]
+            ),
+            (&serde_json::json!(1), &serde_json::json!(1))
+        );
+    }
 }
