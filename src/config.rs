@@ -65,9 +65,10 @@ pub struct Config {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// How long a partition waits for its batch to fill once its first message arrived:
-    /// 0 processes whatever has arrived at once; a millisecond lets a catch-up coalesce
-    /// hundreds of events into one delta message per match.
+    /// How long a partition waits for its batch to fill once its first message arrived,
+    /// while traffic is dense (a catch-up, or live batches of more than one event): a
+    /// millisecond coalesces many events into one delta message per match. Sparse live
+    /// events never wait; 0 never waits.
     #[arg(long, env = "BATCH_LINGER", default_value = "1ms", value_parser = parse_duration)]
     pub batch_linger: std::time::Duration,
 

@@ -16,8 +16,9 @@ use super::context::Context;
 use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
+use crate::nats::batches::Batches;
 
-type Messages = std::pin::Pin<Box<tokio_stream::adapters::ChunksTimeout<consumer::pull::Stream>>>;
+type Messages = Batches<consumer::pull::Stream>;
 type Pulled = <consumer::pull::Stream as futures::Stream>::Item;
 
 /// One partition's loop and its state.
@@ -204,7 +205,7 @@ impl PartitionWriter {
         release(&ctx, partition, &mut self.held, Release::Shutdown);
     }
 
-    /// Pulls the partition's consumer in its writer group, in chunks of up to a batch.
+    /// Pulls the partition's consumer in its writer group, in batches ([`Batches`]).
     /// Pulls expire well within the pin timeout, so a live writer keeps its pin.
     async fn pull(&self) -> anyhow::Result<Messages> {
         let expires = (self.ctx.names.pin_timeout / 3).max(Duration::from_millis(300));
@@ -217,11 +218,11 @@ impl PartitionWriter {
             .heartbeat(expires / 3)
             .messages()
             .await?;
-        Ok(Box::pin(tokio_stream::StreamExt::chunks_timeout(
+        Ok(Batches::new(
             pull,
             self.ctx.batch_size,
             self.ctx.batch_linger,
-        )))
+        ))
     }
 }
 

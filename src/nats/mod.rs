@@ -1,8 +1,10 @@
 //! Everything about reaching NATS: the connection ([`connect`]), the writers' JetStream
 //! context ([`writers_context`]), the JetStream streams, consumers and buckets the service
-//! provisions ([`streams`]), and the naming of the events stream's partitions
-//! ([`partition`]).
+//! provisions ([`streams`]), the naming of the events stream's partitions
+//! ([`partition`]), and how a partition's pulled messages are cut into batches
+//! ([`batches`]).
 
+pub mod batches;
 pub mod partition;
 pub mod streams;
 
