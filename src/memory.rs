@@ -9,8 +9,8 @@
 //! [`return_freed_soon`] (the read model caught up after a replay of the deltas).
 //!
 //! The collection is the allocator's gentle one (`mi_collect(false)`: free pages and
-//! deferred frees, purged after the allocator's own delay): 1.5 ms on average, 12 ms at
-//! most, measured. A forced one took 5 ms on average and up to 47 ms of a runtime thread;
+//! deferred frees, purged after the allocator's own delay): 0.7-3.2 ms on average, 12 ms
+//! at most, measured. A forced one took 6.5-11 ms on average and up to 47 ms of a thread;
 //! forced at most once a second (fourth round) it slowed a three-replica cluster on two
 //! cores. RSS after a 1,000,000-event catch-up of 1,000 matches x 64 players, 2 s after:
 //! 233-257 MiB without, 214-243 MiB with (BENCHMARKS.md, "Seventh round").
