@@ -1,6 +1,8 @@
 //! Snapshots and the match lifecycle: a restart from a snapshot replays only what came
-//! after it; a stale writer's snapshot is refused and it gives its partition up; idle matches are ended by
-//! a `match_end` published to the events stream, so a replay decides the same.
+//! after it; a stale writer's snapshot is refused and it gives its partition up; a batch
+//! that changed no match is snapshotted too (other replicas count from the marker); idle
+//! matches are ended by a `match_end` published to the events stream, so a replay decides
+//! the same.
 
 use std::time::Duration;
 
