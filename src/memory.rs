@@ -48,7 +48,8 @@ pub fn on_thread_park() {
         }
         LAST.set((requests, Some(now)));
         collect();
-        metrics::histogram!(crate::metrics::MEMORY_COLLECTIONS).record(now.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::MEMORY_COLLECTION_SECONDS)
+            .record(now.elapsed().as_secs_f64());
     }
 }
 

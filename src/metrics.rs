@@ -120,7 +120,7 @@ pub const HISTORY_UNRESOLVED: &str = "match_stats_history_unresolved_total";
 pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 
 /// Seconds per return of a runtime thread's free allocator pages to the system.
-pub const MEMORY_COLLECTIONS: &str = "match_stats_memory_collection_seconds";
+pub const MEMORY_COLLECTION_SECONDS: &str = "match_stats_memory_collection_seconds";
 
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
@@ -290,7 +290,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Per partition this replica writes: 1 when events wait and no batch was confirmed for 30 s.",
     ),
     (
-        MEMORY_COLLECTIONS,
+        MEMORY_COLLECTION_SECONDS,
         Kind::Histogram,
         "Seconds per return of a runtime thread's free allocator pages to the system: once after the read model caught up, then at most every 10 s per thread when it runs out of work.",
     ),
