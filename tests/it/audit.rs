@@ -8,27 +8,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use match_stats_harness::{NatsServer, RedisServer, contract};
 use serde_json::{Value, json};
 
+use crate::support::events::{T0, event};
 use crate::support::{self, ServiceProcess, WAIT, publish_all, read_stream};
-
-const T0: i64 = 1_767_225_600_000;
-
-fn event(
-    id: &str,
-    match_id: &str,
-    player: Option<&str>,
-    kind: &str,
-    at: i64,
-    data: Value,
-) -> Vec<u8> {
-    let mut e = json!({
-        "event_id": id, "match_id": match_id, "event_type": kind,
-        "timestamp": at, "event_data": data,
-    });
-    if let Some(p) = player {
-        e["player_id"] = json!(p);
-    }
-    serde_json::to_vec(&e).unwrap()
-}
 
 async fn get(url: String) -> (u16, Value) {
     let response = reqwest::get(url).await.unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use match_stats_harness::{NatsServer, contract};
 
+use crate::support::events::{T0, event};
 use crate::support::{
     self, Service, ServiceProcess, publish_all, read_stream, wait_for, wait_for_json,
 };
@@ -340,23 +341,23 @@ async fn a_batch_of_only_rejections_reaches_the_other_replicas_counts() {
         ServiceProcess::start_with(&nats, &env).await,
     ];
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let event = |id: &str, kind: &str, data: serde_json::Value| {
-        serde_json::to_vec(&serde_json::json!({
-            "event_id": id,
-            "match_id": "m-rejections-alone",
-            "event_type": kind,
-            "timestamp": chrono::Utc::now().timestamp_millis(),
-            "player_id": "p1",
-            "event_data": data,
-        }))
-        .unwrap()
-    };
+    let (id, player) = ("m-rejections-alone", Some("p1"));
     let join = event(
         "e-join",
+        id,
+        player,
         "player_join",
+        T0,
         serde_json::json!({"player_name": "P1", "team_id": "red"}),
     );
-    let unknown = event("e-unknown", "teleport", serde_json::json!({}));
+    let unknown = event(
+        "e-unknown",
+        id,
+        player,
+        "teleport",
+        T0,
+        serde_json::json!({}),
+    );
     publish_all(&js, "match_stats.events", [join.as_slice()]).await;
     // One replica writes the match's partition; the other counts it through the marker.
     for replica in &replicas {

@@ -2,6 +2,7 @@
 //! events, and reading streams back. Shared by the `it` and `serial` test binaries.
 
 pub mod deltas;
+pub mod events;
 
 use std::sync::Arc;
 use std::time::Duration;
