@@ -93,14 +93,19 @@ pub struct App {
 impl App {
     /// Connects to NATS, creates or updates the streams, buckets and consumers, prepares
     /// the Redis cache, binds HTTP and builds every part. Fails fast with a message naming
-    /// what could not be reached.
+    /// what could not be reached; JetStream not answering yet (a cluster electing a
+    /// leader) is waited for, up to [`nats::PROVISION_PATIENCE`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // The recorder first: every part registers its series as it is built.
         let _ = telemetry::metrics();
         let nats = nats::connect(&config).await?;
         let js = nats::writers_context(nats.clone(), config.streams.partitions);
-        let provisioned = nats::streams::ensure(&js, &config).await?;
-        let signing_key = nats::streams::cache_signing_key(&js, &config).await?;
+        let provisioned =
+            nats::patiently("provisioning", || nats::streams::ensure(&js, &config)).await?;
+        let signing_key = nats::patiently("reading the cache signing key", || {
+            nats::streams::cache_signing_key(&js, &config)
+        })
+        .await?;
         let redis = RedisCache::connect(redis_settings(&config.cache, signing_key)?)
             .await
             .map_err(|e| {

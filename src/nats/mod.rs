@@ -8,6 +8,8 @@ pub mod batches;
 pub mod partition;
 pub mod streams;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use async_nats::jetstream;
 
@@ -34,6 +36,49 @@ pub fn writers_context(client: async_nats::Client, partitions: u16) -> jetstream
             usize::from(partitions) * ACKS_IN_FLIGHT_PER_WRITER + ACKS_IN_FLIGHT_OTHERS,
         )
         .build(client)
+}
+
+/// How long start-up waits for JetStream to answer its provisioning requests: a NATS
+/// cluster electing a leader, or a node just back and catching up, lets requests time
+/// out for a few seconds.
+pub const PROVISION_PATIENCE: Duration = Duration::from_secs(45);
+
+/// Whether `error` is JetStream not answering yet (a request timed out, or the system
+/// temporarily unavailable): worth another try. A refused setting is not, nor "no
+/// responders" (a server without JetStream: a configuration error, reported at once).
+pub fn is_unanswered(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let text = cause.to_string();
+        text.contains("timed out") || text.contains("temporarily unavailable")
+    })
+}
+
+/// Runs a start-up step against JetStream, again with back-off while JetStream does not
+/// answer ([`is_unanswered`]), for up to [`PROVISION_PATIENCE`]; any other error, or the
+/// last one, is returned as it is.
+pub async fn patiently<T, Fut>(what: &str, step: impl FnMut() -> Fut) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    use backon::Retryable as _;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(crate::retry::MIN_BACKOFF)
+        .with_max_delay(crate::retry::MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(PROVISION_PATIENCE));
+    step.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(is_unanswered)
+        .notify(|error, delay| {
+            tracing::warn!(
+                what,
+                error = format!("{error:#}"),
+                ?delay,
+                "JetStream did not answer (a cluster electing a leader?); trying again"
+            );
+        })
+        .await
 }
 
 /// Connects to NATS with the configured authentication and TLS; a refused or
@@ -128,5 +173,23 @@ mod tests {
         assert_eq!(credentials, Some(("stats".into(), "p@ss/w".into())));
         let (servers, credentials) = split_credentials("nats://a:4222").unwrap();
         assert_eq!((servers.len(), credentials), (1, None));
+    }
+
+    #[test]
+    fn only_jetstream_not_answering_is_tried_again() {
+        // given the errors start-up meets, as async-nats words them under our context
+        let timed_out = anyhow::anyhow!("jetstream request timed out")
+            .context("cannot create or update the keys bucket");
+        let unavailable = anyhow::anyhow!("JetStream system temporarily unavailable (10008)")
+            .context("cannot create or update stream MATCH_EVENTS");
+        let refused = anyhow::anyhow!("insufficient resources (10023)")
+            .context("cannot create or update stream MATCH_EVENTS");
+        let no_jetstream = anyhow::anyhow!("jetstream request failed: no responders")
+            .context("cannot create or update stream MATCH_EVENTS");
+        // then a timeout and an unavailable system are waited for; the rest fail at once
+        assert!(is_unanswered(&timed_out));
+        assert!(is_unanswered(&unavailable));
+        assert!(!is_unanswered(&refused));
+        assert!(!is_unanswered(&no_jetstream));
     }
 }

@@ -99,6 +99,8 @@ async fn start_replica(cluster: &NatsCluster) -> ServiceProcess {
             ("PARTITION_PIN_TIMEOUT", PIN_TIMEOUT.into()),
             ("SNAPSHOT_EVERY_EVENTS", "500".into()),
             ("SNAPSHOT_INTERVAL", "2s".into()),
+            // Who wrote which partition when, for a failure's log tail.
+            ("LOG_LEVEL", "info,match_stats::command_side=debug".into()),
         ],
     )
     .await
