@@ -30,7 +30,7 @@ pub struct PartitionWriter {
     held: Option<HeldPartition>,
     /// The pull, while this replica writes the partition or waits for it.
     messages: Option<Messages>,
-    /// After handing the partition over, no pulling before this.
+    /// After giving the partition up (or handing it over), no pulling before this.
     resume_at: Instant,
     token: CancellationToken,
 }
@@ -89,7 +89,7 @@ impl PartitionWriter {
             );
         }
         // Pull while writing the partition, or on standby while this replica writes less
-        // than its share; not for a pin timeout after handing the partition over.
+        // than its share; not for a pin timeout after giving the partition up.
         self.messages = Some(self.pull().await?);
         let mut ticks = tokio::time::interval(housekeeping::HOUSEKEEPING_INTERVAL);
         let result = loop {
@@ -161,17 +161,34 @@ impl PartitionWriter {
             release(&ctx, partition, &mut self.held, Release::Shutdown);
             return Turn::Stopped;
         }
-        if h.events_since_snapshot >= ctx.lifecycle.snapshot_every_events {
-            snapshot(&ctx, partition, &mut self.held).await;
+        if h.events_since_snapshot >= ctx.lifecycle.snapshot_every_events
+            && snapshot(&ctx, partition, &mut self.held).await == Snapshot::GaveUp
+        {
+            self.let_the_pin_lapse();
         }
         Turn::Continue
+    }
+
+    /// After giving up a partition it wrote: no pulling for a pin timeout. Its pull still
+    /// carries the pin, and a pin with no new messages never moves: a replica that gave
+    /// the partition up would stay pinned without writing it, and no replica would catch
+    /// up on (and snapshot) what it had acknowledged. Once the pin lapses, whoever NATS
+    /// pins next acquires the partition, or, with nothing left to deliver, a replica
+    /// catches up on the settled partition (housekeeping).
+    fn let_the_pin_lapse(&mut self) {
+        self.messages = None;
+        self.resume_at = Instant::now() + self.ctx.names.pin_timeout;
     }
 
     /// Housekeeping, a requested hand-over, and whether to pull.
     async fn tick(&mut self) -> anyhow::Result<()> {
         let (ctx, partition) = (self.ctx.clone(), self.partition);
+        let was_writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
         housekeeping::run(&ctx, partition, &self.consumer, &mut self.held, &self.token).await;
         let writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
+        if was_writing && !writing {
+            self.let_the_pin_lapse();
+        }
         let slot = ctx.stats.partition(partition);
         if slot.hand_over.swap(false, Ordering::Relaxed) && writing {
             // Stop pulling, snapshot, unpin: a waiting replica takes the pin.
@@ -179,7 +196,7 @@ impl PartitionWriter {
             snapshot(&ctx, partition, &mut self.held).await;
             release(&ctx, partition, &mut self.held, Release::Shared);
             balance::unpin(&ctx, partition).await;
-            self.resume_at = Instant::now() + ctx.names.pin_timeout;
+            self.let_the_pin_lapse();
         }
         let writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
         let pull = writing || (!ctx.stats.full() && Instant::now() >= self.resume_at);

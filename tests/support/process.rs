@@ -1,6 +1,8 @@
 //! The `match-stats` binary as a child process. Its log goes to a file in a temp dir;
 //! when a test fails (the process is dropped while the test panics), the log's tail is
-//! printed, so a failure in CI shows what each replica did.
+//! printed, so a failure in CI shows what each replica did. With
+//! `MATCH_STATS_TEST_LOG_DIR` set, every log is kept there whole (`<port>.log`), the
+//! killed replicas' too.
 
 use std::io::{BufRead as _, Write as _};
 use std::time::Duration;
@@ -17,8 +19,10 @@ const LOG_TAIL_LINES: usize = 150;
 pub struct ServiceProcess {
     child: std::process::Child,
     http: String,
-    /// Holds its log file.
-    log_dir: tempfile::TempDir,
+    /// Its log file.
+    log: std::path::PathBuf,
+    /// Holds the log file's temp dir, unless the log is kept.
+    _log_dir: Option<tempfile::TempDir>,
 }
 
 impl ServiceProcess {
@@ -30,8 +34,17 @@ impl ServiceProcess {
     /// Same, with more environment variables.
     pub async fn start_with(nats: &NatsServer, env: &[(&str, String)]) -> ServiceProcess {
         let port = match_stats_harness::free_port();
-        let log_dir = tempfile::tempdir().expect("log dir");
-        let log = std::fs::File::create(log_dir.path().join("match-stats.log")).expect("log file");
+        let (log_path, log_dir) = match std::env::var_os("MATCH_STATS_TEST_LOG_DIR") {
+            Some(dir) => (
+                std::path::PathBuf::from(dir).join(format!("{port}.log")),
+                None,
+            ),
+            None => {
+                let dir = tempfile::tempdir().expect("log dir");
+                (dir.path().join("match-stats.log"), Some(dir))
+            }
+        };
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_match-stats"))
             .env("NATS_URL", nats.url())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -45,7 +58,8 @@ impl ServiceProcess {
         let process = ServiceProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
-            log_dir,
+            log: log_path,
+            _log_dir: log_dir,
         };
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -171,7 +185,7 @@ impl ServiceProcess {
 
     /// The last lines of its log, to stderr (not captured by the test harness).
     fn print_log_tail(&self) {
-        let Ok(file) = std::fs::File::open(self.log_dir.path().join("match-stats.log")) else {
+        let Ok(file) = std::fs::File::open(&self.log) else {
             return;
         };
         let lines: Vec<String> = std::io::BufReader::new(file)
