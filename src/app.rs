@@ -309,10 +309,20 @@ impl App {
             header_read_timeout: config.http_limits.http_header_read_timeout,
             max_connections: config.http_limits.http_max_connections as usize,
         };
+        let http_runtime = http_runtime(config.http_workers)?;
+        let on = http_runtime
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |r| r.handle().clone());
         let mut servers = JoinSet::new();
-        servers.spawn(crate::serve::serve(listener, routes, limits, token.clone()));
+        servers.spawn_on(
+            crate::serve::serve(listener, routes, limits, token.clone()),
+            &on,
+        );
         if let Some((listener, routes)) = admin {
-            servers.spawn(crate::serve::serve(listener, routes, limits, token.clone()));
+            servers.spawn_on(
+                crate::serve::serve(listener, routes, limits, token.clone()),
+                &on,
+            );
         }
 
         // The first task to end (cancellation, or a fatal error) stops everything.
@@ -358,6 +368,9 @@ impl App {
         {
             tracing::warn!("HTTP connections did not close within the grace period");
         }
+        if let Some(runtime) = http_runtime {
+            runtime.shutdown_background();
+        }
         if let Some(error) = first_error {
             return Err(error.context("a service task failed"));
         }
@@ -368,4 +381,21 @@ impl App {
         tracing::info!("match-stats stopped");
         Ok(())
     }
+}
+
+/// The HTTP servers' own runtime, of `workers` threads (none for 0: they share the main
+/// runtime). Requests are short and latency-bound; ingest is long and throughput-bound:
+/// on one runtime, a request waits behind whatever batches the workers are deciding.
+fn http_runtime(workers: u16) -> anyhow::Result<Option<tokio::runtime::Runtime>> {
+    if workers == 0 {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(workers))
+        .thread_name("http")
+        .on_thread_park(crate::memory::on_thread_park)
+        .enable_all()
+        .build()
+        .context("the HTTP runtime starts")?;
+    Ok(Some(runtime))
 }

@@ -77,9 +77,14 @@ pub struct Config {
     #[arg(long, env = "BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub buffer_size: i64,
 
-    /// Worker threads of the async runtime.
+    /// Worker threads of the async runtime (ingest, the read model, the caches).
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
+
+    /// Worker threads of a runtime of the HTTP servers' own, so that requests do not queue
+    /// behind ingest work (0: the HTTP servers share the main runtime).
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub http_workers: u16,
 
     /// How long NATS waits for an ack before redelivering (e.g. 30s).
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
