@@ -54,8 +54,8 @@ pub fn is_unanswered(error: &anyhow::Error) -> bool {
 }
 
 /// Runs a start-up step against JetStream, again with back-off while JetStream does not
-/// answer ([`is_unanswered`]), for up to [`PROVISION_PATIENCE`]; any other error, or the
-/// last one, is returned as it is.
+/// answer ([`is_unanswered`]), while less than [`PROVISION_PATIENCE`] has passed; any
+/// other error, or the one that fails past the patience, is returned as it is.
 pub async fn patiently<T, Fut>(what: &str, step: impl FnMut() -> Fut) -> anyhow::Result<T>
 where
     Fut: Future<Output = anyhow::Result<T>>,
@@ -65,11 +65,11 @@ where
         .with_min_delay(crate::retry::MIN_BACKOFF)
         .with_max_delay(crate::retry::MAX_BACKOFF)
         .with_jitter()
-        .without_max_times()
-        .with_total_delay(Some(PROVISION_PATIENCE));
+        .without_max_times();
+    let started = std::time::Instant::now();
     step.retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(is_unanswered)
+        .when(|error| is_unanswered(error) && started.elapsed() < PROVISION_PATIENCE)
         .notify(|error, delay| {
             tracing::warn!(
                 what,

@@ -271,3 +271,46 @@ async fn three_replicas_on_a_three_node_cluster_survive_a_replica_kill_and_a_nod
         ids.len(),
     );
 }
+
+/// A replica started while the cluster has no JetStream leader (two of three nodes down)
+/// waits for one (`PROVISION_PATIENCE`), instead of exiting on its provisioning's first
+/// time-out, and becomes ready once the nodes are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_the_cluster_has_no_leader_becomes_ready_when_it_has_one() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
+    let mut cluster = NatsCluster::start();
+    jetstream_ready(&cluster.url()).await;
+    let url = cluster.url();
+    let (first, others) = cluster.nodes.split_at_mut(1);
+    for node in others.iter_mut() {
+        node.kill();
+    }
+    let started = Instant::now();
+    // Longer than one JetStream request's time-out (5 s, or the server's 10 s answer
+    // "temporarily unavailable"), so the first provisioning attempt fails.
+    let back_after = Duration::from_secs(15);
+    let env = [
+        ("NATS_URL", url),
+        ("NATS_USER", CLUSTER_USERS[0].1.into()),
+        ("NATS_PASSWORD", CLUSTER_USERS[0].2.into()),
+        ("STREAM_REPLICAS", "3".into()),
+        ("LOG_LEVEL", "info".into()),
+    ];
+    let starting = ServiceProcess::start_with(&first[0], &env);
+    let restarting = async {
+        tokio::time::sleep(back_after).await;
+        for node in others.iter_mut() {
+            node.restart();
+        }
+    };
+    // ServiceProcess::start_with panics unless /ready answers ready within its wait; the
+    // process would have exited at its first failed attempt without the patience.
+    let (mut replica, ()) = tokio::join!(starting, restarting);
+    let ready_after = started.elapsed();
+    assert!(replica.exited().is_none(), "the replica is running");
+    assert!(
+        ready_after >= back_after,
+        "ready only once the cluster had a leader again ({ready_after:?})"
+    );
+    assert_eq!(replica.ready().await["ready"], true);
+}

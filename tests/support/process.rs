@@ -55,7 +55,7 @@ impl ServiceProcess {
             .stderr(log)
             .spawn()
             .expect("start match-stats");
-        let process = ServiceProcess {
+        let mut process = ServiceProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
             log: log_path,
@@ -67,6 +67,9 @@ impl ServiceProcess {
                 && response.status().is_success()
             {
                 return process;
+            }
+            if let Some(status) = process.exited() {
+                panic!("match-stats exited ({status}) before it was ready");
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
