@@ -15,7 +15,11 @@ type Invalid = Option<(&'static str, &'static str)>;
 /// `(variable, valid value, invalid value and what the error must say)`.
 const CASES: &[(&str, &str, Invalid)] = &[
     ("WORKERS", "2", Some(("0", "invalid value '0' for WORKERS"))),
-    ("HTTP_WORKERS", "0", Some(("x", "invalid value 'x' for HTTP_WORKERS"))),
+    (
+        "HTTP_WORKERS",
+        "0",
+        Some(("x", "invalid value 'x' for HTTP_WORKERS")),
+    ),
     (
         "STREAM_MAX_CLIENTS",
         "100",
