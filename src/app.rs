@@ -100,11 +100,18 @@ impl App {
         let _ = telemetry::metrics();
         let nats = nats::connect(&config).await?;
         let js = nats::writers_context(nats.clone(), config.streams.partitions);
-        let provisioned =
-            nats::patiently("provisioning", || nats::streams::ensure(&js, &config)).await?;
-        let signing_key = nats::patiently("reading the cache signing key", || {
-            nats::streams::cache_signing_key(&js, &config)
+        // JetStream not answering yet (a cluster electing a leader, a node just back).
+        let (patience, unanswered) = (nats::PROVISION_PATIENCE, nats::is_unanswered);
+        let provisioned = crate::retry::within("provisioning", patience, unanswered, || {
+            nats::streams::ensure(&js, &config)
         })
+        .await?;
+        let signing_key = crate::retry::within(
+            "reading the cache signing key",
+            patience,
+            unanswered,
+            || nats::streams::cache_signing_key(&js, &config),
+        )
         .await?;
         let redis = RedisCache::connect(redis_settings(&config.cache, signing_key)?)
             .await

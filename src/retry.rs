@@ -6,6 +6,9 @@
 //! and the recovery once, with how many attempts it took. The delays are `backon`'s
 //! jittered exponential back-off; the loop is written here because an attempt may borrow
 //! the caller's state mutably, which `backon`'s `Retryable` closures cannot.
+//!
+//! Start-up is the one place with a bound ([`within`]): before the service runs, a
+//! dependency that stays away, or a failure that is not transient, is an error to report.
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +149,39 @@ impl<'a> Retry<'a> {
     }
 }
 
+/// Runs `step` again with the same back-off while its error is `transient` and less than
+/// `patience` has passed since the first attempt; any other error, or the one that fails
+/// past the patience, is returned as it is. Each retry is a warning.
+pub async fn within<T, Fut>(
+    what: &str,
+    patience: Duration,
+    transient: impl Fn(&anyhow::Error) -> bool,
+    step: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    use backon::Retryable as _;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times();
+    let started = Instant::now();
+    step.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|error| transient(error) && started.elapsed() < patience)
+        .notify(|error, delay| {
+            tracing::warn!(
+                what,
+                error = format!("{error:#}"),
+                ?delay,
+                "failed; trying again"
+            );
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +198,44 @@ mod tests {
             })
             .await;
         assert_eq!(result, Ok(3));
+    }
+
+    #[tokio::test]
+    async fn within_its_patience_retries_only_what_is_transient() {
+        let mut calls = 0;
+        let result = within(
+            "test",
+            Duration::from_secs(5),
+            |e| e.to_string() == "not yet",
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    match n {
+                        1 | 2 => Err(anyhow::anyhow!("not yet")),
+                        _ => Err(anyhow::anyhow!("refused")),
+                    }
+                }
+            },
+        )
+        .await;
+        let error: anyhow::Result<()> = result;
+        assert_eq!(error.unwrap_err().to_string(), "refused");
+        assert_eq!(
+            calls, 3,
+            "two transient failures retried, the third error returned"
+        );
+        let patience_spent: anyhow::Result<()> = within(
+            "test",
+            Duration::ZERO,
+            |_| true,
+            || async { Err(anyhow::anyhow!("not yet")) },
+        )
+        .await;
+        assert!(
+            patience_spent.is_err(),
+            "past the patience, the error is returned"
+        );
     }
 
     #[tokio::test]

@@ -53,34 +53,6 @@ pub fn is_unanswered(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Runs a start-up step against JetStream, again with back-off while JetStream does not
-/// answer ([`is_unanswered`]), while less than [`PROVISION_PATIENCE`] has passed; any
-/// other error, or the one that fails past the patience, is returned as it is.
-pub async fn patiently<T, Fut>(what: &str, step: impl FnMut() -> Fut) -> anyhow::Result<T>
-where
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    use backon::Retryable as _;
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(crate::retry::MIN_BACKOFF)
-        .with_max_delay(crate::retry::MAX_BACKOFF)
-        .with_jitter()
-        .without_max_times();
-    let started = std::time::Instant::now();
-    step.retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(|error| is_unanswered(error) && started.elapsed() < PROVISION_PATIENCE)
-        .notify(|error, delay| {
-            tracing::warn!(
-                what,
-                error = format!("{error:#}"),
-                ?delay,
-                "JetStream did not answer (a cluster electing a leader?); trying again"
-            );
-        })
-        .await
-}
-
 /// Connects to NATS with the configured authentication and TLS; a refused or
 /// unreachable server is an error naming the URL and the cause (no silent retry loop).
 pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
