@@ -10,6 +10,9 @@
 //! killed, the last third published; both brought back. Then: every match's deltas are
 //! gapless and stored once, fold into the expected objects, the dead-letter stream holds
 //! every bad payload once, and every replica's REST answers equal the expected objects.
+//!
+//! A second test starts a replica while two of the three nodes are down: start-up waits
+//! for JetStream to answer, and the replica is ready once they are back.
 
 use std::time::{Duration, Instant};
 
