@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for the service to reach an expected state.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// How long [`publish_lines`] waits for one send or one ack: a client that stopped
+/// answering (seen once in the cluster test, after a node's crash: the test hung with
+/// nothing published) is retried, and the test fails after [`WAIT`] instead of hanging.
+const PUBLISH_STEP: Duration = Duration::from_secs(10);
+
 /// The service's settings for a test against `nats` (and `redis`, else none), on a
 /// free HTTP port.
 pub fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
@@ -401,16 +406,14 @@ pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)])
             let message = PublishMessage::build()
                 .payload(payload.clone().into())
                 .message_id(id);
-            acks.push(
-                js.send_publish(subject_for("match_stats.events", payload), message)
-                    .await,
-            );
+            let send = js.send_publish(subject_for("match_stats.events", payload), message);
+            acks.push(tokio::time::timeout(PUBLISH_STEP, send).await);
         }
         let mut first_failed = None;
         for (i, ack) in acks.into_iter().enumerate() {
             let stored = match ack {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
+                Ok(Ok(ack)) => matches!(tokio::time::timeout(PUBLISH_STEP, ack).await, Ok(Ok(_))),
+                _ => false,
             };
             if !stored && first_failed.is_none() {
                 first_failed = Some(i);
@@ -423,10 +426,9 @@ pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)])
                 let message = PublishMessage::build()
                     .payload(payload.clone().into())
                     .message_id(id);
-                if let Ok(ack) = js
-                    .send_publish(subject_for("match_stats.events", payload), message)
-                    .await
-                    && ack.await.is_ok()
+                let send = js.send_publish(subject_for("match_stats.events", payload), message);
+                if let Ok(Ok(ack)) = tokio::time::timeout(PUBLISH_STEP, send).await
+                    && let Ok(Ok(_)) = tokio::time::timeout(PUBLISH_STEP, ack).await
                 {
                     break;
                 }
