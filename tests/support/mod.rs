@@ -403,17 +403,13 @@ pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)])
     for chunk in lines.chunks(100) {
         let mut acks = Vec::new();
         for (id, payload) in chunk {
-            let message = PublishMessage::build()
-                .payload(payload.clone().into())
-                .message_id(id);
-            let send = js.send_publish(subject_for("match_stats.events", payload), message);
-            acks.push(tokio::time::timeout(PUBLISH_STEP, send).await);
+            acks.push(send_line(js, id, payload).await);
         }
         let mut first_failed = None;
         for (i, ack) in acks.into_iter().enumerate() {
             let stored = match ack {
-                Ok(Ok(ack)) => matches!(tokio::time::timeout(PUBLISH_STEP, ack).await, Ok(Ok(_))),
-                _ => false,
+                Some(ack) => confirmed(ack).await,
+                None => false,
             };
             if !stored && first_failed.is_none() {
                 first_failed = Some(i);
@@ -423,12 +419,8 @@ pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)])
         for (id, payload) in &chunk[first..] {
             let deadline = tokio::time::Instant::now() + WAIT;
             loop {
-                let message = PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(id);
-                let send = js.send_publish(subject_for("match_stats.events", payload), message);
-                if let Ok(Ok(ack)) = tokio::time::timeout(PUBLISH_STEP, send).await
-                    && let Ok(Ok(_)) = tokio::time::timeout(PUBLISH_STEP, ack).await
+                if let Some(ack) = send_line(js, id, payload).await
+                    && confirmed(ack).await
                 {
                     break;
                 }
@@ -440,6 +432,25 @@ pub async fn publish_lines(js: &jetstream::Context, lines: &[(String, Vec<u8>)])
             }
         }
     }
+}
+
+/// Sends one line with its `Nats-Msg-Id`; `None` if the send failed or took over
+/// [`PUBLISH_STEP`].
+async fn send_line(
+    js: &jetstream::Context,
+    id: &str,
+    payload: &[u8],
+) -> Option<jetstream::context::PublishAckFuture> {
+    let message = PublishMessage::build()
+        .payload(payload.to_vec().into())
+        .message_id(id);
+    let send = js.send_publish(subject_for("match_stats.events", payload), message);
+    tokio::time::timeout(PUBLISH_STEP, send).await.ok()?.ok()
+}
+
+/// Whether the stream acknowledged a send within [`PUBLISH_STEP`].
+async fn confirmed(ack: jetstream::context::PublishAckFuture) -> bool {
+    matches!(tokio::time::timeout(PUBLISH_STEP, ack).await, Ok(Ok(_)))
 }
 
 /// A core kept busy by a spinning thread until dropped: the CPU contention of a shared
