@@ -74,6 +74,7 @@ async fn process_batch(
     let mut effects = Vec::new();
     let mut deltas = DeltaBatch::default();
     let mut verdicts = Vec::with_capacity(batch.len());
+    let mut fresh = Vec::new();
     for message in batch {
         let Ok(info) = message.info() else {
             tracing::warn!(subject = %message.subject, "message without JetStream metadata; skipped");
@@ -103,6 +104,14 @@ async fn process_batch(
         verdicts.push((info.stream_sequence, decision.verdict()));
         match decision {
             Decision::Applied(delta) => {
+                // Its first event, delivered for the first time: no writer has published
+                // anything of this match (a replay or a redelivery may have).
+                if mode == Mode::Live
+                    && info.delivered == 1
+                    && delta.entries.first().is_some_and(|e| e.version == 1)
+                {
+                    fresh.push(delta.match_id);
+                }
                 let headers = span.as_ref().map(|span| {
                     let mut headers = async_nats::HeaderMap::new();
                     crate::telemetry::inject(span, &mut headers);
@@ -129,6 +138,7 @@ async fn process_batch(
         partition,
         &mut held.published,
         &deltas,
+        &fresh,
         &effects,
         token,
     )

@@ -491,6 +491,22 @@ impl DeltaBatch {
         self.segments.iter().map(|(delta, _)| delta.match_id)
     }
 
+    /// Whether `id`'s deltas in this batch go out as one message (one segment, small
+    /// enough not to be split).
+    pub fn in_one_message(&self, id: MatchId) -> bool {
+        let mut segments = self
+            .segments
+            .iter()
+            .filter(|(delta, _)| delta.match_id == id);
+        match (segments.next(), segments.next()) {
+            (Some((delta, _)), None) => {
+                delta.entries.iter().map(|e| e.changes.len()).sum::<usize>()
+                    <= MAX_CHANGES_PER_MESSAGE
+            }
+            _ => false,
+        }
+    }
+
     /// The matches that ended, or changed after their end, in this batch.
     pub fn completed(&self) -> impl Iterator<Item = MatchId> + '_ {
         self.segments

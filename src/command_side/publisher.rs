@@ -7,7 +7,9 @@
 //! delta expects the last message its subject holds (`Nats-Expected-Last-Subject-
 //! Sequence`): when another writer stored one in between (a hand-over in progress), the
 //! stream refuses it, the match is looked up again, and the rest goes out at once: two
-//! writers never store one version twice.
+//! writers never store one version twice. A match whose first event was delivered for
+//! the first time in this batch is not looked up before: nothing of it can be on its
+//! subject, and the expectation (an empty subject) is what checks it.
 //!
 //! An effect the stream can never store (over its size limits: with bounded messages,
 //! only when a server's or stream's limit is set below them) is not retried: the events
@@ -33,7 +35,8 @@ use crate::retry::{Cancelled, Retry};
 /// The events stream sequences of events whose effects could never be stored.
 pub type Parked = HashSet<u64>;
 
-/// Publishes a batch's effects (`others`: its dead letters; then its deltas) and waits
+/// Publishes a batch's effects (`others`: its dead letters; then its deltas; `fresh`: the
+/// matches the batch began with an event delivered for the first time) and waits
 /// until JetStream has confirmed (or refused for good) every one; counts what the
 /// streams stored and keeps `published` up to date.
 pub async fn publish(
@@ -41,6 +44,7 @@ pub async fn publish(
     partition: Partition,
     published: &mut Published,
     deltas: &DeltaBatch,
+    fresh: &[MatchId],
     others: &[Effect],
     token: &CancellationToken,
 ) -> Result<Parked, Cancelled> {
@@ -50,6 +54,15 @@ pub async fn publish(
     let mut done: HashSet<String> = HashSet::new();
     let mut parked = Parked::new();
     let mut first = true;
+    // A match that began with a first delivery in this batch has nothing on its deltas
+    // subject: no writer has seen its first event. Its delta expects an empty subject
+    // (the stream enforces it: a refusal looks the match up below), so only a match
+    // whose deltas go out as one message skips the lookup's round trip.
+    for &id in fresh {
+        if deltas.in_one_message(id) {
+            published.entry(id).or_default();
+        }
+    }
     loop {
         look_up(ctx, published, deltas.match_ids(), token).await?;
         let (delta_effects, dropped) = deltas.effects(&ctx.names, published);
@@ -124,6 +137,7 @@ pub async fn publish_effects(
         partition,
         &mut Published::new(),
         &empty,
+        &[],
         effects,
         token,
     )
@@ -208,7 +222,8 @@ const LOOKUPS_IN_FLIGHT: usize = 64;
 /// of a batch go out together: a batch of new matches costs about one round trip, not
 /// one per match.
 async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(MatchId, Stored)>> {
-    let deltas = ctx.js.get_stream(&ctx.names.deltas_stream).await?;
+    // (No stream info request: a direct get needs only the stream's name.)
+    let deltas = ctx.js.get_stream_no_info(&ctx.names.deltas_stream).await?;
     let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(LOOKUPS_IN_FLIGHT) {
         let lookups = chunk
@@ -220,7 +235,7 @@ async fn last_stored(ctx: &Context, ids: &[MatchId]) -> anyhow::Result<Vec<(Matc
 }
 
 async fn last_stored_on(
-    deltas: &jetstream::stream::Stream,
+    deltas: &jetstream::stream::Stream<()>,
     subject: String,
     id: MatchId,
 ) -> anyhow::Result<(MatchId, Stored)> {

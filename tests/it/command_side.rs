@@ -7,6 +7,7 @@ use match_stats::command_side::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_SEQU
 use match_stats_harness::{NatsServer, contract};
 
 use crate::support::deltas::{assert_counts, assert_gapless, assert_matches_expected, fold_deltas};
+use crate::support::events::{T0, event};
 use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,4 +217,95 @@ async fn streams_are_created_idempotently_and_a_missing_nats_is_a_clear_error() 
         error.contains("cannot connect to NATS at nats://127.0.0.1:"),
         "{error}"
     );
+}
+
+/// A new match's first delta skips the lookup of its deltas subject and expects the
+/// subject empty. When another writer stored it already (here, by hand: what a writer
+/// that crashed before its ack leaves when the consumer's delivery count lags; batched
+/// with the next event, so its message id differs and only the expectation stops a
+/// second copy), the stream refuses the second copy and the writer looks the match up
+/// instead: the subject holds the earlier delta alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_matchs_first_delta_is_not_stored_twice_when_another_writer_stored_it() {
+    use match_stats_commands::delta::{FORMAT_HEADER, FORMAT_VERSION};
+    use match_stats_commands::{Match, MatchId, Outcome, StatDelta};
+
+    let nats = NatsServer::start();
+    let config = support::config(&nats, None);
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    match_stats::nats::streams::ensure(&js, &config)
+        .await
+        .unwrap();
+    let id = "0c5a3b1e-6f2d-4e8a-9b7c-1d2e3f4a5b6c";
+    let start = event("s1", id, None, "match_start", T0, serde_json::json!({}));
+    let join = event(
+        "j1",
+        id,
+        Some("p1"),
+        "player_join",
+        T0 + 1,
+        serde_json::json!({}),
+    );
+
+    // The delta an earlier writer stored for both events, from the rules alone.
+    let mut aggregate = Match::new(MatchId::parse(id).unwrap());
+    let entries = [&start, &join]
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let decoded = match_stats_commands::decode(payload, T0).unwrap();
+            match aggregate.handle(&decoded, i as u64 + 1) {
+                Outcome::Applied(entry) => entry,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let earlier = StatDelta {
+        match_id: MatchId::parse(id).unwrap(),
+        entries,
+        match_view: None,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        earlier.msg_id().as_str(),
+    );
+    let subject = format!("{}.{id}", config.streams.deltas_subject);
+    js.publish_with_headers(
+        subject.clone(),
+        headers,
+        rmp_serde::to_vec_named(&earlier).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    // A first match on the same partition makes its writer live (a writer's first
+    // message is replayed, and a replay always looks matches up).
+    let partition = match_stats::nats::partition_of(id, 16);
+    let other = (0..)
+        .map(|n| format!("0c5a3b1e-6f2d-4e8a-9b7c-{n:012}"))
+        .find(|other| match_stats::nats::partition_of(other, 16) == partition)
+        .unwrap();
+    let warm_up = event("w1", &other, None, "match_start", T0, serde_json::json!({}));
+    let service = Service::start(config.clone()).await;
+    publish_all(&js, &config.streams.events_subject, [warm_up.as_slice()]).await;
+    service.wait_received(1).await;
+    publish_all(&js, &config.streams.events_subject, [start.as_slice()]).await;
+    service.wait_received(2).await;
+    assert_eq!(service.counts().applied, 2);
+    assert_eq!(
+        service.counts().deltas_published,
+        1,
+        "the warm-up's; the stream held the other"
+    );
+    let on_subject: Vec<_> = read_stream(&js, &config.streams.deltas_stream)
+        .await
+        .into_iter()
+        .filter(|m| m.subject.as_str() == subject)
+        .collect();
+    assert_eq!(on_subject.len(), 1, "the earlier delta alone");
+    service.stop().await;
 }
