@@ -180,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
             no_freshness: true,
             rest: None,
             json: false,
+            samples: None,
         },
     )
     .await?;

@@ -107,6 +107,7 @@ fn load_watching_rest(
         no_freshness: !freshness,
         rest,
         json: false,
+        samples: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn load(matches: u32, rate: u32, events: u64, seconds: Option<u64>) -> LoadArgs 
         no_freshness: true,
         rest: None,
         json: false,
+        samples: None,
     }
 }
 

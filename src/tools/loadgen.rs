@@ -62,6 +62,11 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write every publish-to-delta sample to this CSV file (`sent_s,latency_ms`:
+    /// when the event was published, seconds after the run's start, and its latency), to
+    /// see when the slow ones happened.
+    #[arg(long, value_name = "FILE")]
+    pub samples: Option<std::path::PathBuf>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -99,6 +104,8 @@ pub struct Report {
 pub struct Freshness {
     sent: Mutex<HashMap<String, Instant>>,
     histogram: Mutex<Histogram<u64>>,
+    /// Every sample (sent at, latency), when asked for.
+    samples: Option<Mutex<Vec<(Instant, Duration)>>>,
 }
 
 impl Default for Freshness {
@@ -106,6 +113,7 @@ impl Default for Freshness {
         Freshness {
             sent: Mutex::default(),
             histogram: Mutex::new(histogram()),
+            samples: None,
         }
     }
 }
@@ -120,8 +128,37 @@ impl Freshness {
     pub fn seen(&self, id: &str) {
         let sent = self.sent.lock().expect("sent").remove(id);
         if let Some(sent) = sent {
-            record(&self.histogram, sent.elapsed());
+            let latency = sent.elapsed();
+            record(&self.histogram, latency);
+            if let Some(samples) = &self.samples {
+                samples.lock().expect("samples").push((sent, latency));
+            }
         }
+    }
+
+    /// Also keeps every sample, for [`Freshness::write_samples`].
+    pub fn keeping_samples() -> Self {
+        Freshness {
+            samples: Some(Mutex::default()),
+            ..Freshness::default()
+        }
+    }
+
+    /// Writes the kept samples as CSV, in the order they were sent: `sent_s` (seconds
+    /// after `started`) and `latency_ms`.
+    pub fn write_samples(&self, path: &std::path::Path, started: Instant) -> anyhow::Result<()> {
+        let mut samples = self
+            .samples
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.lock().expect("samples").clone());
+        samples.sort_unstable_by_key(|&(sent, _)| sent);
+        let mut csv = String::from("sent_s,latency_ms\n");
+        for (sent, latency) in samples {
+            let at = sent.saturating_duration_since(started).as_secs_f64();
+            let ms = latency.as_secs_f64() * 1000.0;
+            csv.push_str(&format!("{at:.6},{ms:.3}\n"));
+        }
+        std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Latencies so far.
@@ -247,7 +284,10 @@ pub async fn run_watching(
     // The streams exist before the service first starts (idempotent).
     crate::nats::streams::ensure(&js, config).await?;
     let names = &config.streams;
-    let freshness = Arc::new(Freshness::default());
+    let freshness = Arc::new(match args.samples {
+        Some(_) => Freshness::keeping_samples(),
+        None => Freshness::default(),
+    });
     let watcher = match (args.no_freshness, watch) {
         (true, _) => None,
         (false, Watch::Deltas) => {
@@ -382,6 +422,9 @@ pub async fn run_watching(
     if let Some(sampler) = sampler {
         sampler.abort();
     }
+    if let Some(path) = &args.samples {
+        freshness.write_samples(path, started)?;
+    }
     let report = Report {
         published,
         seconds,
@@ -420,6 +463,33 @@ pub async fn main(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_samples_are_written_in_send_order_as_csv() {
+        let freshness = Freshness::keeping_samples();
+        let started = Instant::now();
+        freshness.sent("b".into());
+        std::thread::sleep(Duration::from_millis(5));
+        freshness.sent("a".into());
+        freshness.seen("a");
+        freshness.seen("b");
+        let path = std::env::temp_dir().join(format!("samples-{}.csv", std::process::id()));
+        freshness.write_samples(&path, started).unwrap();
+        let csv = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "sent_s,latency_ms");
+        assert_eq!(lines.len(), 3);
+        let row = |l: &str| -> (f64, f64) {
+            let (a, b) = l.split_once(',').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        let (b_at, b_ms) = row(lines[1]);
+        let (a_at, a_ms) = row(lines[2]);
+        assert!(b_at < a_at, "sent first, listed first");
+        assert!(a_at - b_at >= 0.005);
+        assert!(b_ms >= 5.0 && b_ms > a_ms, "b waited for a's 5 ms");
+    }
 
     #[test]
     fn latencies_are_the_time_from_sent_to_seen() {
