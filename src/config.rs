@@ -77,9 +77,10 @@ pub struct Config {
     #[arg(long, env = "BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub buffer_size: i64,
 
-    /// Worker threads of the async runtime (ingest, the read model, the caches).
-    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: u16,
+    /// Worker threads of the async runtime (ingest, the read model, the caches) [default:
+    /// the machine's CPU count, as the runtime's own default]
+    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 
     /// Worker threads of a runtime of the HTTP servers' own, so that requests do not queue
     /// behind ingest work (0: the HTTP servers share the main runtime).
@@ -370,6 +371,15 @@ pub struct StreamNames {
 }
 
 impl Config {
+    /// Worker threads of the main runtime: `WORKERS`, or the machine's CPU count (its
+    /// cgroup quota included), as the runtime's own default.
+    pub fn runtime_workers(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(2, usize::from),
+            usize::from,
+        )
+    }
+
     /// `NATS_URL` with any `user:password@` replaced by `***@`, for logs and errors.
     pub fn nats_url_redacted(&self) -> String {
         self.nats_url

@@ -72,7 +72,7 @@ fn main() {
         .expect("profiler")
         .replace(dhat::Profiler::new_heap());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.config.workers))
+        .worker_threads(cli.config.runtime_workers())
         .on_thread_park(match_stats::memory::on_thread_park)
         .enable_all()
         .build()
