@@ -188,10 +188,12 @@ pub struct Edge {
 /// Snapshots and the match lifecycle.
 #[derive(Debug, Clone, Args)]
 pub struct Lifecycle {
-    /// Snapshot after this many processed events.
+    /// Snapshot after this many processed events (partition n of P a fraction n/4P sooner,
+    /// so partitions do not all snapshot at once).
     #[arg(long, env = "SNAPSHOT_EVERY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every_events: u64,
-    /// Snapshot at least this often while events arrive (e.g. 30s).
+    /// Snapshot at least this often while events arrive (e.g. 30s; partition n of P a
+    /// fraction n/4P sooner).
     #[arg(long, env = "SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
     /// A match with no event for this long is ended with a `match_end` (reason

@@ -3,12 +3,13 @@
 //! partition up ([`release`]).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::context::Context;
 use super::matches::{MatchRecord, PartitionMatches, Published, Verdict};
 use super::snapshots::{Marker, SnapshotError, SnapshotStore};
 use super::stats::{Counters, Figures, FiguresSource};
+use crate::config::Lifecycle;
 use crate::metrics as m;
 use crate::nats::Partition;
 
@@ -188,6 +189,17 @@ pub fn release(
     }
 }
 
+/// When a partition's next snapshot is due: after `SNAPSHOT_EVERY_EVENTS` events or
+/// `SNAPSHOT_INTERVAL`, each shortened by up to a quarter by the partition's number.
+/// Partitions fed at the same rate would otherwise all snapshot at the same moment: a
+/// burst of record encoding and bucket writes that held up every partition's live events
+/// (about 90 ms at 5,000 events/s).
+pub fn snapshot_cadence(lifecycle: &Lifecycle, partition: Partition) -> (u64, Duration) {
+    let factor = 1.0 - 0.25 * f64::from(partition.n) / f64::from(partition.of.max(1));
+    let events = (lifecycle.snapshot_every_events as f64 * factor).round() as u64;
+    (events.max(1), lifecycle.snapshot_interval.mul_f64(factor))
+}
+
 /// What a snapshot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Snapshot {
@@ -245,5 +257,34 @@ pub async fn snapshot(
             tracing::warn!(%partition, %error, "snapshot failed; will retry");
             Snapshot::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_snapshot_at_different_cadences_never_later_than_configured() {
+        use clap::Parser as _;
+        // The defaults: 10,000 events, 30 s.
+        let lifecycle = crate::cli::Cli::try_parse_from(["match-stats"])
+            .unwrap()
+            .config
+            .lifecycle;
+        let cadences: Vec<(u64, Duration)> = (0..16)
+            .map(|n| snapshot_cadence(&lifecycle, Partition { n, of: 16 }))
+            .collect();
+        assert_eq!(cadences[0], (10_000, Duration::from_secs(30)));
+        assert_eq!(cadences[8], (8_750, Duration::from_millis(26_250)));
+        for pair in cadences.windows(2) {
+            assert!(pair[1].0 < pair[0].0 && pair[1].1 < pair[0].1);
+        }
+        assert!(cadences[15].0 >= 7_500 && cadences[15].1 >= Duration::from_millis(22_500));
+        let one = Lifecycle {
+            snapshot_every_events: 1,
+            ..lifecycle.clone()
+        };
+        assert_eq!(snapshot_cadence(&one, Partition { n: 15, of: 16 }).0, 1);
     }
 }

@@ -12,7 +12,7 @@ use async_nats::jetstream::consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
+use super::held::{HeldPartition, Release, Snapshot, release, snapshot, snapshot_cadence};
 use super::publisher;
 use super::recovery;
 use super::snapshots::SnapshotStore;
@@ -174,7 +174,7 @@ pub async fn run(
     // The writer snapshots; so does a holder when nobody writes the partition.
     let may_snapshot = h.is_writer() || pinned == Pinned::Nobody;
     if may_snapshot
-        && age >= ctx.lifecycle.snapshot_interval
+        && age >= snapshot_cadence(&ctx.lifecycle, partition).1
         && h.unsnapshotted()
         && snapshot(ctx, partition, held).await == Snapshot::GaveUp
     {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Mode};
 use super::context::Context;
-use super::held::{HeldPartition, Release, Snapshot, release, snapshot};
+use super::held::{HeldPartition, Release, Snapshot, release, snapshot, snapshot_cadence};
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
 use crate::nats::batches::Batches;
@@ -161,7 +161,7 @@ impl PartitionWriter {
             release(&ctx, partition, &mut self.held, Release::Shutdown);
             return Turn::Stopped;
         }
-        if h.events_since_snapshot >= ctx.lifecycle.snapshot_every_events
+        if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
             && snapshot(&ctx, partition, &mut self.held).await == Snapshot::GaveUp
         {
             self.let_the_pin_lapse();
