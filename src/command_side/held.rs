@@ -191,9 +191,9 @@ pub fn release(
 
 /// When a partition's next snapshot is due: after `SNAPSHOT_EVERY_EVENTS` events or
 /// `SNAPSHOT_INTERVAL`, each shortened by up to a quarter by the partition's number.
-/// Partitions fed at the same rate would otherwise all snapshot at the same moment: a
-/// burst of record encoding and bucket writes that held up every partition's live events
-/// (about 90 ms at 5,000 events/s).
+/// Partitions fed at the same rate would otherwise all snapshot at the same moment: one
+/// burst of record encoding and bucket writes that holds up every partition's live
+/// events at once.
 pub fn snapshot_cadence(lifecycle: &Lifecycle, partition: Partition) -> (u64, Duration) {
     let factor = 1.0 - 0.25 * f64::from(partition.n) / f64::from(partition.of.max(1));
     let events = (lifecycle.snapshot_every_events as f64 * factor).round() as u64;
