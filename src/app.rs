@@ -221,9 +221,10 @@ impl App {
         };
         let routes = api::router(api.clone())
             .merge(history_routes)
-            .merge(match_stats_queries::page::router())
-            .merge(public_ops);
-        let routes = edge::with_edge_layers(api::with_api_layers(routes, limits), &edge).layer(
+            .merge(match_stats_queries::page::router());
+        // The probes stay outside the bound on requests in flight.
+        let routes = api::with_api_layers(routes, limits, public_ops);
+        let routes = edge::with_edge_layers(routes, &edge).layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(telemetry::http_span)
                 .on_request(())
@@ -236,7 +237,7 @@ impl App {
                 TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on ADMIN_ADDR {addr}"))?,
-                api::with_api_layers(ops, limits),
+                api::with_api_layers(ops, limits, axum::Router::new()),
             )),
             _ => None,
         };

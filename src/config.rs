@@ -129,7 +129,8 @@ pub struct HttpLimits {
     /// Connections open at once; more wait in the listen queue.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
-    /// Requests handled at once; more get 503 with Retry-After at once.
+    /// Requests handled at once, all routes of a server together; more get 503 with
+    /// Retry-After at once.
     #[arg(long, env = "HTTP_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_concurrent_requests: u32,
 }

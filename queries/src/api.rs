@@ -66,17 +66,19 @@ pub fn router(state: ApiState) -> Router {
 pub struct RequestLimits {
     /// A request not answered within this gets 408.
     pub timeout: std::time::Duration,
-    /// Requests handled at once; more get 503 with `Retry-After` at once.
+    /// Requests handled at once, all routes of the router together (the exempt ones
+    /// aside); more get 503 with `Retry-After` at once.
     pub max_concurrent: usize,
 }
 
 /// Wraps a router with JSON 404/405 responses, a bound on the request target (414), a
 /// request timeout (408), a bound on requests in flight (503), and request metrics by
 /// route template and a fixed set of methods. The API is read-only: no route takes a
-/// body.
-pub fn with_api_layers(router: Router, limits: RequestLimits) -> Router {
-    use tower::ServiceBuilder;
-    router
+/// body. `exempt` joins the router outside the bound on requests in flight: the probes
+/// (`/health`, `/ready`) answer however busy the API is.
+pub fn with_api_layers(router: Router, limits: RequestLimits, exempt: Router) -> Router {
+    with_request_bound(router, limits.max_concurrent)
+        .merge(exempt)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -85,23 +87,34 @@ pub fn with_api_layers(router: Router, limits: RequestLimits) -> Router {
             )
         })
         .layer(middleware::from_fn(limit_uri))
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
-                    ApiError::retry_after(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many requests in flight; try again",
-                        1,
-                    )
-                }))
-                .load_shed()
-                .concurrency_limit(limits.max_concurrent),
-        )
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.timeout,
         ))
         .layer(middleware::from_fn(record_request))
+}
+
+/// At most `max_concurrent` requests in flight across all of `router`'s routes together;
+/// more get 503 with `Retry-After` at once. One semaphore for the router:
+/// `Router::layer` builds a layer once per route, so a plain concurrency limit would
+/// bound each route alone. A request holds its place until its response's headers are
+/// ready (an event stream's body streams after it).
+fn with_request_bound(router: Router, max_concurrent: usize) -> Router {
+    use tower::ServiceBuilder;
+    router.layer(
+        ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
+                ApiError::retry_after(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight; try again",
+                    1,
+                )
+            }))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                max_concurrent,
+            )),
+    )
 }
 
 /// The method as a metrics label: the standard ones by name, anything else `OTHER` (a
@@ -301,4 +314,59 @@ async fn leaderboard(
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio::sync::Notify;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// The bound is the router's, not each route's: with room for one request, a request
+    /// held on one route makes a request to another route a 503; an exempt probe answers.
+    #[tokio::test]
+    async fn the_bound_on_requests_in_flight_covers_every_route_together() {
+        let release = Arc::new(Notify::new());
+        let held = release.clone();
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let held = held.clone();
+                    async move {
+                        held.notified().await;
+                        "slow"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "fast" }));
+        let limits = RequestLimits {
+            timeout: std::time::Duration::from_secs(30),
+            max_concurrent: 1,
+        };
+        let probe = Router::new().route("/health", get(|| async { "ok" }));
+        let router = with_api_layers(router, limits, probe);
+        let get_path = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+        let slow = tokio::spawn(router.clone().oneshot(get_path("/slow")));
+        // On this one-threaded runtime the spawned request runs at the test's first
+        // yield, takes the one place and waits for `release`.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let busy = router.clone().oneshot(get_path("/fast")).await.unwrap();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(busy.headers().contains_key("retry-after"));
+        let probe = router.clone().oneshot(get_path("/health")).await.unwrap();
+        assert_eq!(probe.status(), StatusCode::OK, "the probe is exempt");
+        release.notify_one();
+        let done = slow.await.unwrap().unwrap();
+        assert_eq!(done.status(), StatusCode::OK);
+        let after = router.oneshot(get_path("/fast")).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK, "the place is free again");
+    }
 }

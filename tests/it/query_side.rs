@@ -332,6 +332,7 @@ async fn cold_replica(
                     timeout: Duration::from_secs(10),
                     max_concurrent: 1024,
                 },
+                axum::Router::new(),
             ),
         )
         .await
