@@ -244,6 +244,9 @@ pub struct PartitionStats {
     pub retry_streak: AtomicU64,
     /// When the batch (or restore) in progress started (Unix ms; 0: none in progress).
     pub busy_since_ms: std::sync::atomic::AtomicI64,
+    /// Since when its consumer has shown events waiting or unacknowledged, by the checks
+    /// so far (Unix ms; 0: none at the last check).
+    pub waiting_since_ms: std::sync::atomic::AtomicI64,
 }
 
 impl PartitionStats {
@@ -261,9 +264,17 @@ impl PartitionStats {
         let limit = stall_after.as_millis() as i64;
         let busy = self.busy_since_ms.load(Ordering::Relaxed);
         let stuck_in_work = busy != 0 && now_ms - busy > limit;
+        // Waiting is measured from the later of the last confirmed batch and the first
+        // check that saw events waiting: a partition idle for longer than the limit is
+        // not stalled the moment an event arrives.
+        let waiting_since = self.waiting_since_ms.load(Ordering::Relaxed);
+        let progress = match self.progress_at_ms.load(Ordering::Relaxed) {
+            0 => since_ms,
+            at => at,
+        };
         let starved = self.writing.load(Ordering::Relaxed)
-            && get(&self.pending) + get(&self.ack_pending) > 0
-            && self.seconds_since_progress(now_ms, since_ms) * 1000.0 > limit as f64;
+            && waiting_since != 0
+            && now_ms - progress.max(waiting_since) > limit;
         stuck_in_work || starved
     }
 
@@ -580,6 +591,17 @@ impl IngestStats {
         slot.pending.store(figures.pending, Ordering::Relaxed);
         slot.ack_pending
             .store(figures.ack_pending, Ordering::Relaxed);
+        if figures.pending + figures.ack_pending == 0 {
+            slot.waiting_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let now = chrono::Utc::now().timestamp_millis();
+            let _ = slot.waiting_since_ms.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         slot.redelivered
             .store(figures.redelivered, Ordering::Relaxed);
         if let Some(lag) = self.consumer_lag() {
@@ -587,5 +609,36 @@ impl IngestStats {
             metrics::gauge!(m::CONSUMER_ACK_PENDING).set(lag.ack_pending as f64);
             metrics::gauge!(m::CONSUMER_REDELIVERED).set(lag.redelivered as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn written(progress_at_ms: i64, waiting_since_ms: i64) -> PartitionStats {
+        let slot = PartitionStats::default();
+        slot.writing.store(true, Ordering::Relaxed);
+        slot.progress_at_ms.store(progress_at_ms, Ordering::Relaxed);
+        slot.waiting_since_ms
+            .store(waiting_since_ms, Ordering::Relaxed);
+        slot
+    }
+
+    #[test]
+    fn a_partition_is_starved_once_events_wait_past_the_limit_without_a_batch() {
+        let now = 1_000_000;
+        // idle for a minute, an event seen waiting a second ago: not stalled
+        assert!(!written(now - 60_000, now - 1_000).stalled(now, 0, LIMIT));
+        // idle for a minute, events waiting for 31 s: stalled
+        assert!(written(now - 60_000, now - 31_000).stalled(now, 0, LIMIT));
+        // events waiting for a minute, but a batch confirmed a second ago: not stalled
+        assert!(!written(now - 1_000, now - 60_000).stalled(now, 0, LIMIT));
+        // nothing waiting: never stalled, however long idle
+        assert!(!written(now - 600_000, 0).stalled(now, 0, LIMIT));
+        // never a batch since the process started 31 s ago, events waiting since: stalled
+        assert!(written(0, now - 31_000).stalled(now, now - 31_000, LIMIT));
     }
 }
