@@ -398,12 +398,18 @@ fn http_runtime(workers: u16) -> anyhow::Result<Option<tokio::runtime::Runtime>>
     if workers == 0 {
         return Ok(None);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(workers))
-        .thread_name("http")
+    let runtime = runtime(usize::from(workers), "http").context("the HTTP runtime starts")?;
+    Ok(Some(runtime))
+}
+
+/// A multi-threaded runtime of `workers` threads named `thread_name`, whose idle threads
+/// return their allocator's free pages ([`crate::memory::on_thread_park`]): the main
+/// runtime and the HTTP servers' own.
+pub fn runtime(workers: usize, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(thread_name)
         .on_thread_park(crate::memory::on_thread_park)
         .enable_all()
         .build()
-        .context("the HTTP runtime starts")?;
-    Ok(Some(runtime))
 }

@@ -71,11 +71,8 @@ fn main() {
         .lock()
         .expect("profiler")
         .replace(dhat::Profiler::new_heap());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.config.runtime_workers())
-        .on_thread_park(match_stats::memory::on_thread_park)
-        .enable_all()
-        .build()
+    // (tokio's own name for its workers.)
+    let runtime = match_stats::app::runtime(cli.config.runtime_workers(), "tokio-rt-worker")
         .expect("the async runtime starts");
     let code = runtime.block_on(run(cli));
     // Nothing left running (a profile in progress, a stuck connection) delays the exit.

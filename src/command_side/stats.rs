@@ -253,9 +253,15 @@ impl PartitionStats {
     /// Seconds since a batch of it was last confirmed here (since `since_ms` when none
     /// was).
     pub fn seconds_since_progress(&self, now_ms: i64, since_ms: i64) -> f64 {
-        let at = self.progress_at_ms.load(Ordering::Relaxed);
-        let from = if at == 0 { since_ms } else { at };
-        (now_ms - from).max(0) as f64 / 1000.0
+        (now_ms - self.progress_from(since_ms)).max(0) as f64 / 1000.0
+    }
+
+    /// When a batch of it was last confirmed here (Unix ms; `since_ms` when none was).
+    fn progress_from(&self, since_ms: i64) -> i64 {
+        match self.progress_at_ms.load(Ordering::Relaxed) {
+            0 => since_ms,
+            at => at,
+        }
     }
 
     /// Whether it is held here and stuck for `stall_after`: a batch (or restore) in
@@ -268,13 +274,9 @@ impl PartitionStats {
         // check that saw events waiting: a partition idle for longer than the limit is
         // not stalled the moment an event arrives.
         let waiting_since = self.waiting_since_ms.load(Ordering::Relaxed);
-        let progress = match self.progress_at_ms.load(Ordering::Relaxed) {
-            0 => since_ms,
-            at => at,
-        };
         let starved = self.writing.load(Ordering::Relaxed)
             && waiting_since != 0
-            && now_ms - progress.max(waiting_since) > limit;
+            && now_ms - self.progress_from(since_ms).max(waiting_since) > limit;
         stuck_in_work || starved
     }
 
