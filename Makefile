@@ -75,7 +75,7 @@ run: nats-server build ## Start local NATS, Redis and PostgreSQL under .run/, th
 	@$(MAKE) --no-print-directory postgresql || echo "run: no PostgreSQL; the service runs without match history"
 	@set -euo pipefail; mkdir -p $(RUN_DIR)/nats $(RUN_DIR)/redis; pids=(); \
 	trap 'echo; echo "stopping..."; kill $${pids[@]} 2>/dev/null; wait 2>/dev/null; echo "stopped (data kept in .run/)"' EXIT INT TERM; \
-	nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
+	GOGC=400 nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
 	redis_addr=""; if command -v redis-server >/dev/null; then \
 		redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
 		redis_addr=127.0.0.1:$(REDIS_PORT); fi; \
