@@ -126,7 +126,7 @@ bench-history: nats-server postgresql ## The history writer's rate and the histo
 	cargo bench --bench history
 
 load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
-	cargo bench --bench load
+	GOGC=$${GOGC:-400} cargo bench --bench load
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check

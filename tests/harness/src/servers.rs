@@ -111,13 +111,6 @@ impl Drop for Process {
     }
 }
 
-/// The Go garbage collector's target for every `nats-server` started here, as deployed
-/// (`k8s/nats-values.yaml`, `make run`): at Go's default (100) a server under live load
-/// collects every 3-4 s, and on 2 cores each collection's 50-200 ms of marking delayed
-/// every event in flight (BENCHMARKS.md, tenth round). A `GOGC` in the environment wins
-/// (`GOGC=100 make load-test` measures Go's default).
-pub const NATS_GOGC: &str = "400";
-
 /// A `nats-server` with JetStream (file storage in a temporary directory).
 pub struct NatsServer {
     child: Process,
@@ -186,10 +179,6 @@ impl NatsServer {
             .arg(&ports_dir)
             .arg("-l")
             .arg(&log)
-            .env(
-                "GOGC",
-                std::env::var("GOGC").unwrap_or_else(|_| NATS_GOGC.to_owned()),
-            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
