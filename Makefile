@@ -11,6 +11,9 @@ REDIS_PORT ?= 6379
 PG_PORT ?= 5432
 HTTP_PORT ?= 8080
 export PATH := $(TOOLS)/bin:$(PATH)
+# Go's collector target for the nats-servers run here, as in k8s/nats-values.yaml
+# (README, "Running in production").
+NATS_GOGC ?= 400
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
 .PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
@@ -75,7 +78,7 @@ run: nats-server build ## Start local NATS, Redis and PostgreSQL under .run/, th
 	@$(MAKE) --no-print-directory postgresql || echo "run: no PostgreSQL; the service runs without match history"
 	@set -euo pipefail; mkdir -p $(RUN_DIR)/nats $(RUN_DIR)/redis; pids=(); \
 	trap 'echo; echo "stopping..."; kill $${pids[@]} 2>/dev/null; wait 2>/dev/null; echo "stopped (data kept in .run/)"' EXIT INT TERM; \
-	GOGC=400 nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
+	GOGC=$(NATS_GOGC) nats-server -c nats/server.conf -p $(NATS_PORT) -m $(NATS_MONITOR_PORT) -sd $(RUN_DIR)/nats -l $(RUN_DIR)/nats.log & pids+=($$!); \
 	redis_addr=""; if command -v redis-server >/dev/null; then \
 		redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(RUN_DIR)/redis --save "" --appendonly no --logfile $(RUN_DIR)/redis.log & pids+=($$!); \
 		redis_addr=127.0.0.1:$(REDIS_PORT); fi; \
@@ -126,7 +129,7 @@ bench-history: nats-server postgresql ## The history writer's rate and the histo
 	cargo bench --bench history
 
 load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
-	GOGC=$${GOGC:-400} cargo bench --bench load
+	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench load
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check

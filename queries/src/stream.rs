@@ -182,15 +182,17 @@ pub async fn match_stream(
     let last = last_event_id(&headers, &params(query)?)?;
     let found = find(&state, &id).await?;
     let subscription = subscribe(&state, id)?;
-    // Read again now that the client is subscribed: an update published between the
-    // first read and the subscription went to no channel (none existed yet), and
-    // starting from the older snapshot would show it as a gap and send a second
-    // snapshot. The read model takes each batch before its updates are published, so
-    // this snapshot and the subscription together miss nothing.
-    let found = match latest(&state, &id).await {
-        Some(newer) if newer.version >= found.version => newer,
-        _ => found,
-    };
+    // Read the read model again now that the client is subscribed: an update published
+    // between the first read and the subscription went to no channel (none existed
+    // yet), and starting from the older snapshot would show it as a gap and send a
+    // second snapshot. The read model takes each batch before its updates are
+    // published, so this snapshot and the subscription together miss nothing. (Only
+    // the read model: updates come from it, and the other tiers cost a round trip.)
+    let found = state
+        .model
+        .get(&id)
+        .filter(|newer| newer.version >= found.version)
+        .unwrap_or(found);
     metrics::counter!(crate::metrics::STREAMS_OPENED, "stream" => "match").increment(1);
     let mut client = MatchClient {
         state,
