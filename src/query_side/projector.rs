@@ -111,6 +111,11 @@ impl Projector {
         let mut pending: BTreeSet<MatchId> = BTreeSet::new();
         // What changed in watched matches since their last published snapshot.
         let mut watched: HashMap<MatchId, Pending> = HashMap::new();
+        // Once caught up, the deltas applied since the last publish (one chunk): whether
+        // their match is watched is decided after the model takes the chunk, not as each
+        // is applied. A client that subscribes in between reads the model before or
+        // after that point; either way its first update follows on from what it read.
+        let mut applied: Vec<(StatDelta, u64)> = Vec::new();
         let mut last_publish = Instant::now();
         let started = Instant::now();
         loop {
@@ -164,7 +169,11 @@ impl Projector {
                     Ok(0) => {}
                     Ok(_) => {
                         touched.insert(delta.match_id);
-                        if live.is_watched(&delta.match_id) {
+                        if model.is_caught_up() {
+                            applied.push((delta, before));
+                        } else if live.is_watched(&delta.match_id) {
+                            // While catching up, publishes are a second apart: what
+                            // is watched is decided as each delta is applied.
                             watched
                                 .entry(delta.match_id)
                                 .or_default()
@@ -207,14 +216,21 @@ impl Projector {
                         .entry(snapshot.summary.match_id)
                         .or_insert_with(Instant::now);
                 }
-                let updates: Vec<_> = snapshots
-                    .iter()
-                    .filter_map(|s| Some(watched.remove(&s.summary.match_id)?.into_update(s)))
-                    .collect();
-                model.publish(snapshots);
-                // After the model: a client that needs a snapshot finds this one.
-                for update in updates {
-                    live.publish(update);
+                model.publish(snapshots.iter().cloned());
+                // After the model: a client that subscribes from here on reads this
+                // chunk's snapshots; one that subscribed before is watching now, so its
+                // updates are recorded (and a client that needs a snapshot finds these).
+                let mut is_watched: HashMap<MatchId, bool> = HashMap::new();
+                for (delta, before) in applied.drain(..) {
+                    let id = delta.match_id;
+                    if *is_watched.entry(id).or_insert_with(|| live.is_watched(&id)) {
+                        watched.entry(id).or_default().record(&delta, before);
+                    }
+                }
+                for snapshot in &snapshots {
+                    if let Some(changes) = watched.remove(&snapshot.summary.match_id) {
+                        live.publish(changes.into_update(snapshot));
+                    }
                 }
                 dirty.extend(std::mem::take(&mut pending));
                 last_publish = Instant::now();
