@@ -49,7 +49,9 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
     let url = format!("{}/api/v1/match-stats/matches/{id}", service.http());
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
 
-    // Wait for the consumer-lag gauges (refreshed every 2 s) to see the drained consumer.
+    // Wait for the consumer-lag gauges (refreshed every 2 s) to see the drained consumer:
+    // nothing waiting and nothing unacknowledged (a refresh can land after the last
+    // delivery and before its batch's ack).
     let deadline = tokio::time::Instant::now() + WAIT;
     let metrics = loop {
         let metrics = reqwest::get(format!("{}/metrics", service.http()))
@@ -58,7 +60,9 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
             .text()
             .await
             .unwrap();
-        if sample(&metrics, "match_stats_consumer_pending") == Some(0.0) {
+        if sample(&metrics, "match_stats_consumer_pending") == Some(0.0)
+            && sample(&metrics, "match_stats_consumer_ack_pending") == Some(0.0)
+        {
             break metrics;
         }
         assert!(
