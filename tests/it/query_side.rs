@@ -28,11 +28,20 @@ async fn get(base: &str, path: &str) -> (u16, Value, Duration) {
     (status, body, started.elapsed())
 }
 
+/// A `200`, within the budget in the best of three tries: a response that waits on
+/// Redis is slow every time, while a debug build on a loaded CI machine is sometimes
+/// slow once (one request of hundreds took 130 ms in a CI run).
 async fn get_ok(base: &str, path: &str) -> Value {
-    let (status, body, took) = get(base, path).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    assert!(took < RESPONSE_BUDGET, "GET {path} took {took:?}");
-    body
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let (status, body, took) = get(base, path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        fastest = fastest.min(took);
+        if took < RESPONSE_BUDGET {
+            return body;
+        }
+    }
+    panic!("GET {path} took {fastest:?} at best of three tries");
 }
 
 /// Waits until `base` serves every expected match at its final version.
@@ -94,9 +103,7 @@ fn metric_field(metric: &str) -> &str {
 /// Checks every match, player and leaderboard (with `around`) that `base` serves.
 async fn assert_serves_expected(base: &str, expected: &Value) {
     for (id, want) in expected["matches"].as_object().unwrap() {
-        let (status, got, took) = get(base, &format!("{PREFIX}/matches/{id}")).await;
-        assert_eq!(status, 200);
-        assert!(took < RESPONSE_BUDGET, "GET match took {took:?}");
+        let got = get_ok(base, &format!("{PREFIX}/matches/{id}")).await;
         json::assert_close(&got, want, &format!("GET match {id}"));
         for p in want["player_stats"].as_array().unwrap() {
             let pid = p["player_id"].as_str().unwrap();

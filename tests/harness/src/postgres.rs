@@ -51,6 +51,14 @@ fn is_root() -> bool {
 
 /// `program` as the `postgres` user when this is root.
 fn as_postgres(program: PathBuf) -> Command {
+    let mut command = as_postgres_user(program);
+    // The postgres user may not reach the caller's directory (or it may be gone):
+    // initdb and pg_ctl fail when they cannot identify the current directory.
+    command.current_dir("/");
+    command
+}
+
+fn as_postgres_user(program: PathBuf) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
         command
