@@ -59,6 +59,7 @@ fn redis_settings(cache: &CacheConfig, signing_key: Vec<u8>) -> anyhow::Result<R
         db: cache.redis_db,
         prefix: cache.redis_prefix.clone(),
         timeout: cache.redis_timeout,
+        write_timeout: cache.redis_write_timeout,
         ttl_active: cache.ttl_active,
         ttl_completed: cache.completed_retention,
         tls: redis_tls(cache)?,

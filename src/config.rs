@@ -260,9 +260,14 @@ pub struct CacheConfig {
     /// Prefix of every Redis key.
     #[arg(long, env = "REDIS_PREFIX", default_value = "match_stats:")]
     pub redis_prefix: String,
-    /// Bound on every Redis call; past it the call counts as failed (e.g. 50ms).
+    /// Bound on every Redis call a request or a probe makes; past it the call counts as
+    /// failed (e.g. 50ms).
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// Bound on each write-through of a match to Redis (a background write nobody waits
+    /// on, on a connection of its own so that requests never queue behind it; e.g. 1s).
+    #[arg(long, env = "REDIS_WRITE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_write_timeout: Duration,
     /// TTL of an active match in Redis, refreshed while it is live (e.g. 10m).
     #[arg(long = "cache-ttl-active", env = "CACHE_TTL_ACTIVE", value_name = "CACHE_TTL_ACTIVE", default_value = "10m", value_parser = parse_duration)]
     pub ttl_active: Duration,

@@ -172,8 +172,10 @@ impl Projector {
                         if model.is_caught_up() {
                             applied.push((delta, before));
                         } else if live.is_watched(&delta.match_id) {
-                            // While catching up, publishes are a second apart: what
-                            // is watched is decided as each delta is applied.
+                            // While catching up, publishes are up to a second apart,
+                            // too many deltas to keep: what is watched is decided as
+                            // each is applied (a client subscribing meanwhile may get
+                            // one more snapshot: a full state, never a wrong one).
                             watched
                                 .entry(delta.match_id)
                                 .or_default()

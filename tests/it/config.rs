@@ -286,6 +286,11 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("fast", "invalid value 'fast' for REDIS_TIMEOUT")),
     ),
     (
+        "REDIS_WRITE_TIMEOUT",
+        "2s",
+        Some(("soon", "invalid value 'soon' for REDIS_WRITE_TIMEOUT")),
+    ),
+    (
         "CACHE_TTL_ACTIVE",
         "20m",
         Some(("20", "invalid value '20' for CACHE_TTL_ACTIVE")),

@@ -305,6 +305,7 @@ async fn cold_replica(
             db: 0,
             prefix: config.cache.redis_prefix.clone(),
             timeout: config.cache.redis_timeout,
+            write_timeout: config.cache.redis_write_timeout,
             ttl_active: config.cache.ttl_active,
             ttl_completed: config.cache.completed_retention,
             tls: None,

@@ -41,8 +41,11 @@ pub struct RedisSettings {
     pub db: u32,
     /// Key prefix, e.g. `match_stats:`.
     pub prefix: String,
-    /// Bound on every call.
+    /// Bound on every call a request or a probe makes.
     pub timeout: Duration,
+    /// Bound on each write-through of a match (a background write nobody waits on, on a
+    /// connection of its own so that reads never queue behind it).
+    pub write_timeout: Duration,
     /// TTL of an active match's key, refreshed on every write.
     pub ttl_active: Duration,
     /// TTL of a completed match's key.
@@ -169,7 +172,10 @@ return redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARG
 
 /// The Redis tier.
 pub struct RedisCache {
+    /// Reads and probes, bounded by `timeout`.
     connection: redis::aio::ConnectionManager,
+    /// The write-through, bounded by `write_timeout`.
+    writer: redis::aio::ConnectionManager,
     settings: RedisSettings,
     breaker: Breaker,
     put: redis::Script,
@@ -226,13 +232,17 @@ impl RedisCache {
                 },
             )?,
         };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1);
-        let connection = client.get_connection_manager_lazy(config)?;
+        let config = |timeout| {
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+        };
+        let connection = client.get_connection_manager_lazy(config(settings.timeout))?;
+        let writer = client.get_connection_manager_lazy(config(settings.write_timeout))?;
         Ok(RedisCache {
             connection,
+            writer,
             settings,
             breaker: Breaker::default(),
             put: redis::Script::new(PUT_SCRIPT),
@@ -279,7 +289,7 @@ impl RedisCache {
             .finalize()
             .into_bytes()
             .to_vec();
-        let mut connection = self.connection.clone();
+        let mut connection = self.writer.clone();
         let mut invocation = self.put.prepare_invoke();
         invocation
             .key(self.match_key(&id))
@@ -291,7 +301,7 @@ impl RedisCache {
             .arg(id.as_str())
             .arg(signature);
         self.breaker
-            .call(self.settings.timeout, async {
+            .call(self.settings.write_timeout, async {
                 let written: i64 = invocation.invoke_async(&mut connection).await?;
                 Ok(written == 1)
             })
@@ -400,6 +410,7 @@ mod tests {
             db: 2,
             prefix: "p:".into(),
             timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_secs(1),
             ttl_active: Duration::from_secs(60),
             ttl_completed: Duration::from_secs(60),
             tls: None,
