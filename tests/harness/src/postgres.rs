@@ -49,7 +49,7 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-/// `program` as the `postgres` user when this is root.
+/// `program` as the `postgres` user when this is root, run from `/`.
 fn as_postgres(program: PathBuf) -> Command {
     let mut command = as_postgres_user(program);
     // The postgres user may not reach the caller's directory (or it may be gone):
@@ -58,6 +58,7 @@ fn as_postgres(program: PathBuf) -> Command {
     command
 }
 
+/// `program`, through `setpriv` as the `postgres` user when this is root.
 fn as_postgres_user(program: PathBuf) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
