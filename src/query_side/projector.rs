@@ -116,6 +116,8 @@ impl Projector {
         // is applied. A client that subscribes in between reads the model before or
         // after that point; either way its first update follows on from what it read.
         let mut applied: Vec<(StatDelta, u64)> = Vec::new();
+        // Whether each of those matches is watched, asked once per match and publish.
+        let mut is_watched: HashMap<MatchId, bool> = HashMap::new();
         let mut last_publish = Instant::now();
         let started = Instant::now();
         loop {
@@ -222,7 +224,7 @@ impl Projector {
                 // After the model: a client that subscribes from here on reads this
                 // chunk's snapshots; one that subscribed before is watching now, so its
                 // updates are recorded (and a client that needs a snapshot finds these).
-                let mut is_watched: HashMap<MatchId, bool> = HashMap::new();
+                is_watched.clear();
                 for (delta, before) in applied.drain(..) {
                     let id = delta.match_id;
                     if *is_watched.entry(id).or_insert_with(|| live.is_watched(&id)) {

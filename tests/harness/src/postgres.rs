@@ -49,18 +49,11 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-/// `program` as the `postgres` user when this is root, run from `/`.
+/// `program` as the `postgres` user when this is root, run from `/`: the postgres user
+/// may not reach the caller's directory (or it may be gone), and initdb and pg_ctl fail
+/// when they cannot identify the current directory.
 fn as_postgres(program: PathBuf) -> Command {
-    let mut command = as_postgres_user(program);
-    // The postgres user may not reach the caller's directory (or it may be gone):
-    // initdb and pg_ctl fail when they cannot identify the current directory.
-    command.current_dir("/");
-    command
-}
-
-/// `program`, through `setpriv` as the `postgres` user when this is root.
-fn as_postgres_user(program: PathBuf) -> Command {
-    if is_root() {
+    let mut command = if is_root() {
         let mut command = Command::new("setpriv");
         command
             .args([
@@ -73,7 +66,9 @@ fn as_postgres_user(program: PathBuf) -> Command {
         command
     } else {
         Command::new(program)
-    }
+    };
+    command.current_dir("/");
+    command
 }
 
 impl PostgresServer {
