@@ -7,6 +7,10 @@
 //!    same stream, republish one message per event to a stream, await the acks, ack),
 //!    a bare consumer (pull-consume and ack, no work: what NATS can deliver here), and
 //!    the bare pipeline (`support/pipeline.rs`: the service's NATS work, no domain work).
+//!    The relay and the bare consumer run just before the service and again after it,
+//!    and the service's ratios are to the mean of the two: on a shared machine the speed
+//!    drifts over minutes, and a baseline measured only minutes later moved the ratio
+//!    by as much as the service's own changes did.
 //! 2. Memory: the service's RSS with those 1,000 live matches of 64 players, less an idle
 //!    service's.
 //! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9) and
@@ -222,6 +226,13 @@ async fn baseline_catch_up(
 ) -> anyhow::Result<f64> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    if republish {
+        // A fresh RELAY stream each run: a second run inside its duplicate window would
+        // find every message id stored and store nothing (a cheaper run).
+        if js.get_stream("RELAY").await.is_ok() {
+            js.delete_stream("RELAY").await?;
+        }
+    }
     let stored = support::stored_messages(js, events_stream).await?;
     let started = Instant::now();
     let tasks: Vec<_> = filters
@@ -346,6 +357,13 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "load-test: published at {:.0} events/s; starting the service",
         published.events_per_second
+    );
+    let events = config.streams.events_stream.clone();
+    eprintln!("load-test: bare relay and bare consumer catching up, before the service...");
+    let relay_before = baseline_catch_up(&js, &events, true, vec![None]).await?;
+    let consumer_before = baseline_catch_up(&js, &events, false, vec![None]).await?;
+    eprintln!(
+        "load-test: before the service: relay {relay_before:.0} events/s, bare consumer {consumer_before:.0} events/s"
     );
     let started = Instant::now();
     let service = start_service(&nats, Some(&redis)).await;
@@ -477,12 +495,15 @@ async fn main() -> anyhow::Result<()> {
     let rss_idle = idle.rss_bytes();
     drop(idle);
 
-    // 1'. The bare relay and the bare consumer, catching up on the same stream.
+    // 1'. The bare relay and the bare consumer, catching up on the same stream (their
+    // second runs; the first ran just before the service).
     eprintln!("load-test: bare relay catching up on the same stream...");
     let events = &config.streams.events_stream;
-    let relay_catch_up = baseline_catch_up(&js, events, true, vec![None]).await?;
+    let relay_after = baseline_catch_up(&js, events, true, vec![None]).await?;
     eprintln!("load-test: bare consumer catching up on the same stream...");
-    let consumer_catch_up = baseline_catch_up(&js, events, false, vec![None]).await?;
+    let consumer_after = baseline_catch_up(&js, events, false, vec![None]).await?;
+    let relay_catch_up = (relay_before + relay_after) / 2.0;
+    let consumer_catch_up = (consumer_before + consumer_after) / 2.0;
     eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
     let partition_filters: Vec<Option<String>> =
         match_stats::nats::Partitioning::of(&config.streams)
@@ -533,7 +554,7 @@ async fn main() -> anyhow::Result<()> {
         format!("catch-up, {} events pre-published", sizes.events),
         format!("{catch_up:.0} events/s"),
         format!(
-            "relay {relay_catch_up:.0} events/s ({:.2}x); bare consumer {consumer_catch_up:.0} events/s ({:.2}x); bare consumers on the service's partition filters {partitioned_catch_up:.0} events/s ({:.2}x)",
+            "relay {relay_catch_up:.0} events/s ({:.2}x; {relay_before:.0} before the service, {relay_after:.0} after); bare consumer {consumer_catch_up:.0} events/s ({:.2}x; {consumer_before:.0} before, {consumer_after:.0} after); bare consumers on the service's partition filters {partitioned_catch_up:.0} events/s ({:.2}x)",
             catch_up / relay_catch_up,
             catch_up / consumer_catch_up,
             catch_up / partitioned_catch_up
