@@ -164,7 +164,7 @@ async fn relay(
         .get_stream(&events_stream)
         .await?
         .create_consumer(consumer::pull::Config {
-            durable_name: Some(name),
+            durable_name: Some(name.clone()),
             deliver_policy: deliver,
             ack_policy: consumer::AckPolicy::All,
             max_ack_pending: 10_000,
@@ -212,6 +212,12 @@ async fn relay(
         }
         relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
+    // Gone once measured: the service runs after some of these, beside no leftovers.
+    drop(messages);
+    js.get_stream(&events_stream)
+        .await?
+        .delete_consumer(&name)
+        .await?;
     Ok(())
 }
 
@@ -498,10 +504,9 @@ async fn main() -> anyhow::Result<()> {
     // 1'. The bare relay and the bare consumer, catching up on the same stream (their
     // second runs; the first ran just before the service).
     eprintln!("load-test: bare relay catching up on the same stream...");
-    let events = &config.streams.events_stream;
-    let relay_after = baseline_catch_up(&js, events, true, vec![None]).await?;
+    let relay_after = baseline_catch_up(&js, &events, true, vec![None]).await?;
     eprintln!("load-test: bare consumer catching up on the same stream...");
-    let consumer_after = baseline_catch_up(&js, events, false, vec![None]).await?;
+    let consumer_after = baseline_catch_up(&js, &events, false, vec![None]).await?;
     let relay_catch_up = (relay_before + relay_after) / 2.0;
     let consumer_catch_up = (consumer_before + consumer_after) / 2.0;
     eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
@@ -511,12 +516,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|p| Some(p.filter(&config.streams)))
             .collect();
     let partitioned_catch_up =
-        baseline_catch_up(&js, events, false, partition_filters.clone()).await?;
+        baseline_catch_up(&js, &events, false, partition_filters.clone()).await?;
     eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
     let filters = partition_filters.into_iter().flatten().collect();
     let bare_pipeline = pipeline::catch_up(
         &js,
-        events,
+        &events,
         filters,
         config.batch_size as usize,
         config.batch_linger,
