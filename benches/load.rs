@@ -232,12 +232,10 @@ async fn baseline_catch_up(
 ) -> anyhow::Result<f64> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    if republish {
-        // A fresh RELAY stream each run: a second run inside its duplicate window would
-        // find every message id stored and store nothing (a cheaper run).
-        if js.get_stream("RELAY").await.is_ok() {
-            js.delete_stream("RELAY").await?;
-        }
+    // A fresh RELAY stream each relay run: a second run inside its duplicate window would
+    // find every message id stored and store nothing (a cheaper run).
+    if republish && js.get_stream("RELAY").await.is_ok() {
+        js.delete_stream("RELAY").await?;
     }
     let stored = support::stored_messages(js, events_stream).await?;
     let started = Instant::now();

@@ -51,7 +51,7 @@ fn redis_tls(cache: &CacheConfig) -> anyhow::Result<Option<RedisTls>> {
 }
 
 /// The Redis settings of the configuration, values signed with `signing_key`.
-fn redis_settings(cache: &CacheConfig, signing_key: Vec<u8>) -> anyhow::Result<RedisSettings> {
+pub fn redis_settings(cache: &CacheConfig, signing_key: Vec<u8>) -> anyhow::Result<RedisSettings> {
     Ok(RedisSettings {
         addr: cache.redis_addr.clone(),
         username: cache.redis_username.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use match_stats_harness::{NatsServer, RedisServer, contract, json};
-use match_stats_queries::cache::{CompletedStore, RedisCache, RedisSettings};
+use match_stats_queries::cache::{CompletedStore, RedisCache};
 use match_stats_queries::{ApiState, ReadModel, api};
 use serde_json::{Value, json};
 
@@ -297,20 +297,11 @@ async fn cold_replica(
     let signing_key = match_stats::nats::streams::cache_signing_key(&js, config)
         .await
         .unwrap();
-    let redis = redis.map(|r| {
-        let settings = RedisSettings {
-            addr: format!("127.0.0.1:{}", r.port()),
-            username: String::new(),
-            password: String::new(),
-            db: 0,
-            prefix: config.cache.redis_prefix.clone(),
-            timeout: config.cache.redis_timeout,
-            write_timeout: config.cache.redis_write_timeout,
-            ttl_active: config.cache.ttl_active,
-            ttl_completed: config.cache.completed_retention,
-            tls: None,
-            signing_key: signing_key.clone(),
-        };
+    // Built from the configuration as the service does (`support::config` points it at
+    // `redis`).
+    let redis = redis.map(|_| {
+        let settings =
+            match_stats::app::redis_settings(&config.cache, signing_key.clone()).unwrap();
         std::sync::Arc::new(RedisCache::new(settings).unwrap())
     });
     let bucket = js
