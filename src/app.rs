@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command_side::{Ingest, IngestStats};
 use crate::config::{CacheConfig, Config};
+use crate::handoff::Handoff;
 use crate::ops::{self, HttpState};
 use crate::query_side::{CacheWriter, Capacity, Dirty, Projector};
 use crate::{nats, telemetry};
@@ -142,7 +143,9 @@ impl App {
             config.streams.partitions,
             config.lifecycle.partition_stall_after,
         ));
-        let ingest = Ingest::new(&config, js, provisioned, stats.clone());
+        // Each delta this replica publishes goes to its projector in memory as well.
+        let handoff = Arc::new(Handoff::default());
+        let ingest = Ingest::new(&config, js, provisioned, stats.clone(), handoff.clone());
         // The query side reads the deltas on a connection of its own: one connection's
         // reader task would otherwise carry events, acks and deltas alike.
         let query_js = jetstream::new(
@@ -160,6 +163,7 @@ impl App {
             batch_size: config.batch_size as usize,
             retention: config.cache.completed_retention,
             live: api.live.clone(),
+            handoff,
         };
         let cache_writer = api.redis.clone().map(|redis| CacheWriter {
             model: api.model.clone(),

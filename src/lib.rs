@@ -21,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod command_side;
 pub mod config;
+pub mod handoff;
 pub mod history;
 pub mod memory;
 pub mod metrics;

@@ -80,6 +80,8 @@ pub const SNAPSHOT_AGE: &str = "match_stats_snapshot_age_seconds";
 pub const RECOVERY_GAPS: &str = "match_stats_recovery_gaps_total";
 /// Messages on the deltas stream that are not deltas.
 pub const DELTAS_UNDECODABLE: &str = "match_stats_deltas_undecodable_total";
+/// Deltas the projector read, by how it got them (`handed_off`, `decoded`).
+pub const DELTAS_PROJECTED: &str = "match_stats_deltas_projected_total";
 /// Deltas the projector could not apply.
 pub const DELTA_GAPS: &str = "match_stats_delta_gaps_total";
 /// Matches the projector rebuilt from their deltas after an error.
@@ -355,6 +357,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Messages on the deltas stream that are not stat deltas (met by the projector, or by a writer looking up where a match stands).",
     ),
     (
+        DELTAS_PROJECTED,
+        Kind::Counter,
+        "Delta messages the projector read from the deltas stream, by how: handed_off (published by this replica and passed in memory, not decoded again) or decoded.",
+    ),
+    (
         DELTA_GAPS,
         Kind::Counter,
         "Deltas the projector could not apply (a version gap or a bad value).",
@@ -418,6 +425,7 @@ fn labelled() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
         (EVENTS_REJECTED, "reason", reasons.clone()),
         (DEAD_LETTERS, "reason", reasons),
         (CACHE_WRITES, "result", vec!["written", "older"]),
+        (DELTAS_PROJECTED, "how", vec!["handed_off", "decoded"]),
         (q::STREAMS_OPENED, "stream", vec!["match", "leaderboard"]),
     ]
 }

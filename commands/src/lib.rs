@@ -24,6 +24,7 @@ pub mod decode;
 pub mod delta;
 pub mod encode;
 pub mod event;
+mod field_value;
 pub mod id;
 pub mod key_counts;
 pub mod rejection;

@@ -1,5 +1,5 @@
 //! What every part of the command side reads: the JetStream context, names, lifecycle
-//! settings, the buckets, the batch size and the counters. Built once by
+//! settings, the buckets, the batch size, the counters and the hand-off to the projector. Built once by
 //! [`super::Ingest`], shared by every partition's writer and the balancer.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 
 use super::stats::IngestStats;
 use crate::config::{Lifecycle, StreamNames};
+use crate::handoff::Handoff;
 use crate::nats::Partitioning;
 
 /// The command side's shared settings and handles.
@@ -34,4 +35,6 @@ pub struct Context {
     pub batch_linger: std::time::Duration,
     /// Counters.
     pub stats: Arc<IngestStats>,
+    /// Where confirmed deltas go for this replica's projector.
+    pub handoff: Arc<Handoff>,
 }

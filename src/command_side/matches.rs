@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -126,6 +127,9 @@ pub struct Effect {
     pub headers: HeaderMap,
     /// Payload.
     pub payload: Bytes,
+    /// A delta's own copy, for this replica's projector once the stream confirmed it
+    /// (see [`crate::handoff`]); `None` when the hand-off has no room.
+    pub handoff: Option<Arc<StatDelta>>,
     /// The events stream sequences of the events it is an effect of: if it can never be
     /// stored, those events are parked.
     pub sources: Vec<u64>,
@@ -208,6 +212,7 @@ impl IdleMatch {
             expected_last_subject_sequence: None,
             headers: HeaderMap::new(),
             payload: payload.into(),
+            handoff: None,
             sources: Vec::new(),
             kind: EffectKind::IdleMatchEnd,
         }
@@ -519,8 +524,14 @@ impl DeltaBatch {
     /// already holds; and how many entries (or parts) that dropped. Each event's changes
     /// are split into parts of at most [`MAX_CHANGES_PER_MESSAGE`] (the same way by any
     /// writer); whole entries are coalesced per match up to that many changes a message;
-    /// each match's first message expects the last one its subject holds.
-    pub fn effects(&self, names: &StreamNames, published: &Published) -> (Vec<Effect>, u64) {
+    /// each match's first message expects the last one its subject holds. With `copy`,
+    /// each delta effect carries its own copy for the hand-off to the projector.
+    pub fn effects(
+        &self,
+        names: &StreamNames,
+        published: &Published,
+        copy: bool,
+    ) -> (Vec<Effect>, u64) {
         let mut effects = Vec::with_capacity(self.segments.len());
         let mut expecting = HashSet::new();
         let mut dropped = 0;
@@ -570,7 +581,7 @@ impl DeltaBatch {
                     match_view: delta.match_view.as_deref().filter(|_| i + 1 == count),
                 };
                 let expected = expecting.insert(delta.match_id).then_some(stored.sequence);
-                effects.push(delta_effect(names, &message, headers, expected));
+                effects.push(delta_effect(names, &message, headers, expected, copy));
             }
         }
         (effects, dropped)
@@ -583,6 +594,7 @@ fn delta_effect(
     delta: &StatDeltaRef<'_>,
     headers: &HeaderMap,
     expected: Option<u64>,
+    copy: bool,
 ) -> Effect {
     let last = delta.entries.last().expect("a message carries an entry");
     let position = Position {
@@ -604,6 +616,7 @@ fn delta_effect(
         payload: rmp_serde::to_vec_named(delta)
             .expect("deltas serialize")
             .into(),
+        handoff: copy.then(|| Arc::new(delta.to_owned_delta())),
         headers,
     }
 }
@@ -637,6 +650,10 @@ fn dead_letter(
         sources: vec![source.sequence],
         headers,
         payload: payload.clone(),
+        handoff: None,
         kind: EffectKind::DeadLetter(reason),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,6 +49,7 @@ pub use snapshots::MATCH_PREFIX;
 pub use stats::{ConsumerLag, IngestCounts, IngestStats};
 
 use crate::config::Config;
+use crate::handoff::Handoff;
 use crate::nats::Partitioning;
 use crate::nats::streams::Provisioned;
 
@@ -65,6 +66,7 @@ impl Ingest {
         js: jetstream::Context,
         provisioned: Provisioned,
         stats: Arc<IngestStats>,
+        handoff: Arc<Handoff>,
     ) -> Self {
         held::Release::register_counters();
         let ctx = Context {
@@ -79,6 +81,7 @@ impl Ingest {
             batch_size: config.batch_size as usize,
             batch_linger: config.batch_linger,
             stats,
+            handoff,
         };
         Ingest {
             ctx: Arc::new(ctx),

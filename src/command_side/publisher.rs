@@ -65,7 +65,8 @@ pub async fn publish(
     }
     loop {
         look_up(ctx, published, deltas.match_ids(), token).await?;
-        let (delta_effects, dropped) = deltas.effects(&ctx.names, published);
+        let copy = ctx.handoff.has_room();
+        let (delta_effects, dropped) = deltas.effects(&ctx.names, published, copy);
         // What the deltas stream held before this batch published anything (a replay
         // after a crash); later rounds drop what this batch itself stored.
         if std::mem::take(&mut first) && dropped > 0 {
@@ -85,6 +86,10 @@ pub async fn publish(
             match result {
                 Ok(ack) => {
                     ctx.stats.record_effect(&effect.kind, ack.duplicate);
+                    // A duplicate's sequence is the earlier message's, not this copy's.
+                    if let (Some(delta), false) = (&effect.handoff, ack.duplicate) {
+                        ctx.handoff.put(ack.sequence, delta.clone());
+                    }
                     note_stored(published, effect, ack.sequence);
                     done.insert(effect.msg_id.clone());
                 }

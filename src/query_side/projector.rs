@@ -12,6 +12,7 @@ use match_stats_queries::{MatchBuilder, ReadModel};
 use tokio_util::sync::CancellationToken;
 
 use super::Dirty;
+use crate::handoff::Handoff;
 use crate::metrics as m;
 
 /// While catching up, how often the projector builds and publishes snapshots.
@@ -74,6 +75,8 @@ pub struct Projector {
     pub retention: Duration,
     /// Stream clients' channels: watched matches get an update per published snapshot.
     pub live: Arc<Live>,
+    /// The deltas this replica published, passed in memory instead of decoded again.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Projector {
@@ -89,6 +92,7 @@ impl Projector {
             batch_size,
             retention,
             live,
+            handoff,
         } = self;
         metrics::gauge!(m::READ_MODEL_MATCHES).set(0.0);
         let mut stream = js.get_stream(&deltas_stream).await?;
@@ -115,7 +119,7 @@ impl Projector {
         // their match is watched is decided after the model takes the chunk, not as each
         // is applied. A client that subscribes in between reads the model before or
         // after that point; either way its first update follows on from what it read.
-        let mut applied: Vec<(StatDelta, u64)> = Vec::new();
+        let mut applied: Vec<(Arc<StatDelta>, u64)> = Vec::new();
         // Whether each of those matches is watched, asked once per match and publish.
         let mut is_watched: HashMap<MatchId, bool> = HashMap::new();
         let mut last_publish = Instant::now();
@@ -145,6 +149,7 @@ impl Projector {
             };
             let mut touched = BTreeSet::new();
             let mut last_sequence = 0;
+            let (mut handed_off, mut decoded) = (0u64, 0u64);
             for message in chunk {
                 let message = match message {
                     Ok(message) => message,
@@ -155,13 +160,22 @@ impl Projector {
                 };
                 let sequence = message.info().map_or(0, |i| i.stream_sequence);
                 last_sequence = last_sequence.max(sequence);
-                let delta: StatDelta = match rmp_serde::from_slice(&message.payload) {
-                    Ok(delta) => delta,
-                    Err(error) => {
-                        metrics::counter!(m::DELTAS_UNDECODABLE).increment(1);
-                        tracing::error!(%error, subject = %message.subject, "a deltas message is not a StatDelta; skipped");
-                        continue;
+                let delta = match handoff.take(sequence) {
+                    Some(delta) => {
+                        handed_off += 1;
+                        delta
                     }
+                    None => match rmp_serde::from_slice::<StatDelta>(&message.payload) {
+                        Ok(delta) => {
+                            decoded += 1;
+                            Arc::new(delta)
+                        }
+                        Err(error) => {
+                            metrics::counter!(m::DELTAS_UNDECODABLE).increment(1);
+                            tracing::error!(%error, subject = %message.subject, "a deltas message is not a StatDelta; skipped");
+                            continue;
+                        }
+                    },
                 };
                 let builder = builders
                     .entry(delta.match_id)
@@ -203,6 +217,8 @@ impl Projector {
                     }
                 }
             }
+            metrics::counter!(m::DELTAS_PROJECTED, "how" => "handed_off").increment(handed_off);
+            metrics::counter!(m::DELTAS_PROJECTED, "how" => "decoded").increment(decoded);
             // While catching up, nobody reads the snapshots yet: build them at most every
             // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
             pending.extend(touched);

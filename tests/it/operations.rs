@@ -130,6 +130,34 @@ async fn metrics_after_the_small_scenario_have_the_right_names_types_and_values(
         ),
         "effects deduplicated on a plain run"
     );
+    // The projector read every delta message once: handed off in memory (this replica
+    // published it) or decoded from the stream.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("{}/metrics", service.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let projected = |how: &str| {
+            sample(
+                &text,
+                &format!("match_stats_deltas_projected_total{{how=\"{how}\"}}"),
+            )
+            .expect("both series exported")
+        };
+        let read = projected("handed_off") + projected("decoded");
+        let published = sample(&text, "match_stats_deltas_published_total").unwrap();
+        if read == published {
+            break;
+        }
+        assert!(
+            read < published && tokio::time::Instant::now() < deadline,
+            "{read} delta messages projected, {published} published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         metric_type(&metrics, "match_stats_processing_latency"),
         Some("histogram")

@@ -1,0 +1,54 @@
+//! The delta messages a batch publishes, against what decoding them gives.
+
+use super::*;
+
+/// What a publisher hands its projector is what the projector would decode from the
+/// message: every delta message of the small scenario, coalesced per batch of 64.
+#[test]
+fn each_delta_messages_copy_equals_its_decoded_payload() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        names: StreamNames,
+    }
+    let names = Only::parse_from(["test"]).names;
+    // As if the stream stored each line long after the scenario's day.
+    let stored_at_ms = 4_102_444_800_000;
+    let scenario = match_stats_harness::contract::scenario("small");
+    let mut matches = PartitionMatches::restore(HashMap::new(), 0);
+    let (mut checked, mut completed) = (0, 0);
+    for batch in scenario.messages.chunks(64) {
+        let mut deltas = DeltaBatch::default();
+        for m in batch {
+            let Ok(event) = decode(&m.payload, stored_at_ms) else {
+                continue;
+            };
+            let subject = format!("{}.16.0.{}", names.events_subject, event.match_id);
+            let source = Source {
+                sequence: m.seq,
+                stored_at_ms,
+                subject: &subject,
+            };
+            let payload = Bytes::from(m.payload.clone());
+            if let Decision::Applied(delta) = matches.process(&payload, source, &names) {
+                deltas.push(delta, None);
+            }
+        }
+        for effect in deltas.effects(&names, &Published::new(), true).0 {
+            let decoded: StatDelta = rmp_serde::from_slice(&effect.payload).unwrap();
+            assert_eq!(Some(&decoded), effect.handoff.as_deref());
+            checked += 1;
+            completed += usize::from(decoded.match_view.is_some());
+        }
+        let (effects, _) = deltas.effects(&names, &Published::new(), false);
+        assert!(
+            effects.iter().all(|e| e.handoff.is_none()),
+            "no room, no copy"
+        );
+    }
+    assert!(
+        checked > 50 && completed > 0,
+        "{checked} messages, {completed} completed"
+    );
+}
