@@ -165,9 +165,8 @@ async fn process_batch(
                 if let Err(error) = last.ack().await {
                     tracing::warn!(%error, "ack failed; the batch will be redelivered and skipped");
                 }
-                for &(_, verdict) in &verdicts {
-                    ctx.stats.record_acknowledged(verdict);
-                }
+                ctx.stats
+                    .record_acknowledged(verdicts.iter().map(|&(_, verdict)| verdict));
                 let acked = last.info().map_or(0, |i| i.stream_sequence);
                 held.acknowledged(ctx, acked);
             }

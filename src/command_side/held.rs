@@ -115,12 +115,9 @@ impl HeldPartition {
 
     /// Counts in Prometheus the replayed decisions up to `sequence`, now acknowledged.
     pub fn acknowledged(&mut self, ctx: &Context, sequence: u64) {
-        while let Some(&(at, verdict)) = self.unacked.front()
-            && at <= sequence
-        {
-            ctx.stats.record_acknowledged(verdict);
-            self.unacked.pop_front();
-        }
+        let done = self.unacked.partition_point(|&(at, _)| at <= sequence);
+        ctx.stats
+            .record_acknowledged(self.unacked.drain(..done).map(|(_, verdict)| verdict));
     }
 }
 
