@@ -1,4 +1,4 @@
-//! [`FieldValue`]: the value a [`crate::delta::Change`] gives a field, and how it is read
+//! [`FieldValue`]: the value a stat delta's change gives a field, and how it is read
 //! back from MessagePack or JSON.
 
 use serde::{Deserialize, Serialize};
