@@ -85,10 +85,11 @@ impl Handoff {
     pub fn take(&self, sequence: u64) -> Option<Arc<StatDelta>> {
         let mut state = self.state();
         state.read_to = state.read_to.max(sequence);
-        let later = state.kept.split_off(&(sequence + 1));
-        let passed = std::mem::replace(&mut state.kept, later);
         let mut taken = None;
-        for (at, delta) in passed {
+        while let Some(first) = state.kept.first_entry()
+            && *first.key() <= sequence
+        {
+            let (at, delta) = first.remove_entry();
             state.changes -= changes_of(&delta);
             if at == sequence {
                 taken = Some(delta);
