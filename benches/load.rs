@@ -139,6 +139,9 @@ async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
     waiting
 }
 
+/// The stream the bare relay republishes to.
+const RELAY_STREAM: &str = "RELAY";
+
 /// A minimal relay: pull-consumes the events stream, republishes each event (with its
 /// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch (one
 /// ack-all, like the service). Without `republish`, the bare consumer: pull and ack-all,
@@ -153,16 +156,15 @@ async fn relay(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     js.create_or_update_stream(stream::Config {
-        name: "RELAY".into(),
+        name: RELAY_STREAM.into(),
         subjects: vec!["relay.>".into()],
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     })
     .await?;
     let name = format!("relay-{}", rand::random::<u32>());
-    let consumer = js
-        .get_stream(&events_stream)
-        .await?
+    let events = js.get_stream(&events_stream).await?;
+    let consumer = events
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name.clone()),
             deliver_policy: deliver,
@@ -214,10 +216,7 @@ async fn relay(
     }
     // Gone once measured: the service runs after some of these, beside no leftovers.
     drop(messages);
-    js.get_stream(&events_stream)
-        .await?
-        .delete_consumer(&name)
-        .await?;
+    events.delete_consumer(&name).await?;
     Ok(())
 }
 
@@ -234,8 +233,8 @@ async fn baseline_catch_up(
     let stop = Arc::new(AtomicBool::new(false));
     // A fresh RELAY stream each relay run: a second run inside its duplicate window would
     // find every message id stored and store nothing (a cheaper run).
-    if republish && js.get_stream("RELAY").await.is_ok() {
-        js.delete_stream("RELAY").await?;
+    if republish && js.get_stream(RELAY_STREAM).await.is_ok() {
+        js.delete_stream(RELAY_STREAM).await?;
     }
     let stored = support::stored_messages(js, events_stream).await?;
     let started = Instant::now();

@@ -408,6 +408,19 @@ impl StreamNames {
     pub fn events_filter(&self) -> String {
         format!("{}.*", self.events_subject)
     }
+
+    /// The default names, as a service started without settings has them (for unit
+    /// tests).
+    #[cfg(test)]
+    pub(crate) fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            names: StreamNames,
+        }
+        Only::parse_from(["test"]).names
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {

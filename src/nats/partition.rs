@@ -109,19 +109,9 @@ impl std::fmt::Display for Partition {
 mod tests {
     use super::*;
 
-    fn names() -> StreamNames {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            names: StreamNames,
-        }
-        Only::parse_from(["test"]).names
-    }
-
     #[test]
     fn names_carry_the_partition_and_the_count() {
-        let names = names();
+        let names = StreamNames::defaults();
         let p = Partition { n: 3, of: 16 };
         assert_eq!(p.filter(&names), "match_stats.events.16.3.*");
         assert_eq!(p.consumer_name(&names), "match-stats-3-of-16");

@@ -6,13 +6,7 @@ use super::*;
 /// message: every delta message of the small scenario, coalesced per batch of 64.
 #[test]
 fn each_delta_messages_copy_equals_its_decoded_payload() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Only {
-        #[command(flatten)]
-        names: StreamNames,
-    }
-    let names = Only::parse_from(["test"]).names;
+    let names = StreamNames::defaults();
     // As if the stream stored each line long after the scenario's day.
     let stored_at_ms = 4_102_444_800_000;
     let scenario = match_stats_harness::contract::scenario("small");
