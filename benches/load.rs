@@ -14,7 +14,10 @@
 //! 2. Memory: the service's RSS with those 1,000 live matches of 64 players, less an idle
 //!    service's.
 //! 3. Live freshness at 5k, 20k and 40k events/s: publish to delta (p50/p99/p99.9) and
-//!    publish to visible over REST; the relay's publish to copy at the same rates.
+//!    publish to visible over REST; the relay's publish to copy at the same rates, and the
+//!    bare pipeline's (`support/pipeline.rs`, live: the service's NATS work per live
+//!    event, partition consumers, batches, one fenced message per match per batch, read
+//!    back).
 //! 4. REST: `GET match` (64 players) and a leaderboard from 64 connections while 10k
 //!    events/s are ingested; baseline: a bare axum handler returning static bodies of the
 //!    same sizes, measured under the same ingest.
@@ -551,6 +554,33 @@ async fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     task.await??;
 
+    // 3''. The bare pipeline live: the service's NATS work per live event, no domain work.
+    let filters = match_stats::nats::Partitioning::of(&config.streams)
+        .all()
+        .map(|p| p.filter(&config.streams))
+        .collect();
+    let running = pipeline::live(
+        &js,
+        &events,
+        filters,
+        config.batch_size as usize,
+        config.batch_linger,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pipeline_live = Vec::new();
+    for &rate in &sizes.rates {
+        eprintln!("load-test: bare pipeline live at {rate} events/s...");
+        let report = loadgen::run_watching(
+            &config,
+            &load(0, rate, Some(sizes.live_seconds), true),
+            Watch::MessageIds(pipeline::LIVE_COPIES.into()),
+        )
+        .await?;
+        pipeline_live.push(report);
+    }
+    running.stop().await?;
+
     // The table.
     rows.push((
         format!("catch-up, {} events pre-published", sizes.events),
@@ -573,11 +603,24 @@ async fn main() -> anyhow::Result<()> {
             catch_up / bare_pipeline.events_per_second
         ),
     ));
-    for ((rate, service), relay) in sizes.rates.iter().zip(&service_live).zip(&relay_live) {
+    for (((rate, service), relay), bare) in sizes
+        .rates
+        .iter()
+        .zip(&service_live)
+        .zip(&relay_live)
+        .zip(&pipeline_live)
+    {
         rows.push((
             format!("live at {rate} events/s: publish to delta (to visible over REST) / to copy"),
             format!("{} ({})", fresh(service), visible(service)),
-            format!("{} (p99 {:.2}x)", fresh(relay), p99_ratio(service, relay)),
+            format!(
+                "{} (p99 {:.2}x); bare pipeline {} (p99 {:.2}x; {:.2}x the relay's)",
+                fresh(relay),
+                p99_ratio(service, relay),
+                fresh(bare),
+                p99_ratio(service, bare),
+                p99_ratio(bare, relay)
+            ),
         ));
     }
     rows.push((

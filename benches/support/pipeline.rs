@@ -7,6 +7,14 @@
 //! reads every republished message back, as the query side reads the deltas. Decoding,
 //! rules, read model, snapshots and Redis are left out: whatever the service does on top
 //! of this costs more.
+//!
+//! [`live`] is the same for live events (new ones only), in the service's batches
+//! (`match_stats::nats::batches::Batches`: a sparse event goes at once), each match's
+//! message to `pipeline.<match_id>` with `Nats-Expected-Last-Subject-Sequence` (the
+//! service's fence on each delta). Live batches rarely hold two events of a match, so
+//! about one message goes out per event, as one delta does from the service; a load
+//! generator watching `pipeline.>` measures publish to copy by message id, as for the
+//! relay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +26,9 @@ use futures::StreamExt;
 
 const STREAM: &str = "PIPELINE";
 const SUBJECT: &str = "pipeline";
+
+/// Where the live pipeline's copies go (one subject per match): for a watcher.
+pub const LIVE_COPIES: &str = "pipeline.>";
 
 /// Counts shared by the pipeline's tasks.
 #[derive(Default)]
@@ -50,15 +61,7 @@ pub async fn catch_up(
     batch: usize,
     linger: Duration,
 ) -> anyhow::Result<PipelineRun> {
-    js.create_or_update_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec![format!("{SUBJECT}.>")],
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await?;
-    let out = js.get_stream(STREAM).await?;
-    out.purge().await?;
+    let out = output(js).await?;
     let stored = crate::support::stored_messages(js, events_stream).await?;
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
@@ -91,6 +94,142 @@ pub async fn catch_up(
         events_per_second: stored as f64 / elapsed,
         messages_per_event: counts.published.load(Ordering::Relaxed) as f64 / stored as f64,
     })
+}
+
+/// The pipeline's stream, empty.
+async fn output(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    js.create_or_update_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECT}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let out = js.get_stream(STREAM).await?;
+    out.purge().await?;
+    Ok(out)
+}
+
+/// The live pipeline, started on new events of `events_stream`; stops (and removes its
+/// consumers) when the returned guard's `stop` is called.
+pub async fn live(
+    js: &jetstream::Context,
+    events_stream: &str,
+    filters: Vec<String>,
+    batch: usize,
+    linger: Duration,
+) -> anyhow::Result<LivePipeline> {
+    let out = output(js).await?;
+    let counts = Arc::new(Counts::default());
+    let mut tasks = Vec::new();
+    for filter in filters {
+        tasks.push(tokio::spawn(live_partition(
+            js.clone(),
+            events_stream.to_owned(),
+            filter,
+            (batch, linger),
+            counts.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
+    Ok(LivePipeline { counts, tasks })
+}
+
+/// The live pipeline running.
+pub struct LivePipeline {
+    counts: Arc<Counts>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LivePipeline {
+    /// Stops it: the events it consumed.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.counts.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(self.counts.consumed.load(Ordering::Relaxed))
+    }
+}
+
+/// One live partition: new events only, in the service's batches; each republished to
+/// its match's subject with its message id and the subject's last sequence expected.
+async fn live_partition(
+    js: jetstream::Context,
+    events_stream: String,
+    filter: String,
+    (batch, linger): (usize, Duration),
+    counts: Arc<Counts>,
+) -> anyhow::Result<()> {
+    let name = format!("pipeline-live-{}", rand::random::<u32>());
+    let events = js.get_stream(&events_stream).await?;
+    let consumer = events
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending: 10_000,
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?;
+    let mut messages = match_stats::nats::batches::Batches::new(messages, batch, linger);
+    // Per match subject, the last sequence the pipeline stream holds.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    while !counts.stop.load(Ordering::Relaxed) {
+        let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+        else {
+            continue;
+        };
+        let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // One message per match per batch, as the service publishes one delta per match
+        // per batch (the fence allows no other): its events' payloads, the first event's
+        // message id (live batches rarely hold two events of a match).
+        let mut by_match: HashMap<&str, (Vec<u8>, Option<&str>)> = HashMap::new();
+        for message in &chunk {
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|id| id.as_str());
+            let match_id = message.subject.rsplit('.').next().unwrap_or_default();
+            let (payload, first_id) = by_match.entry(match_id).or_default();
+            payload.extend_from_slice(&message.payload);
+            *first_id = first_id.or(id);
+        }
+        let mut acks = Vec::with_capacity(by_match.len());
+        for (match_id, (payload, id)) in by_match {
+            let subject = format!("{SUBJECT}.{match_id}");
+            let expected = last.get(&subject).copied().unwrap_or(0);
+            let mut copy = PublishMessage::build()
+                .payload(payload.into())
+                .expected_last_subject_sequence(expected);
+            if let Some(id) = id {
+                copy = copy.message_id(id);
+            }
+            acks.push((subject.clone(), js.send_publish(subject, copy).await?));
+        }
+        let published = acks.len() as u64;
+        for (subject, ack) in acks {
+            last.insert(subject, ack.await?.sequence);
+        }
+        if let Some(last) = chunk.last() {
+            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        counts.published.fetch_add(published, Ordering::Relaxed);
+        counts
+            .consumed
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    drop(messages);
+    events.delete_consumer(&name).await?;
+    Ok(())
 }
 
 /// One partition: pull a batch, republish one message per match, await the acks, ack all.
