@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::context::Context;
 use super::matches::{PartitionMatches, Published, Verdict};
 use super::snapshot_writes::{Covered, SnapshotWrites, Written};
-use super::snapshots::{Encoded, Marker, SnapshotError, SnapshotStore};
+use super::snapshots::{Marker, SnapshotError, SnapshotStore};
 use super::stats::{Counters, Figures, FiguresSource};
 use crate::config::Lifecycle;
 use crate::metrics as m;
@@ -228,10 +228,11 @@ pub fn start_snapshot(h: &mut HeldPartition) {
         written_at_ms: chrono::Utc::now().timestamp_millis(),
     };
     let changed = h.matches.take_changed();
-    let encoded = Encoded::new(
-        changed.iter().filter_map(|id| h.matches.record(id)),
-        &marker,
-    );
+    // Copies: the partition goes on changing them while the snapshot is written.
+    let records = changed
+        .iter()
+        .filter_map(|id| h.matches.record(id).cloned())
+        .collect();
     let covered = Covered {
         changed,
         events: h.events_since_snapshot,
@@ -239,7 +240,7 @@ pub fn start_snapshot(h: &mut HeldPartition) {
         sequence: marker.sequence,
         received: marker.counters.received,
     };
-    h.snapshots.start(encoded, covered);
+    h.snapshots.start(records, marker, covered);
     h.events_since_snapshot = 0;
     h.last_snapshot = Instant::now();
 }

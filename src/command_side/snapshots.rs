@@ -73,8 +73,7 @@ pub struct Restored {
     pub rebuild: Vec<MatchId>,
 }
 
-/// A snapshot encoded at a batch boundary (the state as of its marker's sequence), so
-/// that writing it can wait for the bucket while the partition goes on.
+/// A snapshot encoded (its matches as of its marker's sequence), ready to be written.
 #[derive(Debug)]
 pub struct Encoded {
     records: Vec<EncodedRecord>,

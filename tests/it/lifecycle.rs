@@ -87,6 +87,8 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     let nats = NatsServer::start();
     let mut config = support::config(&nats, None);
     config.lifecycle.snapshot_every_events = 50;
+    // Giving a partition up lets its pin lapse before pulling again: kept short here.
+    config.streams.pin_timeout = Duration::from_secs(2);
     let service = Service::start(config.clone()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let scenario = contract::scenario("small");
@@ -130,30 +132,34 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
         bucket.put(key, entry.value).await.unwrap();
     }
 
+    // Half the rest (each of the scenario's partitions gets over 50 events of it): the
+    // refusal comes back from the snapshot's background write at the partition's next
+    // batch or housekeeping tick, and the partition is given up.
+    let (half, last) = rest.split_at(rest.len() / 2);
     publish_all(
         &js,
         &config.streams.events_subject,
-        rest.iter().map(|m| m.payload.as_slice()),
+        half.iter().map(|m| m.payload.as_slice()),
+    )
+    .await;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("the stale writer gave the partition up", || {
+        count(&service.stats.releases) >= 1
+    })
+    .await;
+    // The other half: the partition's next batch takes it back from the newer snapshot.
+    publish_all(
+        &js,
+        &config.streams.events_subject,
+        last.iter().map(|m| m.payload.as_slice()),
     )
     .await;
     service.wait_received(scenario.messages.len() as u64).await;
     support::assert_conservation(&service.http, &js, &config.streams.events_stream).await;
-    assert!(
-        service
-            .stats
-            .releases
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1,
-        "the stale writer gave the partition up"
-    );
-    assert!(
-        service
-            .stats
-            .acquisitions
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2,
-        "and took it back"
-    );
+    wait_for("and took it back", || {
+        count(&service.stats.acquisitions) >= 2
+    })
+    .await;
     assert!(!service.task.is_finished(), "the service keeps running");
     // Nothing lost, nothing counted or published twice.
     crate::support::deltas::assert_counts(&service, &scenario.expected, 1);
