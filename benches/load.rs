@@ -337,6 +337,24 @@ fn visible(report: &loadgen::Report) -> String {
     }
 }
 
+/// Publish to copy at each live rate, the copies (carrying the events' message ids) watched
+/// on `copies`.
+async fn live_runs(
+    config: &Config,
+    sizes: &Sizes,
+    what: &str,
+    copies: &str,
+) -> anyhow::Result<Vec<loadgen::Report>> {
+    let mut reports = Vec::new();
+    for &rate in &sizes.rates {
+        eprintln!("load-test: {what} live at {rate} events/s...");
+        let args = load(0, rate, Some(sizes.live_seconds), true);
+        let watch = Watch::MessageIds(copies.into());
+        reports.push(loadgen::run_watching(config, &args, watch).await?);
+    }
+    Ok(reports)
+}
+
 fn p99_ratio(service: &loadgen::Report, relay: &loadgen::Report) -> f64 {
     match (service.freshness, relay.freshness) {
         (Some(s), Some(r)) => s.p99_ms / r.p99_ms,
@@ -518,11 +536,11 @@ async fn main() -> anyhow::Result<()> {
     let partitioned_catch_up =
         baseline_catch_up(&js, &events, false, partition_filters.clone()).await?;
     eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
-    let filters = partition_filters.into_iter().flatten().collect();
+    let filters: Vec<String> = partition_filters.into_iter().flatten().collect();
     let bare_pipeline = pipeline::catch_up(
         &js,
         &events,
-        filters,
+        filters.clone(),
         config.batch_size as usize,
         config.batch_linger,
     )
@@ -540,25 +558,11 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut relay_live = Vec::new();
-    for &rate in &sizes.rates {
-        eprintln!("load-test: relay live at {rate} events/s...");
-        let report = loadgen::run_watching(
-            &config,
-            &load(0, rate, Some(sizes.live_seconds), true),
-            Watch::MessageIds("relay.events".into()),
-        )
-        .await?;
-        relay_live.push(report);
-    }
+    let relay_live = live_runs(&config, &sizes, "relay", "relay.events").await?;
     stop.store(true, Ordering::Relaxed);
     task.await??;
 
     // 3''. The bare pipeline live: the service's NATS work per live event, no domain work.
-    let filters = match_stats::nats::Partitioning::of(&config.streams)
-        .all()
-        .map(|p| p.filter(&config.streams))
-        .collect();
     let running = pipeline::live(
         &js,
         &events,
@@ -568,17 +572,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut pipeline_live = Vec::new();
-    for &rate in &sizes.rates {
-        eprintln!("load-test: bare pipeline live at {rate} events/s...");
-        let report = loadgen::run_watching(
-            &config,
-            &load(0, rate, Some(sizes.live_seconds), true),
-            Watch::MessageIds(pipeline::LIVE_COPIES.into()),
-        )
-        .await?;
-        pipeline_live.push(report);
-    }
+    let pipeline_live = live_runs(&config, &sizes, "bare pipeline", pipeline::LIVE_COPIES).await?;
     running.stop().await?;
 
     // The table.

@@ -189,20 +189,8 @@ async fn live_partition(
         };
         let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
         // One message per match per batch, as the service publishes one delta per match
-        // per batch (the fence allows no other): its events' payloads, the first event's
-        // message id (live batches rarely hold two events of a match).
-        let mut by_match: HashMap<&str, (Vec<u8>, Option<&str>)> = HashMap::new();
-        for message in &chunk {
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|id| id.as_str());
-            let match_id = message.subject.rsplit('.').next().unwrap_or_default();
-            let (payload, first_id) = by_match.entry(match_id).or_default();
-            payload.extend_from_slice(&message.payload);
-            *first_id = first_id.or(id);
-        }
+        // per batch (the fence allows no other).
+        let by_match = by_match(&chunk);
         let mut acks = Vec::with_capacity(by_match.len());
         for (match_id, (payload, id)) in by_match {
             let subject = format!("{SUBJECT}.{match_id}");
@@ -219,13 +207,7 @@ async fn live_partition(
         for (subject, ack) in acks {
             last.insert(subject, ack.await?.sequence);
         }
-        if let Some(last) = chunk.last() {
-            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        counts.published.fetch_add(published, Ordering::Relaxed);
-        counts
-            .consumed
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        done(&chunk, published, &counts).await?;
     }
     drop(messages);
     events.delete_consumer(&name).await?;
@@ -266,18 +248,7 @@ async fn partition(
             continue;
         };
         let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-        // Per match: its events' payloads and the first event's message id.
-        let mut by_match: HashMap<&str, (Vec<u8>, Option<&str>)> = HashMap::new();
-        for message in &chunk {
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|id| id.as_str());
-            let (payload, first_id) = by_match.entry(message.subject.as_str()).or_default();
-            payload.extend_from_slice(&message.payload);
-            *first_id = first_id.or(id);
-        }
+        let by_match = by_match(&chunk);
         let mut acks = Vec::with_capacity(by_match.len());
         for (payload, id) in by_match.into_values() {
             let mut copy = PublishMessage::build().payload(payload.into());
@@ -290,14 +261,38 @@ async fn partition(
         for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
             ack?;
         }
-        if let Some(last) = chunk.last() {
-            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        counts.published.fetch_add(published, Ordering::Relaxed);
-        counts
-            .consumed
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        done(&chunk, published, &counts).await?;
     }
+    Ok(())
+}
+
+/// A batch's events by match (the subject's last token): their payloads concatenated, and
+/// the first event's `Nats-Msg-Id` (live batches rarely hold two events of a match).
+fn by_match(chunk: &[jetstream::Message]) -> HashMap<&str, (Vec<u8>, Option<&str>)> {
+    let mut by_match: HashMap<&str, (Vec<u8>, Option<&str>)> = HashMap::new();
+    for message in chunk {
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|id| id.as_str());
+        let match_id = message.subject.rsplit('.').next().unwrap_or_default();
+        let (payload, first_id) = by_match.entry(match_id).or_default();
+        payload.extend_from_slice(&message.payload);
+        *first_id = first_id.or(id);
+    }
+    by_match
+}
+
+/// A batch whose copies are confirmed: acknowledged with one ack-all, and counted.
+async fn done(chunk: &[jetstream::Message], published: u64, counts: &Counts) -> anyhow::Result<()> {
+    if let Some(last) = chunk.last() {
+        last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    counts.published.fetch_add(published, Ordering::Relaxed);
+    counts
+        .consumed
+        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 

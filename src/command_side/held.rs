@@ -218,10 +218,17 @@ pub enum Snapshot {
     GaveUp,
 }
 
-/// Encodes a snapshot of the partition's changed matches and its marker, and starts
-/// writing it in the background. The write before it must be over
-/// (`h.snapshots.is_writing()` is false).
-pub fn start_snapshot(h: &mut HeldPartition) {
+/// Starts a snapshot of the partition's changed matches and its marker in the
+/// background, if one of the replica's snapshot slots is free (else the next batch or
+/// tick tries again). The write before it must be over (`h.snapshots.is_writing()` is
+/// false).
+pub fn try_start_snapshot(ctx: &Context, h: &mut HeldPartition) {
+    if let Ok(slot) = ctx.snapshot_slots.clone().try_acquire_owned() {
+        start_snapshot(h, slot);
+    }
+}
+
+fn start_snapshot(h: &mut HeldPartition, slot: tokio::sync::OwnedSemaphorePermit) {
     let marker = Marker {
         sequence: h.matches.applied_sequence(),
         counters: h.counters.clone(),
@@ -240,7 +247,7 @@ pub fn start_snapshot(h: &mut HeldPartition) {
         sequence: marker.sequence,
         received: marker.counters.received,
     };
-    h.snapshots.start(records, marker, covered);
+    h.snapshots.start(records, marker, covered, slot);
     h.events_since_snapshot = 0;
     h.last_snapshot = Instant::now();
 }
@@ -316,10 +323,16 @@ pub async fn snapshot(
     if settle_finished(ctx, partition, held) == Some(Snapshot::GaveUp) {
         return Snapshot::GaveUp;
     }
+    let slot = ctx
+        .snapshot_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the slots are never closed");
     let Some(h) = held.as_mut() else {
         return Snapshot::GaveUp;
     };
-    start_snapshot(h);
+    start_snapshot(h, slot);
     h.snapshots.store().await;
     settle_finished(ctx, partition, held).expect("the write just waited for")
 }

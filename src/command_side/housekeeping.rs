@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::held::{
-    HeldPartition, Release, Snapshot, release, settle_finished, snapshot_cadence, start_snapshot,
+    HeldPartition, Release, Snapshot, release, settle_finished, snapshot_cadence,
+    try_start_snapshot,
 };
 use super::publisher;
 use super::recovery;
@@ -186,7 +187,7 @@ pub async fn run(
         && h.unsnapshotted()
         && !h.snapshots.is_writing()
     {
-        start_snapshot(h);
+        try_start_snapshot(ctx, h);
     }
     // Idle matches are ended through the stream, so a replay decides the same.
     let now = chrono::Utc::now().timestamp_millis();

@@ -84,6 +84,7 @@ impl Ingest {
             batch_linger: config.batch_linger,
             stats,
             handoff,
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(context::SNAPSHOTS_AT_ONCE)),
         };
         Ingest {
             ctx: Arc::new(ctx),

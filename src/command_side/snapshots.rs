@@ -88,20 +88,21 @@ struct EncodedRecord {
 }
 
 impl Encoded {
-    /// Encodes the given matches and the marker that claims them.
-    pub fn new<'a>(changed: impl IntoIterator<Item = &'a MatchRecord>, marker: &Marker) -> Self {
-        let records = changed
-            .into_iter()
-            .map(|record| EncodedRecord {
-                key: format!("{MATCH_PREFIX}{}", record.aggregate.match_id()),
-                sequence: record.sequence,
-                value: records::encode(record, RULES_VERSION),
-            })
-            .collect();
+    /// Its marker, encoded; no match yet.
+    pub fn new(marker: &Marker) -> Self {
         Encoded {
-            records,
+            records: Vec::new(),
             marker: records::encode(marker, RULES_VERSION),
         }
+    }
+
+    /// Adds a match (one the marker claims).
+    pub fn push(&mut self, record: &MatchRecord) {
+        self.records.push(EncodedRecord {
+            key: format!("{MATCH_PREFIX}{}", record.aggregate.match_id()),
+            sequence: record.sequence,
+            value: records::encode(record, RULES_VERSION),
+        });
     }
 
     /// Bytes it holds (records and marker).

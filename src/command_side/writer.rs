@@ -15,7 +15,7 @@ use super::batch::{self, Mode};
 use super::context::Context;
 use super::held::{
     HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
-    start_snapshot,
+    try_start_snapshot,
 };
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
@@ -173,7 +173,7 @@ impl PartitionWriter {
         if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
             && !h.snapshots.is_writing()
         {
-            start_snapshot(h);
+            try_start_snapshot(&ctx, h);
         }
         Turn::Continue
     }
