@@ -1,6 +1,6 @@
 //! A partition held in this replica's memory ([`HeldPartition`]), and the two ways its
 //! state leaves a batch boundary: a snapshot to the bucket (started with
-//! [`start_snapshot`], written in the background and settled with [`settle_finished`];
+//! [`try_start_snapshot`], written in the background and settled with [`settle_finished`];
 //! or written and waited for with [`snapshot`]) and giving the partition up
 //! ([`release`]).
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::context::Context;
 use super::matches::{PartitionMatches, Published, Verdict};
-use super::snapshot_writes::{Covered, SnapshotWrites, Written};
-use super::snapshots::{Marker, SnapshotError, SnapshotStore};
+use super::snapshot_writes::{Covered, RECORDS_PER_SLICE, SnapshotWrites, Written};
+use super::snapshots::{Encoded, Marker, SnapshotError, SnapshotStore};
 use super::stats::{Counters, Figures, FiguresSource};
 use crate::config::Lifecycle;
 use crate::metrics as m;
@@ -222,24 +222,29 @@ pub enum Snapshot {
 /// background, if one of the replica's snapshot slots is free (else the next batch or
 /// tick tries again). The write before it must be over (`h.snapshots.is_writing()` is
 /// false).
-pub fn try_start_snapshot(ctx: &Context, h: &mut HeldPartition) {
+pub async fn try_start_snapshot(ctx: &Context, h: &mut HeldPartition) {
     if let Ok(slot) = ctx.snapshot_slots.clone().try_acquire_owned() {
-        start_snapshot(h, slot);
+        start_snapshot(h, slot).await;
     }
 }
 
-fn start_snapshot(h: &mut HeldPartition, slot: tokio::sync::OwnedSemaphorePermit) {
+/// Encodes the snapshot here, a few records between yields (the partition's own events
+/// wait for its encoding, the runtime's other tasks do not), and starts its write.
+async fn start_snapshot(h: &mut HeldPartition, slot: tokio::sync::OwnedSemaphorePermit) {
     let marker = Marker {
         sequence: h.matches.applied_sequence(),
         counters: h.counters.clone(),
         written_at_ms: chrono::Utc::now().timestamp_millis(),
     };
     let changed = h.matches.take_changed();
-    // Copies: the partition goes on changing them while the snapshot is written.
-    let records = changed
-        .iter()
-        .filter_map(|id| h.matches.record(id).cloned())
-        .collect();
+    let mut encoded = Encoded::new(&marker);
+    let records = changed.iter().filter_map(|id| h.matches.record(id));
+    for (n, record) in records.enumerate() {
+        encoded.push(record);
+        if n % RECORDS_PER_SLICE == RECORDS_PER_SLICE - 1 {
+            tokio::task::yield_now().await;
+        }
+    }
     let covered = Covered {
         changed,
         events: h.events_since_snapshot,
@@ -247,7 +252,7 @@ fn start_snapshot(h: &mut HeldPartition, slot: tokio::sync::OwnedSemaphorePermit
         sequence: marker.sequence,
         received: marker.counters.received,
     };
-    h.snapshots.start(records, marker, covered, slot);
+    h.snapshots.start(encoded, covered, slot);
     h.events_since_snapshot = 0;
     h.last_snapshot = Instant::now();
 }
@@ -332,7 +337,7 @@ pub async fn snapshot(
     let Some(h) = held.as_mut() else {
         return Snapshot::GaveUp;
     };
-    start_snapshot(h, slot);
+    start_snapshot(h, slot).await;
     h.snapshots.store().await;
     settle_finished(ctx, partition, held).expect("the write just waited for")
 }

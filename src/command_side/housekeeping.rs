@@ -187,7 +187,7 @@ pub async fn run(
         && h.unsnapshotted()
         && !h.snapshots.is_writing()
     {
-        try_start_snapshot(ctx, h);
+        try_start_snapshot(ctx, h).await;
     }
     // Idle matches are ended through the stream, so a replay decides the same.
     let now = chrono::Utc::now().timestamp_millis();

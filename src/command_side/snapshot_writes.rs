@@ -1,14 +1,15 @@
 //! A partition's snapshot store with its snapshot writes in the background
-//! ([`SnapshotWrites`]). A snapshot's changed matches are copied at a batch boundary (the
-//! state as of its marker), then a task of its own encodes them, a few at a time between
-//! yields to the runtime, and writes them while the partition goes on processing.
-//! Measured with 125 matches of 64 players: the bucket's round trips took 40-80 ms, and
-//! every one of that partition's events used to wait for them; encoding took about 15 ms
-//! of CPU, which held a runtime thread (and every task queued on it) when done in one go.
-//! (On the blocking pool instead, the copies freed there stayed resident: those threads
-//! never return their allocator's free pages, `crate::memory`.) One write at a time, in order;
-//! its outcome is settled by the partition (`held::settle_finished`) at its next batch
-//! boundary or housekeeping tick.
+//! ([`SnapshotWrites`]). A snapshot is encoded by its partition at a batch boundary (the
+//! state as of its marker), a few records between yields to the runtime
+//! ([`RECORDS_PER_SLICE`]), then a task of its own writes it while the partition goes on
+//! processing. Measured with 125 matches of 64 players: the bucket's round trips took
+//! 57-83 ms, and every one of that partition's events used to wait for them; encoding
+//! takes about 15 ms of CPU, which held a runtime thread (and every task queued on it)
+//! when done in one go. (Copying the matches to encode them in the write task instead
+//! spared the partition its encoding, but raised the RSS after a catch-up: by up to 70
+//! MiB in single runs, 263-269 MiB in two load tests against 228-234.) One write at a
+//! time, in order; its outcome is settled by the partition (`held::settle_finished`) at
+//! its next batch boundary or housekeeping tick.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,12 @@ use match_stats_commands::MatchId;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
-use super::matches::MatchRecord;
-use super::snapshots::{Encoded, Marker, SnapshotError, SnapshotStore};
+use super::snapshots::{Encoded, SnapshotError, SnapshotStore};
 
 /// Records encoded between two yields to the runtime: about 0.5 ms of a runtime thread
 /// with 64 players a match (about 110 µs a record), so the tasks queued behind it wait no
 /// longer than that.
-const RECORDS_PER_SLICE: usize = 4;
+pub const RECORDS_PER_SLICE: usize = 4;
 
 /// What a snapshot covers, to settle its write.
 #[derive(Debug)]
@@ -81,31 +81,17 @@ impl SnapshotWrites {
         matches!(self.state, Some(State::Writing(_)))
     }
 
-    /// Starts encoding and writing `records` and `marker` in the background. The write
+    /// Starts writing `snapshot` in the background, holding `slot` until done. The write
     /// before it must be over (the caller checks [`Self::is_writing`], or waited with
     /// [`Self::store`]).
-    pub fn start(
-        &mut self,
-        records: Vec<MatchRecord>,
-        marker: Marker,
-        covered: Covered,
-        slot: OwnedSemaphorePermit,
-    ) {
+    pub fn start(&mut self, snapshot: Encoded, covered: Covered, slot: OwnedSemaphorePermit) {
         let Some(State::Idle(mut store)) = self.state.take() else {
             unreachable!("a snapshot write started while another is in progress")
         };
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let mut encoded = Encoded::new(&marker);
-            for (n, record) in records.iter().enumerate() {
-                encoded.push(record);
-                if n % RECORDS_PER_SLICE == RECORDS_PER_SLICE - 1 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            drop(records);
-            let bytes = encoded.bytes();
-            let result = store.write(encoded).await;
+            let bytes = snapshot.bytes();
+            let result = store.write(snapshot).await;
             let took = started.elapsed();
             drop(slot);
             metrics::histogram!(crate::metrics::SNAPSHOT_WRITE_SECONDS).record(took.as_secs_f64());
@@ -221,7 +207,7 @@ mod tests {
         let (store, _) = load().await.unwrap();
         let mut writes = SnapshotWrites::new(store);
 
-        writes.start(Vec::new(), marker(7), covered(7), slot());
+        writes.start(Encoded::new(&marker(7)), covered(7), slot());
         assert!(writes.is_writing());
         assert!(
             writes.idle().is_none(),
@@ -244,7 +230,7 @@ mod tests {
         )
         .await
         .unwrap();
-        writes.start(Vec::new(), marker(8), covered(8), slot());
+        writes.start(Encoded::new(&marker(8)), covered(8), slot());
         let written = loop {
             if let Some(written) = writes.take_finished() {
                 break written;

@@ -173,7 +173,7 @@ impl PartitionWriter {
         if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
             && !h.snapshots.is_writing()
         {
-            try_start_snapshot(&ctx, h);
+            try_start_snapshot(&ctx, h).await;
         }
         Turn::Continue
     }
