@@ -13,10 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Mode};
 use super::context::Context;
-use super::held::{
-    HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
-    try_start_snapshot,
-};
+use super::held::{HeldPartition, Release, Snapshot, release, snapshot, snapshot_cadence};
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
 use crate::nats::batches::Batches;
@@ -164,16 +161,10 @@ impl PartitionWriter {
             release(&ctx, partition, &mut self.held, Release::Shutdown);
             return Turn::Stopped;
         }
-        // The last snapshot's write, if over; the next one when due and the last is over.
-        if settle_finished(&ctx, partition, &mut self.held) == Some(Snapshot::GaveUp) {
-            self.let_the_pin_lapse();
-            return Turn::Continue;
-        }
-        let h = self.held.as_mut().expect("acquired");
         if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
-            && !h.snapshots.is_writing()
+            && snapshot(&ctx, partition, &mut self.held).await == Snapshot::GaveUp
         {
-            try_start_snapshot(&ctx, h).await;
+            self.let_the_pin_lapse();
         }
         Turn::Continue
     }
