@@ -65,17 +65,15 @@ pub async fn catch_up(
     let stored = crate::support::stored_messages(js, events_stream).await?;
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for filter in filters {
-        tasks.push(tokio::spawn(partition(
-            js.clone(),
-            events_stream.to_owned(),
-            filter,
-            (batch, linger),
-            counts.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
+    let tasks = start(
+        js,
+        events_stream,
+        filters,
+        (batch, linger),
+        out,
+        &counts,
+        false,
+    );
     while counts.consumed.load(Ordering::Relaxed) < stored
         || counts.read.load(Ordering::Relaxed) < counts.published.load(Ordering::Relaxed)
     {
@@ -121,18 +119,40 @@ pub async fn live(
 ) -> anyhow::Result<LivePipeline> {
     let out = output(js).await?;
     let counts = Arc::new(Counts::default());
+    let tasks = start(
+        js,
+        events_stream,
+        filters,
+        (batch, linger),
+        out,
+        &counts,
+        true,
+    );
+    Ok(LivePipeline { counts, tasks })
+}
+
+/// One task per filter (live: new events only, one fenced message per match) and the
+/// read-back of `out`, sharing `counts`.
+fn start(
+    js: &jetstream::Context,
+    events_stream: &str,
+    filters: Vec<String>,
+    (batch, linger): (usize, Duration),
+    out: stream::Stream,
+    counts: &Arc<Counts>,
+    live: bool,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let mut tasks = Vec::new();
     for filter in filters {
-        tasks.push(tokio::spawn(live_partition(
-            js.clone(),
-            events_stream.to_owned(),
-            filter,
-            (batch, linger),
-            counts.clone(),
-        )));
+        let (js, events, counts) = (js.clone(), events_stream.to_owned(), counts.clone());
+        tasks.push(if live {
+            tokio::spawn(live_partition(js, events, filter, (batch, linger), counts))
+        } else {
+            tokio::spawn(partition(js, events, filter, (batch, linger), counts))
+        });
     }
     tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
-    Ok(LivePipeline { counts, tasks })
+    tasks
 }
 
 /// The live pipeline running.
@@ -162,22 +182,8 @@ async fn live_partition(
     counts: Arc<Counts>,
 ) -> anyhow::Result<()> {
     let name = format!("pipeline-live-{}", rand::random::<u32>());
-    let events = js.get_stream(&events_stream).await?;
-    let consumer = events
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            deliver_policy: consumer::DeliverPolicy::New,
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 10_000,
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await?;
+    let deliver = consumer::DeliverPolicy::New;
+    let (events, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
     let mut messages = match_stats::nats::batches::Batches::new(messages, batch, linger);
     // Per match subject, the last sequence the pipeline stream holds.
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -222,22 +228,9 @@ async fn partition(
     (batch, linger): (usize, Duration),
     counts: Arc<Counts>,
 ) -> anyhow::Result<()> {
-    let consumer = js
-        .get_stream(&events_stream)
-        .await?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(format!("pipeline-{}", rand::random::<u32>())),
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 10_000,
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await?;
+    let name = format!("pipeline-{}", rand::random::<u32>());
+    let deliver = consumer::DeliverPolicy::All;
+    let (_, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
     let mut messages = std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(
         messages, batch, linger
     ));
@@ -264,6 +257,35 @@ async fn partition(
         done(&chunk, published, &counts).await?;
     }
     Ok(())
+}
+
+/// A durable ack-all consumer `name` of `events_stream` on `filter`, pulled in batches of
+/// `batch`; and the stream.
+async fn pull(
+    js: &jetstream::Context,
+    events_stream: &str,
+    name: &str,
+    filter: String,
+    deliver: consumer::DeliverPolicy,
+    batch: usize,
+) -> anyhow::Result<(stream::Stream, consumer::pull::Stream)> {
+    let events = js.get_stream(events_stream).await?;
+    let consumer = events
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            deliver_policy: deliver,
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending: 10_000,
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?;
+    Ok((events, messages))
 }
 
 /// A batch's events by match (the subject's last token): their payloads concatenated, and
