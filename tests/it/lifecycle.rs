@@ -133,8 +133,8 @@ async fn a_stale_writer_gives_its_partition_up_and_takes_it_back_from_the_newer_
     }
 
     // Half the rest (each of the scenario's partitions gets over 50 events of it): the
-    // refusal comes back from the snapshot's background write at the partition's next
-    // batch or housekeeping tick, and the partition is given up.
+    // partition's next snapshot is refused and the partition given up, waited for here
+    // rather than assumed done by the time the events are counted.
     let (half, last) = rest.split_at(rest.len() / 2);
     publish_all(
         &js,
