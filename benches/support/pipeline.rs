@@ -109,7 +109,7 @@ async fn output(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
 }
 
 /// The live pipeline, started on new events of `events_stream`; stops (and removes its
-/// consumers) when the returned guard's `stop` is called.
+/// consumers) when its `stop` is called.
 pub async fn live(
     js: &jetstream::Context,
     events_stream: &str,
@@ -162,13 +162,13 @@ pub struct LivePipeline {
 }
 
 impl LivePipeline {
-    /// Stops it: the events it consumed.
-    pub async fn stop(self) -> anyhow::Result<u64> {
+    /// Stops it.
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.counts.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await??;
         }
-        Ok(self.counts.consumed.load(Ordering::Relaxed))
+        Ok(())
     }
 }
 
@@ -188,12 +188,9 @@ async fn live_partition(
     // Per match subject, the last sequence the pipeline stream holds.
     let mut last: HashMap<String, u64> = HashMap::new();
     while !counts.stop.load(Ordering::Relaxed) {
-        let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-        else {
+        let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
-        let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
         // One message per match per batch, as the service publishes one delta per match
         // per batch (the fence allows no other).
         let by_match = by_match(&chunk);
@@ -230,17 +227,14 @@ async fn partition(
 ) -> anyhow::Result<()> {
     let name = format!("pipeline-{}", rand::random::<u32>());
     let deliver = consumer::DeliverPolicy::All;
-    let (_, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
-    let mut messages = std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(
-        messages, batch, linger
+    let (events, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
+    let mut messages = Box::pin(tokio_stream::StreamExt::chunks_timeout(
+        messages, batch, linger,
     ));
     while !counts.stop.load(Ordering::Relaxed) {
-        let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-        else {
+        let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
-        let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
         let by_match = by_match(&chunk);
         let mut acks = Vec::with_capacity(by_match.len());
         for (payload, id) in by_match.into_values() {
@@ -256,7 +250,24 @@ async fn partition(
         }
         done(&chunk, published, &counts).await?;
     }
+    // Gone once measured, as the relay's.
+    drop(messages);
+    events.delete_consumer(&name).await?;
     Ok(())
+}
+
+/// The next chunk of `messages`, or none after 200 ms without one (the caller looks at its
+/// stop flag again); an error in any message fails the chunk.
+async fn next_chunk<T, E>(
+    messages: &mut (impl futures::Stream<Item = Vec<Result<T, E>>> + Unpin),
+) -> anyhow::Result<Option<Vec<T>>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
+        Ok(Some(chunk)) => Ok(Some(chunk.into_iter().collect::<Result<_, _>>()?)),
+        _ => Ok(None),
+    }
 }
 
 /// A durable ack-all consumer `name` of `events_stream` on `filter`, pulled in batches of
@@ -325,16 +336,10 @@ async fn read_back(out: stream::Stream, batch: usize, counts: Arc<Counts>) -> an
         .await?;
     let mut messages = reader.messages().await?.ready_chunks(batch);
     while !counts.stop.load(Ordering::Relaxed) {
-        let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-        else {
+        let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
-        let read = chunk.len() as u64;
-        for message in chunk {
-            message?;
-        }
-        counts.read.fetch_add(read, Ordering::Relaxed);
+        counts.read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     Ok(())
 }
