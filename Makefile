@@ -16,7 +16,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 NATS_GOGC ?= 400
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-live-baselines bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -130,6 +130,9 @@ bench-history: nats-server postgresql ## The history writer's rate and the histo
 
 load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next to a bare relay and a bare axum handler (release)
 	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench load
+
+bench-live-baselines: nats-server ## Live publish to copy of the relay, a partitioned relay and the bare pipeline at 5k and 20k events/s, alternated (release)
+	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench live_baselines
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check

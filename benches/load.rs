@@ -28,14 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use async_nats::jetstream::{self, consumer};
 use clap::Parser;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
 #[path = "support/pipeline.rs"]
 mod pipeline;
+#[path = "support/relay.rs"]
+mod relay;
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
@@ -142,87 +143,6 @@ async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
     waiting
 }
 
-/// The stream the bare relay republishes to.
-const RELAY_STREAM: &str = "RELAY";
-
-/// A minimal relay: pull-consumes the events stream, republishes each event (with its
-/// `Nats-Msg-Id`) to the RELAY stream, waits for those acks, then acks the batch (one
-/// ack-all, like the service). Without `republish`, the bare consumer: pull and ack-all,
-/// nothing else. Counts what it relayed until `stop`.
-async fn relay(
-    js: jetstream::Context,
-    events_stream: String,
-    deliver: consumer::DeliverPolicy,
-    republish: bool,
-    filter: Option<String>,
-    relayed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    js.create_or_update_stream(stream::Config {
-        name: RELAY_STREAM.into(),
-        subjects: vec!["relay.>".into()],
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await?;
-    let name = format!("relay-{}", rand::random::<u32>());
-    let events = js.get_stream(&events_stream).await?;
-    let consumer = events
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            deliver_policy: deliver,
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 10_000,
-            filter_subject: filter.unwrap_or_default(),
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(256)
-        .messages()
-        .await?
-        .ready_chunks(256);
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-        else {
-            continue;
-        };
-        let mut acks = Vec::with_capacity(chunk.len());
-        let mut batch = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            let message = message?;
-            if !republish {
-                batch.push(message);
-                continue;
-            }
-            let mut copy = PublishMessage::build().payload(message.payload.clone());
-            if let Some(id) = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            {
-                copy = copy.message_id(id.as_str());
-            }
-            acks.push(js.send_publish("relay.events", copy).await?);
-            batch.push(message);
-        }
-        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
-            ack?;
-        }
-        // (ack all: the batch's last message acknowledges the batch, as the service does)
-        if let Some(last) = batch.last() {
-            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    }
-    // Gone once measured: the service runs after some of these, beside no leftovers.
-    drop(messages);
-    events.delete_consumer(&name).await?;
-    Ok(())
-}
-
 /// Catch-up of a relay (or, without `republish`, a bare consumer) on the whole events
 /// stream: events/s. With `filters`, one consumer per filter (the service's partitions),
 /// all at once.
@@ -236,15 +156,15 @@ async fn baseline_catch_up(
     let stop = Arc::new(AtomicBool::new(false));
     // A fresh RELAY stream each relay run: a second run inside its duplicate window would
     // find every message id stored and store nothing (a cheaper run).
-    if republish && js.get_stream(RELAY_STREAM).await.is_ok() {
-        js.delete_stream(RELAY_STREAM).await?;
+    if republish && js.get_stream(relay::STREAM).await.is_ok() {
+        js.delete_stream(relay::STREAM).await?;
     }
     let stored = support::stored_messages(js, events_stream).await?;
     let started = Instant::now();
     let tasks: Vec<_> = filters
         .into_iter()
         .map(|filter| {
-            tokio::spawn(relay(
+            tokio::spawn(relay::run(
                 js.clone(),
                 events_stream.to_owned(),
                 consumer::DeliverPolicy::All,
@@ -548,7 +468,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(relay(
+    let task = tokio::spawn(relay::run(
         js.clone(),
         config.streams.events_stream.clone(),
         consumer::DeliverPolicy::New,
@@ -558,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let relay_live = live_runs(&config, &sizes, "relay", "relay.events").await?;
+    let relay_live = live_runs(&config, &sizes, "relay", relay::COPIES).await?;
     stop.store(true, Ordering::Relaxed);
     task.await??;
 

@@ -219,6 +219,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs (for its CPU time in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.0.as_ref().map(Child::id)
+    }
+
     /// Kills the process (like a crash); its stored data stays for [`NatsServer::restart`].
     pub fn kill(&mut self) {
         self.child.kill();
