@@ -5,8 +5,14 @@
 //! only when its owner next allocates from that page. After a burst (a catch-up of a
 //! million events) that memory stays resident although nothing uses it. So each runtime
 //! thread collects its heap when it runs out of work ([`on_thread_park`], installed by the
-//! binary), at most every [`COLLECT_INTERVAL`], and once more after each
-//! [`return_freed_soon`] (the read model caught up after a replay of the deltas).
+//! binary), at most every [`COLLECT_INTERVAL`]; and, for [`AFTER_REQUEST`] after each
+//! [`return_freed_soon`] (the read model caught up after a replay of the deltas), each
+//! time it parks, at most every [`WHILE_REQUESTED`]. One collection right after the
+//! request was not enough: what the end of a catch-up frees (the last batches, the
+//! snapshots that fall due together, the hand-off's copies) is freed over the next second
+//! or two, after the threads had collected; it stayed resident until each thread's next
+//! periodic collection, so the RSS read 2 s after a catch-up was 228-298 MiB depending
+//! on the run (BENCHMARKS.md, "Fifteenth round").
 //!
 //! The collection is the allocator's gentle one (`mi_collect(false)`: free pages and
 //! deferred frees, purged after the allocator's own delay): 0.7-3.2 ms on average, 12 ms
@@ -15,38 +21,63 @@
 //! cores. RSS after a 1,000,000-event catch-up of 1,000 matches x 64 players, 2 s after:
 //! 233-257 MiB without, 214-243 MiB with (BENCHMARKS.md, "Seventh round").
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often at most a runtime thread collects its heap without being asked.
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Bumped by [`return_freed_soon`]: a thread that has not collected since collects.
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// How long after a [`return_freed_soon`] the threads keep collecting as they park.
+pub const AFTER_REQUEST: Duration = Duration::from_secs(3);
 
-/// Asks every runtime thread to return its free pages the next time it runs out of work:
-/// called when a burst of work that allocated a lot is over.
+/// How often at most a thread collects within [`AFTER_REQUEST`] of a request.
+pub const WHILE_REQUESTED: Duration = Duration::from_millis(250);
+
+/// The clock's origin for [`LAST_REQUEST`].
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// When [`return_freed_soon`] was last called: nanoseconds after [`ORIGIN`], plus one (0:
+/// never).
+static LAST_REQUEST: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every runtime thread to return its free pages as it runs out of work, for the
+/// next [`AFTER_REQUEST`]: called when a burst of work that allocated a lot is over.
 pub fn return_freed_soon() {
-    REQUESTS.fetch_add(1, Ordering::Relaxed);
+    let since_origin = ORIGIN.elapsed().as_nanos() as u64;
+    LAST_REQUEST.store(since_origin + 1, Ordering::Relaxed);
 }
 
-/// The runtime's `on_thread_park` hook: collects this thread's heap when asked to since
-/// its last collection, or when [`COLLECT_INTERVAL`] has passed since it.
+#[cfg_attr(feature = "heap-profile", allow(dead_code))]
+/// Whether a thread that last collected at `last` (`None`: never) collects at `now`, the
+/// last request having come at `requested`.
+fn due(last: Option<Instant>, requested: Option<Instant>, now: Instant) -> bool {
+    let Some(last) = last else { return true };
+    let since_last = now.duration_since(last);
+    let asked = requested.is_some_and(|requested| {
+        // Asked since the last collection, or still collecting after a recent request.
+        requested > last
+            || (now.duration_since(requested) < AFTER_REQUEST && since_last >= WHILE_REQUESTED)
+    });
+    asked || since_last >= COLLECT_INTERVAL
+}
+
+/// The runtime's `on_thread_park` hook: collects this thread's heap when [`due`].
 pub fn on_thread_park() {
     #[cfg(not(feature = "heap-profile"))]
     {
         use std::cell::Cell;
-        use std::time::Instant;
-        // (requests seen, when) of this thread's last collection.
-        thread_local!(static LAST: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) });
-        let requests = REQUESTS.load(Ordering::Relaxed);
-        let (seen, at) = LAST.get();
+        // When this thread last collected.
+        thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
         let now = Instant::now();
-        let due = at.is_none_or(|at| now.duration_since(at) >= COLLECT_INTERVAL);
-        if requests == seen && !due {
+        let requested = match LAST_REQUEST.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(*ORIGIN + Duration::from_nanos(nanos - 1)),
+        };
+        if !due(LAST.get(), requested, now) {
             return;
         }
-        LAST.set((requests, Some(now)));
+        LAST.set(Some(now));
         collect();
         metrics::histogram!(crate::metrics::MEMORY_COLLECTION_SECONDS)
             .record(now.elapsed().as_secs_f64());
@@ -60,4 +91,50 @@ fn collect() {
     // SAFETY: `mi_collect` takes no pointers; it only walks the calling thread's own heap
     // and the allocator's arenas under their own locks.
     unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_thread_that_never_collected_collects() {
+        let now = Instant::now();
+        assert!(due(None, None, now));
+    }
+
+    #[test]
+    fn unasked_a_thread_collects_once_per_interval() {
+        let last = Instant::now();
+        assert!(!due(Some(last), None, last + COLLECT_INTERVAL - MS));
+        assert!(due(Some(last), None, last + COLLECT_INTERVAL));
+    }
+
+    #[test]
+    fn a_request_since_the_last_collection_makes_it_due_at_once() {
+        let last = Instant::now();
+        assert!(due(Some(last), Some(last + MS), last + 2 * MS));
+    }
+
+    #[test]
+    fn after_a_request_a_thread_collects_again_as_it_parks_but_not_too_often() {
+        let requested = Instant::now();
+        // It collected just after the request; what the burst frees later is collected
+        // at its next parks, every WHILE_REQUESTED at most, for AFTER_REQUEST.
+        let last = requested + MS;
+        assert!(!due(
+            Some(last),
+            Some(requested),
+            last + WHILE_REQUESTED - MS
+        ));
+        assert!(due(Some(last), Some(requested), last + WHILE_REQUESTED));
+        let late = requested + AFTER_REQUEST;
+        assert!(!due(
+            Some(late - MS),
+            Some(requested),
+            late + WHILE_REQUESTED
+        ));
+    }
 }

@@ -32,8 +32,15 @@ pub struct PartitionWriter {
     messages: Option<Messages>,
     /// After giving the partition up (or handing it over), no pulling before this.
     resume_at: Instant,
+    /// Events processed since the consumer last had nothing waiting.
+    backlog_events: u64,
     token: CancellationToken,
 }
+
+/// A backlog of at least this many events, worked off, was a catch-up (not a live burst):
+/// what it allocated is freed, and the runtime threads are asked to return the pages
+/// ([`crate::memory::return_freed_soon`]).
+const CATCH_UP_EVENTS: u64 = 10_000;
 
 /// How a loop turn ended.
 enum Turn {
@@ -65,6 +72,7 @@ impl PartitionWriter {
             consumer,
             held: None,
             messages: None,
+            backlog_events: 0,
             resume_at: Instant::now(),
             token,
         }
@@ -160,6 +168,14 @@ impl PartitionWriter {
             // Applied but not confirmed: this state must not be snapshotted.
             release(&ctx, partition, &mut self.held, Release::Shutdown);
             return Turn::Stopped;
+        }
+        self.backlog_events += chunk.len() as u64;
+        let behind = chunk
+            .last()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|info| info.pending > 0);
+        if !behind && std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
+            crate::memory::return_freed_soon();
         }
         if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
             && snapshot(&ctx, partition, &mut self.held).await == Snapshot::GaveUp
