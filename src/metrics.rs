@@ -74,6 +74,8 @@ pub const SNAPSHOT_ERRORS: &str = "match_stats_snapshot_errors_total";
 pub const SNAPSHOT_STALE: &str = "match_stats_snapshot_stale_total";
 /// Unreadable snapshot values set aside.
 pub const SNAPSHOT_QUARANTINED: &str = "match_stats_snapshot_quarantined_total";
+/// Seconds per snapshot write, in the background of its partition.
+pub const SNAPSHOT_WRITE_SECONDS: &str = "match_stats_snapshot_write_seconds";
 /// Age of the last snapshot.
 pub const SNAPSHOT_AGE: &str = "match_stats_snapshot_age_seconds";
 /// Recoveries that needed events gone from the stream.
@@ -340,6 +342,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         SNAPSHOT_QUARANTINED,
         Kind::Counter,
         "Unreadable snapshot values (junk, another version, a missing object) set aside under quarantine.<key>; the match is rebuilt by replay.",
+    ),
+    (
+        SNAPSHOT_WRITE_SECONDS,
+        Kind::Histogram,
+        "Seconds per partition snapshot write (its changed matches and marker into the bucket), written in the background while the partition goes on processing.",
     ),
     (
         SNAPSHOT_AGE,

@@ -37,4 +37,13 @@ pub struct Context {
     pub stats: Arc<IngestStats>,
     /// Where confirmed deltas go for this replica's projector.
     pub handoff: Arc<Handoff>,
+    /// Snapshots being encoded and written at once, across partitions
+    /// ([`SNAPSHOTS_AT_ONCE`]): a partition whose snapshot is due waits for a slot.
+    pub snapshot_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Snapshots in progress at once in a replica. Each costs a burst of CPU (about 15 ms to
+/// encode 125 matches of 64 players) and holds its encoded records (1.3 MB) until
+/// written, and partitions fed alike fall due together (after a catch-up, all 16 at
+/// once): a partition whose snapshot is due waits for a slot.
+pub const SNAPSHOTS_AT_ONCE: usize = 2;

@@ -1,13 +1,16 @@
 //! A partition held in this replica's memory ([`HeldPartition`]), and the two ways its
-//! state leaves a batch boundary: a snapshot to the bucket ([`snapshot`]) and giving the
-//! partition up ([`release`]).
+//! state leaves a batch boundary: a snapshot to the bucket (started with
+//! [`try_start_snapshot`], written in the background and settled with [`settle_finished`];
+//! or written and waited for with [`snapshot`]) and giving the partition up
+//! ([`release`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::context::Context;
-use super::matches::{MatchRecord, PartitionMatches, Published, Verdict};
-use super::snapshots::{Marker, SnapshotError, SnapshotStore};
+use super::matches::{PartitionMatches, Published, Verdict};
+use super::snapshot_writes::{Covered, RECORDS_PER_SLICE, SnapshotWrites, Written};
+use super::snapshots::{Encoded, Marker, SnapshotError, SnapshotStore};
 use super::stats::{Counters, Figures, FiguresSource};
 use crate::config::Lifecycle;
 use crate::metrics as m;
@@ -17,8 +20,8 @@ use crate::nats::Partition;
 pub struct HeldPartition {
     /// Its matches.
     pub matches: PartitionMatches,
-    /// Its keys in the snapshot bucket.
-    pub store: SnapshotStore,
+    /// Its keys in the snapshot bucket, and the snapshot being written.
+    pub snapshots: SnapshotWrites,
     /// Its counts of decided messages, as of `matches.applied_sequence()`.
     pub counters: Counters,
     /// Decisions made by a replay of messages no process has acknowledged yet, in stream
@@ -47,7 +50,7 @@ impl HeldPartition {
     ) -> HeldPartition {
         HeldPartition {
             matches,
-            store,
+            snapshots: SnapshotWrites::new(store),
             counters,
             unacked: VecDeque::new(),
             published: Published::new(),
@@ -98,10 +101,16 @@ impl HeldPartition {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Evicted matches' records are written (eviction waits for that), but reading
+        // one records its revision in the store: the write in progress finishes first.
+        let store = self.snapshots.store().await;
         for id in ids {
             let mut retry = crate::retry::Retry::new(token, "reloading a completed match");
             let record = loop {
-                match retry.attempt(self.store.read_record(&id)).await? {
+                match retry.attempt(store.read_record(&id)).await? {
                     Ok(record) => break record,
                     Err(error) => retry.failed(&error).await?,
                 }
@@ -209,35 +218,79 @@ pub enum Snapshot {
     GaveUp,
 }
 
-/// Snapshots a partition's changed matches, then its marker.
-pub async fn snapshot(
-    ctx: &Context,
-    partition: Partition,
-    held: &mut Option<HeldPartition>,
-) -> Snapshot {
-    let Some(h) = held.as_mut() else {
-        return Snapshot::GaveUp;
-    };
+/// Starts a snapshot of the partition's changed matches and its marker in the
+/// background, if one of the replica's snapshot slots is free (else the next batch or
+/// tick tries again). The write before it must be over (`h.snapshots.is_writing()` is
+/// false).
+pub async fn try_start_snapshot(ctx: &Context, h: &mut HeldPartition) {
+    if let Ok(slot) = ctx.snapshot_slots.clone().try_acquire_owned() {
+        start_snapshot(h, slot).await;
+    }
+}
+
+/// Encodes the snapshot here, a few records between yields (the partition's own events
+/// wait for its encoding, the runtime's other tasks do not), and starts its write.
+async fn start_snapshot(h: &mut HeldPartition, slot: tokio::sync::OwnedSemaphorePermit) {
     let marker = Marker {
         sequence: h.matches.applied_sequence(),
         counters: h.counters.clone(),
         written_at_ms: chrono::Utc::now().timestamp_millis(),
     };
     let changed = h.matches.take_changed();
-    let records: Vec<&MatchRecord> = changed
-        .iter()
-        .filter_map(|id| h.matches.record(id))
-        .collect();
-    match h.store.write(records, &marker).await {
-        Ok(written) => {
-            h.events_since_snapshot = 0;
-            h.last_snapshot = Instant::now();
+    let mut encoded = Encoded::new(&marker);
+    let records = changed.iter().filter_map(|id| h.matches.record(id));
+    for (n, record) in records.enumerate() {
+        encoded.push(record);
+        if n % RECORDS_PER_SLICE == RECORDS_PER_SLICE - 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let covered = Covered {
+        changed,
+        events: h.events_since_snapshot,
+        previous_at: h.last_snapshot,
+        sequence: marker.sequence,
+        received: marker.counters.received,
+    };
+    h.snapshots.start(encoded, covered, slot);
+    h.events_since_snapshot = 0;
+    h.last_snapshot = Instant::now();
+}
+
+/// Settles the snapshot write that finished since the last look, if any, without
+/// waiting: counted; if another replica wrote the partition since, the partition is
+/// given up; if the bucket failed, its matches and events wait for the next snapshot.
+pub fn settle_finished(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+) -> Option<Snapshot> {
+    let written = held.as_mut()?.snapshots.take_finished()?;
+    Some(settle(ctx, partition, held, written))
+}
+
+fn settle(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+    written: Written,
+) -> Snapshot {
+    let Written {
+        result,
+        covered,
+        bytes,
+        took,
+    } = written;
+    match result {
+        Ok(matches) => {
             ctx.stats.record_snapshot();
             tracing::debug!(
                 %partition,
-                sequence = marker.sequence,
-                received = marker.counters.received,
-                matches = written,
+                sequence = covered.sequence,
+                received = covered.received,
+                matches,
+                bytes,
+                took_ms = took.as_secs_f64() * 1e3,
                 "snapshot written"
             );
             Snapshot::Written
@@ -249,12 +302,44 @@ pub async fn snapshot(
             Snapshot::GaveUp
         }
         Err(error) => {
-            h.matches.mark_changed(changed);
+            if let Some(h) = held.as_mut() {
+                h.matches.mark_changed(covered.changed);
+                h.events_since_snapshot += covered.events;
+                h.last_snapshot = covered.previous_at;
+            }
             metrics::counter!(m::SNAPSHOT_ERRORS).increment(1);
             tracing::warn!(%partition, %error, "snapshot failed; will retry");
             Snapshot::Failed
         }
     }
+}
+
+/// Snapshots a partition's changed matches, then its marker, and waits for it (and for
+/// the write before it): at a hand-over and on the way out.
+pub async fn snapshot(
+    ctx: &Context,
+    partition: Partition,
+    held: &mut Option<HeldPartition>,
+) -> Snapshot {
+    let Some(h) = held.as_mut() else {
+        return Snapshot::GaveUp;
+    };
+    h.snapshots.store().await;
+    if settle_finished(ctx, partition, held) == Some(Snapshot::GaveUp) {
+        return Snapshot::GaveUp;
+    }
+    let slot = ctx
+        .snapshot_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the slots are never closed");
+    let Some(h) = held.as_mut() else {
+        return Snapshot::GaveUp;
+    };
+    start_snapshot(h, slot).await;
+    h.snapshots.store().await;
+    settle_finished(ctx, partition, held).expect("the write just waited for")
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ use async_nats::jetstream::consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::held::{HeldPartition, Release, Snapshot, release, snapshot, snapshot_cadence};
+use super::held::{
+    HeldPartition, Release, Snapshot, release, settle_finished, snapshot_cadence,
+    try_start_snapshot,
+};
 use super::publisher;
 use super::recovery;
 use super::snapshots::SnapshotStore;
@@ -162,6 +165,9 @@ pub async fn run(
             PinCheck::GiveUp => release(ctx, partition, held, Release::PinnedElsewhere),
         }
     }
+    if settle_finished(ctx, partition, held) == Some(Snapshot::GaveUp) {
+        return;
+    }
     let Some(h) = held.as_mut() else { return };
     let age = h.last_snapshot.elapsed();
     if partition.n == 0 {
@@ -171,16 +177,18 @@ pub async fn run(
     if age.as_secs_f64() > max_age.as_secs_f64() * SNAPSHOT_AGE_WARNING {
         tracing::warn!(%partition, ?age, ?max_age, "the last snapshot is close to the events stream's retention: recovery would lose events");
     }
+    // Completed matches leave memory before a snapshot starts: while one is being
+    // written, its matches' records are not yet.
+    evict_and_expire(ctx, h).await;
     // The writer snapshots; so does a holder when nobody writes the partition.
     let may_snapshot = h.is_writer() || pinned == Pinned::Nobody;
     if may_snapshot
         && age >= snapshot_cadence(&ctx.lifecycle, partition).1
         && h.unsnapshotted()
-        && snapshot(ctx, partition, held).await == Snapshot::GaveUp
+        && !h.snapshots.is_writing()
     {
-        return;
+        try_start_snapshot(ctx, h).await;
     }
-    let Some(h) = held.as_mut() else { return };
     // Idle matches are ended through the stream, so a replay decides the same.
     let now = chrono::Utc::now().timestamp_millis();
     if may_end(
@@ -199,8 +207,16 @@ pub async fn run(
             let _ = publisher::publish_effects(ctx, partition, &effects, token).await;
         }
     }
-    // Completed matches leave memory on the stream's clock (their records stay: an event
-    // for one reloads it); records go once their events have aged out of the stream.
+    ctx.stats.record_matches(partition, Some(h.match_figures()));
+}
+
+/// Completed matches leave memory on the stream's clock (their records stay: an event for
+/// one reloads it); records go once their events have aged out of the stream. Neither
+/// while a snapshot is being written (the next tick does it).
+async fn evict_and_expire(ctx: &Context, h: &mut HeldPartition) {
+    let Some(store) = h.snapshots.idle() else {
+        return;
+    };
     let stream_now = h.matches.stream_time();
     let evicted = h
         .matches
@@ -214,11 +230,10 @@ pub async fn run(
         .matches
         .expire(stream_now - ctx.lifecycle.events_max_age.as_millis() as i64)
     {
-        if let Err(error) = h.store.forget(&id).await {
+        if let Err(error) = store.forget(&id).await {
             tracing::warn!(%error, match_id = %id, "could not remove the record of a match whose events aged out");
         }
     }
-    ctx.stats.record_matches(partition, Some(h.match_figures()));
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! - `completed`: completed matches' final objects into the object store;
 //! - `recovery`: restore from the snapshot and replay; catch up on becoming the writer;
 //! - `held`: a partition in memory, its snapshot and its release;
+//! - `snapshot_writes`: the partition's snapshot written in the background;
 //! - `snapshots`: the compare-and-swap fenced snapshot store; `records`: its versioned
 //!   envelope;
 //! - `housekeeping`: consumer figures, pin checks, snapshots due, idle matches, eviction;
@@ -31,6 +32,7 @@ mod matches;
 mod publisher;
 mod records;
 mod recovery;
+mod snapshot_writes;
 mod snapshots;
 pub mod stats;
 mod writer;
@@ -82,6 +84,7 @@ impl Ingest {
             batch_linger: config.batch_linger,
             stats,
             handoff,
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(context::SNAPSHOTS_AT_ONCE)),
         };
         Ingest {
             ctx: Arc::new(ctx),

@@ -151,8 +151,8 @@ async fn catch_up(
     acknowledged_to: u64,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let current = match held.as_ref() {
-        Some(h) => h.store.is_current().await?,
+    let current = match held.as_mut() {
+        Some(h) => h.snapshots.store().await.is_current().await?,
         None => false,
     };
     if current {

@@ -73,6 +73,44 @@ pub struct Restored {
     pub rebuild: Vec<MatchId>,
 }
 
+/// A snapshot encoded (its matches as of its marker's sequence), ready to be written.
+#[derive(Debug)]
+pub struct Encoded {
+    records: Vec<EncodedRecord>,
+    marker: Bytes,
+}
+
+#[derive(Debug)]
+struct EncodedRecord {
+    key: String,
+    sequence: u64,
+    value: Bytes,
+}
+
+impl Encoded {
+    /// Its marker, encoded; no match yet.
+    pub fn new(marker: &Marker) -> Self {
+        Encoded {
+            records: Vec::new(),
+            marker: records::encode(marker, RULES_VERSION),
+        }
+    }
+
+    /// Adds a match (one the marker claims).
+    pub fn push(&mut self, record: &MatchRecord) {
+        self.records.push(EncodedRecord {
+            key: format!("{MATCH_PREFIX}{}", record.aggregate.match_id()),
+            sequence: record.sequence,
+            value: records::encode(record, RULES_VERSION),
+        });
+    }
+
+    /// Bytes it holds (records and marker).
+    pub fn bytes(&self) -> usize {
+        self.marker.len() + self.records.iter().map(|r| r.value.len()).sum::<usize>()
+    }
+}
+
 /// Reads and writes one partition's keys in the snapshot bucket, remembering the revision
 /// of every key it last read or wrote: every write is a compare-and-swap on it. Records
 /// too large for a key live in the records object store, the key pointing at them.
@@ -362,43 +400,37 @@ impl SnapshotStore {
         Ok(revision == self.revisions.get(&self.marker_key).copied())
     }
 
-    /// Writes the given matches, then the marker, each with compare-and-swap on the
-    /// revision this store last saw (create for a new key). Returns how many matches were
-    /// written.
-    pub async fn write<'a>(
-        &mut self,
-        changed: impl IntoIterator<Item = &'a MatchRecord>,
-        marker: &Marker,
-    ) -> Result<usize, SnapshotError> {
+    /// Writes an encoded snapshot: its matches, then its marker, each with
+    /// compare-and-swap on the revision this store last saw (create for a new key).
+    /// Returns how many matches were written.
+    pub async fn write(&mut self, snapshot: Encoded) -> Result<usize, SnapshotError> {
         let mut written = 0;
         let mut inline_records = Vec::new();
-        for record in changed {
-            let key = format!("{MATCH_PREFIX}{}", record.aggregate.match_id());
-            let inline = records::encode(record, RULES_VERSION);
-            if inline.len() <= records::INLINE_LIMIT {
-                inline_records.push((key, inline));
+        for record in snapshot.records {
+            if record.value.len() <= records::INLINE_LIMIT {
+                inline_records.push((record.key, record.value));
             } else {
                 // Too large for a key: the object holds it, the key points at it. Its
                 // name carries the sequence, so a stale writer never overwrites the
                 // object a current key points at.
                 let object = ObjectRef {
-                    name: format!("{key}.{}", record.sequence),
-                    size: inline.len() as u64,
+                    name: format!("{}.{}", record.key, record.sequence),
+                    size: record.value.len() as u64,
                 };
                 self.objects
-                    .put(object.name.as_str(), &mut inline.as_ref())
+                    .put(object.name.as_str(), &mut record.value.as_ref())
                     .await
                     .map_err(bucket_error)?;
-                let replaced = self.pointing.insert(key.clone(), object.name.clone());
-                self.swap(key, records::encode_ref(&object)).await?;
+                let replaced = self
+                    .pointing
+                    .insert(record.key.clone(), object.name.clone());
+                self.swap(record.key, records::encode_ref(&object)).await?;
                 if let Some(old) = replaced.filter(|old| *old != object.name) {
                     let _ = self.objects.delete(&old).await;
                 }
                 written += 1;
             }
             if inline_records.len() == SWAPS_IN_FLIGHT {
-                // Encoded a chunk at a time: a partition's records are not all held
-                // encoded at once.
                 written += inline_records.len();
                 self.swap_all(std::mem::take(&mut inline_records)).await?;
             }
@@ -406,11 +438,7 @@ impl SnapshotStore {
         written += inline_records.len();
         self.swap_all(inline_records).await?;
         // The marker last: it claims every record above is written.
-        self.swap(
-            self.marker_key.clone(),
-            records::encode(marker, RULES_VERSION),
-        )
-        .await?;
+        self.swap(self.marker_key.clone(), snapshot.marker).await?;
         Ok(written)
     }
 

@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Mode};
 use super::context::Context;
-use super::held::{HeldPartition, Release, Snapshot, release, snapshot, snapshot_cadence};
+use super::held::{
+    HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
+    try_start_snapshot,
+};
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
 use crate::nats::batches::Batches;
@@ -177,10 +180,16 @@ impl PartitionWriter {
         if !behind && std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
             crate::memory::return_freed_soon();
         }
-        if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
-            && snapshot(&ctx, partition, &mut self.held).await == Snapshot::GaveUp
-        {
+        // The last snapshot's write, if over; the next one when due and the last is over.
+        if settle_finished(&ctx, partition, &mut self.held) == Some(Snapshot::GaveUp) {
             self.let_the_pin_lapse();
+            return Turn::Continue;
+        }
+        let h = self.held.as_mut().expect("acquired");
+        if h.events_since_snapshot >= snapshot_cadence(&ctx.lifecycle, partition).0
+            && !h.snapshots.is_writing()
+        {
+            try_start_snapshot(&ctx, h).await;
         }
         Turn::Continue
     }
