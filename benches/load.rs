@@ -18,6 +18,9 @@
 //!    bare pipeline's (`support/pipeline.rs`, live: the service's NATS work per live
 //!    event, partition consumers, batches, one fenced message per match per batch, read
 //!    back).
+//!    Meanwhile, Redis's own counters (commands processed, bytes received) give the
+//!    write-through's traffic, and the service's `match_stats_redis_errors_total` its
+//!    failed writes.
 //! 4. REST: `GET match` (64 players) and a leaderboard from 64 connections while 10k
 //!    events/s are ingested; baseline: a bare axum handler returning static bodies of the
 //!    same sizes, measured under the same ingest.
@@ -123,6 +126,41 @@ fn load_watching_rest(
 async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {
     let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
     Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis)]).await
+}
+
+/// Redis's own counters: (commands processed, bytes received from clients).
+async fn redis_counters(redis: &RedisServer) -> anyhow::Result<(u64, u64)> {
+    let client = redis::Client::open(redis.url())?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut connection)
+        .await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        field("total_commands_processed"),
+        field("total_net_input_bytes"),
+    ))
+}
+
+/// The sum of a counter's series on the service's `/metrics`.
+async fn metric_total(http: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// Events waiting or unacknowledged in the service's partition consumers.
@@ -343,8 +381,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_loaded, rss_peak) = (service.rss_bytes(), service.hwm_bytes());
 
-    // 3. Live freshness, service.
+    // 3. Live freshness, service; what the Redis write-through sends meanwhile.
     let mut service_live = Vec::new();
+    let mut redis_traffic = Vec::new();
     for &rate in &sizes.rates {
         eprintln!("load-test: service live at {rate} events/s...");
         let args = load_watching_rest(
@@ -354,8 +393,17 @@ async fn main() -> anyhow::Result<()> {
             true,
             Some(service.http.clone()),
         );
-        service_live.push(loadgen::run(&config, &args).await?);
+        let before = redis_counters(&redis).await?;
+        let report = loadgen::run(&config, &args).await?;
+        let after = redis_counters(&redis).await?;
+        redis_traffic.push((
+            rate,
+            (after.0 - before.0) as f64 / report.seconds,
+            (after.1 - before.1) as f64 / report.seconds,
+        ));
+        service_live.push(report);
     }
+    let redis_errors = metric_total(&service.http, "match_stats_redis_errors_total").await?;
 
     // 4. REST while ingesting 10k events/s.
     let active: serde_json::Value = reqwest::get(format!(
@@ -555,6 +603,23 @@ async fn main() -> anyhow::Result<()> {
             service_rest.requests_per_second / bare_rest.requests_per_second,
             service_rest.p99_ms / bare_rest.p99_ms
         ),
+    ));
+    let traffic: Vec<String> = redis_traffic
+        .iter()
+        .map(|(rate, commands, bytes)| {
+            format!(
+                "at {rate} events/s {commands:.0} commands/s, {:.0} KB/s",
+                bytes / 1000.0
+            )
+        })
+        .collect();
+    rows.push((
+        "Redis write-through during the live runs (Redis's own INFO counters)".into(),
+        format!(
+            "{}; write errors (`match_stats_redis_errors_total`, timeouts included) {redis_errors:.0}",
+            traffic.join("; ")
+        ),
+        "-".into(),
     ));
     let matches_rss = rss_loaded.saturating_sub(rss_idle);
     rows.push((
