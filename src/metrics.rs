@@ -296,7 +296,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         MEMORY_COLLECTION_SECONDS,
         Kind::Histogram,
-        "Seconds per return of a runtime thread's free allocator pages to the system: once after the read model caught up, then at most every 10 s per thread when it runs out of work.",
+        "Seconds per return of a runtime thread's free allocator pages to the system, when it runs out of work: at most every 10 s per thread, and every 250 ms at most for 3 s after a catch-up (of the read model, or a partition's backlog of 10,000 events or more).",
     ),
     (
         REPLICAS_LIVE,
