@@ -6,13 +6,13 @@
 //! million events) that memory stays resident although nothing uses it. So each runtime
 //! thread collects its heap when it runs out of work ([`on_thread_park`], installed by the
 //! binary), at most every [`COLLECT_INTERVAL`]; and, for [`AFTER_REQUEST`] after each
-//! [`return_freed_soon`] (the read model caught up after a replay of the deltas), each
-//! time it parks, at most every [`WHILE_REQUESTED`]. One collection right after the
-//! request was not enough: what the end of a catch-up frees (the last batches, the
-//! snapshots that fall due together, the hand-off's copies) is freed over the next second
-//! or two, after the threads had collected; it stayed resident until each thread's next
-//! periodic collection, so the RSS read 2 s after a catch-up was 228-298 MiB depending
-//! on the run (BENCHMARKS.md, "Fifteenth round").
+//! [`return_freed_soon`] (the read model caught up; a partition worked off a backlog of
+//! 10,000 events or more), each time it parks, at most every [`WHILE_REQUESTED`]. One
+//! collection per request used to miss what was freed after it: the read model reports
+//! caught up early in a catch-up (it keeps pace with the publishers), and what the
+//! catch-up's end freed stayed resident until each thread's next periodic collection, so
+//! the RSS read 2 s after a catch-up was 228-298 MiB depending on the run (BENCHMARKS.md,
+//! "Fifteenth round").
 //!
 //! The collection is the allocator's gentle one (`mi_collect(false)`: free pages and
 //! deferred frees, purged after the allocator's own delay): 0.7-3.2 ms on average, 12 ms
@@ -48,9 +48,9 @@ pub fn return_freed_soon() {
     LAST_REQUEST.store(since_origin + 1, Ordering::Relaxed);
 }
 
-#[cfg_attr(feature = "heap-profile", allow(dead_code))]
 /// Whether a thread that last collected at `last` (`None`: never) collects at `now`, the
 /// last request having come at `requested`.
+#[cfg_attr(feature = "heap-profile", allow(dead_code))]
 fn due(last: Option<Instant>, requested: Option<Instant>, now: Instant) -> bool {
     let Some(last) = last else { return true };
     let since_last = now.duration_since(last);
