@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clap::Parser;
 
 #[path = "support/pipeline.rs"]
 #[allow(dead_code)]
@@ -39,12 +38,9 @@ mod relay;
 #[path = "support/mod.rs"]
 mod support;
 use match_stats::Config;
-use match_stats::cli::Cli;
-use match_stats::tools::loadgen::{self, LoadArgs, Watch};
+use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::NatsServer;
-
-const MATCHES: u32 = 1000;
-const PLAYERS: u32 = 64;
+use support::feed::{config, load};
 
 struct Settings {
     rates: Vec<u32>,
@@ -106,21 +102,6 @@ struct Run {
     p99_ms: f64,
 }
 
-fn load(rate: u32, seconds: u64) -> LoadArgs {
-    LoadArgs {
-        matches: MATCHES,
-        players: PLAYERS,
-        rate,
-        events: 0,
-        duration: Some(Duration::from_secs(seconds)),
-        events_per_match: 10_000_000,
-        no_freshness: false,
-        rest: None,
-        json: false,
-        samples: None,
-    }
-}
-
 /// Starts `baseline`, runs every rate through it, stops it.
 async fn measure(
     baseline: Baseline,
@@ -172,7 +153,8 @@ async fn measure(
             support::cpu_seconds(std::process::id()),
         );
         let watch = Watch::MessageIds(copies.into());
-        let report = loadgen::run_watching(config, &load(rate, settings.seconds), watch).await?;
+        let args = load(0, rate, Some(settings.seconds), true);
+        let report = loadgen::run_watching(config, &args, watch).await?;
         let nats_cpu = support::cpu_seconds(nats_pid) - nats_before;
         let own_cpu = support::cpu_seconds(std::process::id()) - own_before;
         let latency = report
@@ -229,17 +211,7 @@ fn summary(runs: &[Run], baselines: &[Baseline], settings: &Settings) {
 async fn main() -> anyhow::Result<()> {
     let settings = settings();
     let nats = NatsServer::start();
-    let config = Cli::try_parse_from([
-        "match-stats",
-        "--nats-url",
-        &nats.url(),
-        "--redis-addr",
-        "",
-        "--log-level",
-        "warn",
-    ])
-    .expect("settings")
-    .config;
+    let config = config(&nats, None);
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     match_stats::nats::streams::ensure(&js, &config).await?;
     if settings.preload > 0 {
@@ -247,9 +219,7 @@ async fn main() -> anyhow::Result<()> {
             "live-baselines: publishing {} events first...",
             settings.preload
         );
-        let mut preload = load(0, 0);
-        (preload.events, preload.duration, preload.no_freshness) = (settings.preload, None, true);
-        loadgen::run(&config, &preload).await?;
+        loadgen::run(&config, &load(settings.preload, 0, None, false)).await?;
     }
     let mut baselines = vec![Baseline::Relay, Baseline::PartitionedRelay];
     baselines.extend(

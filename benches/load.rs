@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
-use clap::Parser;
 use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
@@ -44,10 +43,10 @@ mod relay;
 #[path = "support/mod.rs"]
 mod support;
 use match_stats::Config;
-use match_stats::cli::Cli;
-use match_stats::tools::loadgen::{self, LoadArgs, Watch};
+use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::{NatsServer, RedisServer};
 use support::Service;
+use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest};
 
 struct Sizes {
     events: u64,
@@ -77,50 +76,8 @@ fn sizes() -> Sizes {
     }
 }
 
-const MATCHES: u32 = 1000;
-const PLAYERS: u32 = 64;
 const CONNECTIONS: usize = 64;
 const REST_RATE: u32 = 10_000;
-
-fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
-    let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
-    Cli::try_parse_from([
-        "match-stats",
-        "--nats-url",
-        &nats.url(),
-        "--redis-addr",
-        &redis,
-        "--log-level",
-        "warn",
-    ])
-    .expect("settings")
-    .config
-}
-
-fn load(events: u64, rate: u32, seconds: Option<u64>, freshness: bool) -> LoadArgs {
-    load_watching_rest(events, rate, seconds, freshness, None)
-}
-
-fn load_watching_rest(
-    events: u64,
-    rate: u32,
-    seconds: Option<u64>,
-    freshness: bool,
-    rest: Option<String>,
-) -> LoadArgs {
-    LoadArgs {
-        matches: MATCHES,
-        players: PLAYERS,
-        rate,
-        events,
-        duration: seconds.map(Duration::from_secs),
-        events_per_match: 10_000_000,
-        no_freshness: !freshness,
-        rest,
-        json: false,
-        samples: None,
-    }
-}
 
 /// The service against `nats` (and `redis`).
 async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {

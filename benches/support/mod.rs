@@ -1,5 +1,10 @@
 //! What the benchmarks share: the service binary as a child process (release, started
-//! with the given settings and stopped with SIGTERM on drop) and its CPU and memory.
+//! with the given settings and stopped with SIGTERM on drop) and its CPU and memory;
+//! pulling from the events stream ([`consume`]); the load the load benchmarks generate
+//! ([`feed`]).
+
+pub mod consume;
+pub mod feed;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

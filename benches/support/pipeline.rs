@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::StreamExt;
 
+use crate::support::consume::{next_chunk, pull};
+
 const STREAM: &str = "PIPELINE";
 const SUBJECT: &str = "pipeline";
 
@@ -63,31 +65,20 @@ pub async fn catch_up(
 ) -> anyhow::Result<PipelineRun> {
     let out = output(js).await?;
     let stored = crate::support::stored_messages(js, events_stream).await?;
-    let counts = Arc::new(Counts::default());
     let started = Instant::now();
-    let tasks = start(
-        js,
-        events_stream,
-        filters,
-        (batch, linger),
-        out,
-        &counts,
-        false,
-    );
+    let running = start(js, events_stream, filters, (batch, linger), out, false);
+    let counts = running.counts.clone();
     while counts.consumed.load(Ordering::Relaxed) < stored
         || counts.read.load(Ordering::Relaxed) < counts.published.load(Ordering::Relaxed)
     {
         anyhow::ensure!(
-            !tasks.iter().any(|t| t.is_finished()),
+            !running.tasks.iter().any(|t| t.is_finished()),
             "the bare pipeline stopped"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    counts.stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
+    running.stop().await?;
     Ok(PipelineRun {
         events_per_second: stored as f64 / elapsed,
         messages_per_event: counts.published.load(Ordering::Relaxed) as f64 / stored as f64,
@@ -116,32 +107,29 @@ pub async fn live(
     filters: Vec<String>,
     batch: usize,
     linger: Duration,
-) -> anyhow::Result<LivePipeline> {
+) -> anyhow::Result<Running> {
     let out = output(js).await?;
-    let counts = Arc::new(Counts::default());
-    let tasks = start(
+    Ok(start(
         js,
         events_stream,
         filters,
         (batch, linger),
         out,
-        &counts,
         true,
-    );
-    Ok(LivePipeline { counts, tasks })
+    ))
 }
 
 /// One task per filter (live: new events only, one fenced message per match) and the
-/// read-back of `out`, sharing `counts`.
+/// read-back of `out`, sharing their counts.
 fn start(
     js: &jetstream::Context,
     events_stream: &str,
     filters: Vec<String>,
     (batch, linger): (usize, Duration),
     out: stream::Stream,
-    counts: &Arc<Counts>,
     live: bool,
-) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+) -> Running {
+    let counts = Arc::new(Counts::default());
     let mut tasks = Vec::new();
     for filter in filters {
         let (js, events, counts) = (js.clone(), events_stream.to_owned(), counts.clone());
@@ -152,16 +140,16 @@ fn start(
         });
     }
     tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
-    tasks
+    Running { counts, tasks }
 }
 
-/// The live pipeline running.
-pub struct LivePipeline {
+/// The pipeline running.
+pub struct Running {
     counts: Arc<Counts>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-impl LivePipeline {
+impl Running {
     /// Stops it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.counts.stop.store(true, Ordering::Relaxed);
@@ -254,49 +242,6 @@ async fn partition(
     drop(messages);
     events.delete_consumer(&name).await?;
     Ok(())
-}
-
-/// The next chunk of `messages`, or none after 200 ms without one (the caller looks at its
-/// stop flag again); an error in any message fails the chunk.
-async fn next_chunk<T, E>(
-    messages: &mut (impl futures::Stream<Item = Vec<Result<T, E>>> + Unpin),
-) -> anyhow::Result<Option<Vec<T>>>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
-        Ok(Some(chunk)) => Ok(Some(chunk.into_iter().collect::<Result<_, _>>()?)),
-        _ => Ok(None),
-    }
-}
-
-/// A durable ack-all consumer `name` of `events_stream` on `filter`, pulled in batches of
-/// `batch`; and the stream.
-async fn pull(
-    js: &jetstream::Context,
-    events_stream: &str,
-    name: &str,
-    filter: String,
-    deliver: consumer::DeliverPolicy,
-    batch: usize,
-) -> anyhow::Result<(stream::Stream, consumer::pull::Stream)> {
-    let events = js.get_stream(events_stream).await?;
-    let consumer = events
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.to_owned()),
-            deliver_policy: deliver,
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 10_000,
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await?;
-    Ok((events, messages))
 }
 
 /// A batch's events by match (the subject's last token): their payloads concatenated, and

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::StreamExt;
 
+use crate::support::consume::{next_chunk, pull};
+
 /// Where the relay's copies go: for a watcher measuring publish to copy.
 pub const COPIES: &str = "relay.events";
 
@@ -35,56 +37,35 @@ pub async fn run(
     })
     .await?;
     let name = format!("relay-{}", rand::random::<u32>());
-    let events = js.get_stream(&events_stream).await?;
-    let consumer = events
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            deliver_policy: deliver,
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 10_000,
-            filter_subject: filter.unwrap_or_default(),
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(256)
-        .messages()
-        .await?
-        .ready_chunks(256);
+    let filter = filter.unwrap_or_default();
+    let (events, messages) = pull(&js, &events_stream, &name, filter, deliver, 256).await?;
+    let mut messages = messages.ready_chunks(256);
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-        else {
+        let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
-        let mut acks = Vec::with_capacity(chunk.len());
-        let mut batch = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            let message = message?;
-            if !republish {
-                batch.push(message);
-                continue;
+        let mut acks = Vec::new();
+        if republish {
+            for message in &chunk {
+                let mut copy = PublishMessage::build().payload(message.payload.clone());
+                if let Some(id) = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                {
+                    copy = copy.message_id(id.as_str());
+                }
+                acks.push(js.send_publish(COPIES, copy).await?);
             }
-            let mut copy = PublishMessage::build().payload(message.payload.clone());
-            if let Some(id) = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            {
-                copy = copy.message_id(id.as_str());
-            }
-            acks.push(js.send_publish(COPIES, copy).await?);
-            batch.push(message);
         }
         for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
             ack?;
         }
         // (ack all: the batch's last message acknowledges the batch, as the service does)
-        if let Some(last) = batch.last() {
+        if let Some(last) = chunk.last() {
             last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        relayed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        relayed.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     // Gone once measured: the service runs after some of these, beside no leftovers.
     drop(messages);

@@ -328,15 +328,15 @@ pub async fn snapshot(
     if settle_finished(ctx, partition, held) == Some(Snapshot::GaveUp) {
         return Snapshot::GaveUp;
     }
+    let Some(h) = held.as_mut() else {
+        return Snapshot::GaveUp;
+    };
     let slot = ctx
         .snapshot_slots
         .clone()
         .acquire_owned()
         .await
         .expect("the slots are never closed");
-    let Some(h) = held.as_mut() else {
-        return Snapshot::GaveUp;
-    };
     start_snapshot(h, slot).await;
     h.snapshots.store().await;
     settle_finished(ctx, partition, held).expect("the write just waited for")

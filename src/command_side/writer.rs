@@ -19,7 +19,7 @@ use super::held::{
 };
 use super::{balance, housekeeping, recovery};
 use crate::nats::Partition;
-use crate::nats::batches::Batches;
+use crate::nats::batches::{Backlog, Batches};
 
 type Messages = Batches<consumer::pull::Stream>;
 type Pulled = <consumer::pull::Stream as futures::Stream>::Item;
@@ -173,10 +173,7 @@ impl PartitionWriter {
             return Turn::Stopped;
         }
         self.backlog_events += chunk.len() as u64;
-        let behind = chunk
-            .last()
-            .and_then(|m| m.info().ok())
-            .is_some_and(|info| info.pending > 0);
+        let behind = chunk.last().is_some_and(Backlog::waiting_behind);
         if !behind && std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
             crate::memory::return_freed_soon();
         }

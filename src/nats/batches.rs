@@ -59,12 +59,15 @@ pub trait Backlog {
     fn waiting_behind(&self) -> bool;
 }
 
+impl Backlog for jetstream::Message {
+    fn waiting_behind(&self) -> bool {
+        self.info().is_ok_and(|info| info.pending > 0)
+    }
+}
+
 impl<E> Backlog for Result<jetstream::Message, E> {
     fn waiting_behind(&self) -> bool {
-        self.as_ref()
-            .ok()
-            .and_then(|m| m.info().ok())
-            .is_some_and(|info| info.pending > 0)
+        self.as_ref().is_ok_and(Backlog::waiting_behind)
     }
 }
 
