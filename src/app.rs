@@ -27,6 +27,7 @@ use crate::config::{CacheConfig, Config};
 use crate::handoff::Handoff;
 use crate::ops::{self, HttpState};
 use crate::query_side::{CacheWriter, Capacity, Dirty, Projector};
+use crate::runtimes::Runtimes;
 use crate::{nats, telemetry};
 
 /// Reads the Redis TLS files named by the settings.
@@ -309,23 +310,23 @@ impl App {
         } = self;
         tracing::info!(http = %listener.local_addr()?, nats = %config.nats_url_redacted(), redis = api.redis.is_some(), "match-stats running");
 
+        let runtimes = Runtimes::new(&config)?;
         let mut tasks = JoinSet::new();
         tasks.spawn(ingest.run(token.clone()));
-        tasks.spawn(projector.run(token.clone()));
+        // What follows the deltas runs at a lower priority than what publishes them.
+        let background = runtimes.background();
+        tasks.spawn_on(projector.run(token.clone()), &background);
         if let Some(writer) = cache_writer {
-            tasks.spawn(writer.run(token.clone()));
+            tasks.spawn_on(writer.run(token.clone()), &background);
         }
         if let Some(history) = history {
-            tasks.spawn(history.run(token.clone()));
+            tasks.spawn_on(history.run(token.clone()), &background);
         }
         let limits = crate::serve::ConnectionLimits {
             header_read_timeout: config.http_limits.http_header_read_timeout,
             max_connections: config.http_limits.http_max_connections as usize,
         };
-        let http_runtime = http_runtime(config.http_workers)?;
-        let on = http_runtime
-            .as_ref()
-            .map_or_else(tokio::runtime::Handle::current, |r| r.handle().clone());
+        let on = runtimes.http();
         let mut servers = JoinSet::new();
         servers.spawn_on(
             crate::serve::serve(listener, routes, limits, token.clone()),
@@ -381,9 +382,7 @@ impl App {
         {
             tracing::warn!("HTTP connections did not close within the grace period");
         }
-        if let Some(runtime) = http_runtime {
-            runtime.shutdown_background();
-        }
+        drop(runtimes);
         if let Some(error) = first_error {
             return Err(error.context("a service task failed"));
         }
@@ -394,27 +393,4 @@ impl App {
         tracing::info!("match-stats stopped");
         Ok(())
     }
-}
-
-/// The HTTP servers' own runtime, of `workers` threads (none for 0: they share the main
-/// runtime). Requests are short and latency-bound; ingest is long and throughput-bound:
-/// on one runtime, a request waits behind whatever batches the workers are deciding.
-fn http_runtime(workers: u16) -> anyhow::Result<Option<tokio::runtime::Runtime>> {
-    if workers == 0 {
-        return Ok(None);
-    }
-    let runtime = runtime(usize::from(workers), "http").context("the HTTP runtime starts")?;
-    Ok(Some(runtime))
-}
-
-/// A multi-threaded runtime of `workers` threads named `thread_name`, whose idle threads
-/// return their allocator's free pages ([`crate::memory::on_thread_park`]): the main
-/// runtime and the HTTP servers' own.
-pub fn runtime(workers: usize, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(thread_name)
-        .on_thread_park(crate::memory::on_thread_park)
-        .enable_all()
-        .build()
 }

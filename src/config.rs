@@ -77,8 +77,9 @@ pub struct Config {
     #[arg(long, env = "BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub buffer_size: i64,
 
-    /// Worker threads of the async runtime (ingest, the read model, the caches) [default:
-    /// the machine's CPU count, as the runtime's own default]
+    /// Worker threads of the main async runtime (ingest; the read model and the caches too
+    /// when `BACKGROUND_WORKERS` is 0) [default: the machine's CPU count, as the runtime's
+    /// own default]
     #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
@@ -86,6 +87,18 @@ pub struct Config {
     /// behind ingest work (0: the HTTP servers share the main runtime).
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub http_workers: u16,
+
+    /// Worker threads of a runtime of the query side's own (the read model's projector,
+    /// the Redis write-through, the history writer), whose threads run at a lower CPU
+    /// priority (`BACKGROUND_NICE`): on a busy machine, ingest gets the CPU first (0: the
+    /// query side shares the main runtime, at its priority).
+    #[arg(long, env = "BACKGROUND_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub background_workers: u16,
+
+    /// The niceness of the background runtime's threads, 0 (as ingest) to 19 (the lowest
+    /// priority).
+    #[arg(long, env = "BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub background_nice: i32,
 
     /// How long NATS waits for an ack before redelivering (e.g. 30s).
     #[arg(long, env = "ACK_WAIT", default_value = "30s", value_parser = parse_duration)]

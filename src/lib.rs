@@ -14,6 +14,7 @@
 //! - [`serve`]: the HTTP server and its connection limits;
 //! - [`memory`]: freed memory returned to the system after a burst;
 //! - [`retry`]: the one retry idiom (back-off with jitter until it succeeds or stops);
+//! - [`runtimes`]: the HTTP servers' runtime and the query side's, at a lower priority;
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`tools`]: the demo feed and the load generator.
 
@@ -29,6 +30,7 @@ pub mod nats;
 pub mod ops;
 pub mod query_side;
 pub mod retry;
+pub mod runtimes;
 pub mod serve;
 pub mod telemetry;
 pub mod tools;

@@ -72,7 +72,7 @@ fn main() {
         .expect("profiler")
         .replace(dhat::Profiler::new_heap());
     // (tokio's own name for its workers.)
-    let runtime = match_stats::app::runtime(cli.config.runtime_workers(), "tokio-rt-worker")
+    let runtime = match_stats::runtimes::runtime(cli.config.runtime_workers(), "tokio-rt-worker")
         .expect("the async runtime starts");
     let code = runtime.block_on(run(cli));
     // Nothing left running (a profile in progress, a stuck connection) delays the exit.

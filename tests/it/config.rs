@@ -21,6 +21,16 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("x", "invalid value 'x' for HTTP_WORKERS")),
     ),
     (
+        "BACKGROUND_WORKERS",
+        "0",
+        Some(("-1", "invalid value '-1' for BACKGROUND_WORKERS")),
+    ),
+    (
+        "BACKGROUND_NICE",
+        "19",
+        Some(("20", "invalid value '20' for BACKGROUND_NICE")),
+    ),
+    (
         "STREAM_MAX_CLIENTS",
         "100",
         Some(("0", "invalid value '0' for STREAM_MAX_CLIENTS")),
