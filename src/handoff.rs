@@ -8,9 +8,7 @@
 //! projector reads that sequence. A sequence the projector has already read is refused
 //! (its acknowledgement arrived after the projector read it), and reading a sequence drops
 //! whatever is kept below it. Bounded by the changes kept: when the projector lags
-//! further behind, the publishers keep nothing more and the projector decodes. A batch
-//! with more events waiting behind it (a catch-up) keeps nothing either: the projector,
-//! at a lower priority ([`crate::runtimes`]), is behind then too.
+//! further behind, the publishers keep nothing more and the projector decodes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -14,7 +14,6 @@ use super::matches::{Decision, DeltaBatch, Source, Verdict};
 use super::{completed, publisher};
 use crate::metrics as m;
 use crate::nats::Partition;
-use crate::nats::batches::Backlog;
 use crate::retry::Cancelled;
 
 /// Where the messages come from.
@@ -73,9 +72,7 @@ async fn process_batch(
         .await?;
     let matches = &mut held.matches;
     let mut effects = Vec::new();
-    // Live and nothing waiting behind the batch: the projector takes its deltas in memory.
-    let caught_up = !batch.last().is_some_and(Backlog::waiting_behind);
-    let mut deltas = DeltaBatch::new(mode == Mode::Live && caught_up);
+    let mut deltas = DeltaBatch::default();
     let mut verdicts = Vec::with_capacity(batch.len());
     let mut fresh = Vec::new();
     for message in batch {

@@ -460,28 +460,9 @@ fn rejected(
 pub struct DeltaBatch {
     segments: Vec<(StatDelta, HeaderMap)>,
     open: HashMap<MatchId, usize>,
-    /// Whether the projector gets a copy of each delta, room permitting.
-    hand_off: bool,
 }
 
 impl DeltaBatch {
-    /// An empty batch whose deltas go to the projector in memory too (room permitting)
-    /// when `hand_off`: a live batch. A partition working off a backlog (a catch-up, a
-    /// replay) does not copy them: its projector, at a lower priority, is behind as well
-    /// and would reach them only after the hand-off filled up (BENCHMARKS.md, sixteenth
-    /// round: the copies cost the writers 4% of their time for 13% of the deltas).
-    pub fn new(hand_off: bool) -> Self {
-        DeltaBatch {
-            hand_off,
-            ..DeltaBatch::default()
-        }
-    }
-
-    /// Whether its deltas are copied for the projector (see [`Self::new`]).
-    pub fn hands_off(&self) -> bool {
-        self.hand_off
-    }
-
     /// Adds an applied event's delta (`headers`: its trace context, if any).
     pub fn push(&mut self, delta: StatDelta, headers: Option<HeaderMap>) {
         let id = delta.match_id;

@@ -65,7 +65,7 @@ pub async fn publish(
     }
     loop {
         look_up(ctx, published, deltas.match_ids(), token).await?;
-        let copy = deltas.hands_off() && ctx.handoff.has_room();
+        let copy = ctx.handoff.has_room();
         let (delta_effects, dropped) = deltas.effects(&ctx.names, published, copy);
         // What the deltas stream held before this batch published anything (a replay
         // after a crash); later rounds drop what this batch itself stored.
