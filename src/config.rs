@@ -96,8 +96,9 @@ pub struct Config {
     pub background_workers: u16,
 
     /// The niceness of the background runtime's threads, 0 (as ingest) to 19 (the lowest
-    /// priority).
-    #[arg(long, env = "BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// priority). Higher lets ingest catch up faster on a saturated machine, and lets the
+    /// read model fall further behind there.
+    #[arg(long, env = "BACKGROUND_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub background_nice: i32,
 
     /// How long NATS waits for an ack before redelivering (e.g. 30s).

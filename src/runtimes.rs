@@ -6,9 +6,12 @@
 //! publishes the deltas every downstream service waits for; the projector, the Redis
 //! write-through and the history writer follow those deltas and can fall a few
 //! milliseconds behind without anyone waiting on them. On a busy machine the kernel's
-//! scheduler then gives the CPU to the writers (and to nats-server) first: a catch-up of
-//! 1,000,000 events ran 16% faster (BENCHMARKS.md, sixteenth round), while the read model
-//! still caught up within the same quarter second. On an idle machine it changes nothing.
+//! scheduler then gives the CPU to the writers (and to nats-server) first. Measured
+//! (BENCHMARKS.md, sixteenth round), against the query side on the main runtime: a
+//! catch-up of 1,000,000 events 10% faster at the default niceness, 5, and 14% at 10;
+//! but at 10 the read model fell 1.7 s behind in one of two runs at 20,000 events/s on
+//! the saturated machine (at 5, 165-264 ms in three). On an idle machine it changes
+//! nothing.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
