@@ -90,15 +90,15 @@ pub struct Config {
 
     /// Worker threads of a runtime of the query side's own (the read model's projector,
     /// the Redis write-through, the history writer), whose threads run at a lower CPU
-    /// priority (`BACKGROUND_NICE`): on a busy machine, ingest gets the CPU first (0: the
-    /// query side shares the main runtime, at its priority).
+    /// priority while ingest catches up (`BACKGROUND_NICE`): the backlog gets the CPU
+    /// first (0: the query side shares the main runtime, at its priority).
     #[arg(long, env = "BACKGROUND_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub background_workers: u16,
 
-    /// The niceness of the background runtime's threads, 0 (as ingest) to 19 (the lowest
-    /// priority). Higher lets ingest catch up faster on a saturated machine, and lets the
-    /// read model fall further behind there.
-    #[arg(long, env = "BACKGROUND_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// How much lower the background runtime's threads run while ingest catches up, in
+    /// niceness: 0 (never lower) to 19. Raising it back needs root, CAP_SYS_NICE or
+    /// RLIMIT_NICE; without, the threads keep the process's priority throughout.
+    #[arg(long, env = "BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub background_nice: i32,
 
     /// How long NATS waits for an ack before redelivering (e.g. 30s).

@@ -1,18 +1,23 @@
 //! The service's async runtimes: the main one (ingest, and whatever shares it), the HTTP
 //! servers' own ([`Runtimes::http`]) and the query side's background work's own
-//! ([`Runtimes::background`]), whose threads run at a lower CPU priority.
+//! ([`Runtimes::background`]), whose threads run at a lower CPU priority while ingest
+//! catches up ([`BackgroundPriority`]).
 //!
-//! Why a lower priority: the command side's writers are what acknowledges events and
-//! publishes the deltas every downstream service waits for; the projector, the Redis
-//! write-through and the history writer follow those deltas and can fall a few
-//! milliseconds behind without anyone waiting on them. On a busy machine the kernel's
-//! scheduler then gives the CPU to the writers (and to nats-server) first. Measured
-//! (BENCHMARKS.md, sixteenth round), against the query side on the main runtime: a
-//! catch-up of 1,000,000 events 10% faster at the default niceness, 5, and 14% at 10;
-//! but at 10 the read model fell 1.7 s behind in one of two runs at 20,000 events/s on
-//! the saturated machine (at 5, 165-264 ms in three). On an idle machine it changes
-//! nothing.
+//! Why: in a catch-up (a start after downtime, a partition taken over), the command
+//! side's writers are what works the backlog off and publishes the deltas every
+//! downstream service waits for; the projector, the Redis write-through and the history
+//! writer follow those deltas, and the replica is not ready before the backlog is gone
+//! anyway. There the kernel's scheduler then gives the CPU to the writers (and to
+//! nats-server) first. Once caught up, the read model's freshness is served to clients
+//! and the threads return to the default priority: at a lower priority throughout, the
+//! read model fell 1.7 s behind on a saturated machine at 20,000 events/s (BENCHMARKS.md,
+//! sixteenth round).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustix::process::{Pid, getpriority_process, setpriority_process};
+use rustix::thread::gettid;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 use crate::config::Config;
@@ -33,17 +38,99 @@ fn builder(workers: usize, thread_name: &str) -> Builder {
     builder
 }
 
-/// A runtime like [`runtime`] whose threads run at niceness `nice` (Linux: 0 is the
-/// default, 19 the lowest priority). A thread that cannot lower its priority says so and
-/// runs at the default: slower for ingest, never wrong.
-pub fn background_runtime(workers: usize, nice: i32) -> std::io::Result<Runtime> {
+/// The priority of the background runtime's threads: the process's own, or `nice` lower
+/// while ingest catches up. Lowering a thread's priority is always allowed; raising it
+/// back needs root, `CAP_SYS_NICE` or a large enough `RLIMIT_NICE`. Without that right
+/// (found out once, at start) the threads keep the process's priority throughout:
+/// slower catch-ups, never a read model left behind.
+pub struct BackgroundPriority {
+    /// The process's niceness and the background's while lowered.
+    normal: i32,
+    lowered_to: i32,
+    /// Whether the threads can be moved back to `normal` (and so may be lowered at all).
+    adjustable: bool,
+    lowered: AtomicBool,
+    threads: Mutex<Vec<Pid>>,
+}
+
+impl BackgroundPriority {
+    /// `nice` below the process's priority while lowered (0: never lowered).
+    pub fn new(nice: i32) -> Self {
+        let normal = getpriority_process(None).unwrap_or(0);
+        let lowered_to = (normal + nice).min(19);
+        let adjustable = lowered_to > normal && can_raise_back(normal);
+        if lowered_to > normal && !adjustable {
+            tracing::info!(
+                nice,
+                "background threads keep the process's CPU priority: raising it back after a catch-up needs CAP_SYS_NICE"
+            );
+        }
+        BackgroundPriority {
+            normal,
+            lowered_to,
+            adjustable,
+            lowered: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn threads(&self) -> std::sync::MutexGuard<'_, Vec<Pid>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the calling thread among the background's (from its runtime's start hook).
+    fn register_current_thread(&self) {
+        let thread = gettid();
+        let mut threads = self.threads();
+        threads.push(thread);
+        if self.lowered.load(Ordering::Relaxed) {
+            set(thread, self.lowered_to);
+        }
+    }
+
+    /// Lowers the threads' priority while `catching_up`, and restores it after; a no-op
+    /// when nothing changed or the priority cannot be restored.
+    pub fn ingest_catching_up(&self, catching_up: bool) {
+        if !self.adjustable || self.lowered.swap(catching_up, Ordering::Relaxed) == catching_up {
+            return;
+        }
+        let to = if catching_up {
+            self.lowered_to
+        } else {
+            self.normal
+        };
+        tracing::debug!(catching_up, niceness = to, "background threads' priority");
+        for &thread in self.threads().iter() {
+            set(thread, to);
+        }
+    }
+}
+
+fn set(thread: Pid, niceness: i32) {
+    if let Err(error) = setpriority_process(Some(thread), niceness) {
+        tracing::warn!(%error, niceness, "a background thread's CPU priority could not be set");
+    }
+}
+
+/// Whether a thread may raise its priority back to `normal` after lowering it (tried on
+/// a thread of its own, which ends).
+fn can_raise_back(normal: i32) -> bool {
+    std::thread::spawn(move || {
+        let thread = gettid();
+        setpriority_process(Some(thread), (normal + 1).min(19)).is_ok()
+            && setpriority_process(Some(thread), normal).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// A runtime like [`runtime`] whose threads take their priority from `priority`.
+pub fn background_runtime(
+    workers: usize,
+    priority: Arc<BackgroundPriority>,
+) -> std::io::Result<Runtime> {
     builder(workers, "background")
-        .on_thread_start(move || {
-            let thread = rustix::thread::gettid();
-            if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
-                tracing::warn!(%error, nice, "a background thread keeps the default CPU priority");
-            }
-        })
+        .on_thread_start(move || priority.register_current_thread())
         .build()
 }
 
@@ -52,16 +139,20 @@ pub fn background_runtime(workers: usize, nice: i32) -> std::io::Result<Runtime>
 pub struct Runtimes {
     http: Option<Runtime>,
     background: Option<Runtime>,
+    priority: Arc<BackgroundPriority>,
 }
 
 impl Runtimes {
     /// The HTTP servers' runtime (`HTTP_WORKERS` threads; none for 0) and the background
-    /// runtime (`BACKGROUND_WORKERS` threads at `BACKGROUND_NICE`; none for 0).
+    /// runtime (`BACKGROUND_WORKERS` threads, `BACKGROUND_NICE` lower while ingest catches
+    /// up; none for 0).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        let priority = Arc::new(BackgroundPriority::new(config.background_nice));
         let mut runtimes = Runtimes {
             http: None,
             background: None,
+            priority: priority.clone(),
         };
         if config.http_workers > 0 {
             runtimes.http = Some(
@@ -71,11 +162,8 @@ impl Runtimes {
         }
         if config.background_workers > 0 {
             runtimes.background = Some(
-                background_runtime(
-                    usize::from(config.background_workers),
-                    config.background_nice,
-                )
-                .context("the background runtime starts")?,
+                background_runtime(usize::from(config.background_workers), priority)
+                    .context("the background runtime starts")?,
             );
         }
         Ok(runtimes)
@@ -91,6 +179,11 @@ impl Runtimes {
     /// Where the query side's tasks run (see the module).
     pub fn background(&self) -> Handle {
         Self::or_current(self.background.as_ref())
+    }
+
+    /// The background threads' priority.
+    pub fn priority(&self) -> Arc<BackgroundPriority> {
+        self.priority.clone()
     }
 
     fn or_current(runtime: Option<&Runtime>) -> Handle {
@@ -114,25 +207,38 @@ mod tests {
     use super::*;
 
     fn niceness() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
-            .expect("a thread's own priority is readable")
+        getpriority_process(Some(gettid())).expect("a thread's own priority is readable")
     }
 
-    #[test]
-    fn background_threads_run_at_the_niceness_asked_and_others_do_not() {
-        let before = niceness();
-        let background = background_runtime(2, 19).expect("it starts");
-        let seen: Vec<i32> = background.block_on(async {
+    fn seen(runtime: &Runtime) -> Vec<i32> {
+        runtime.block_on(async {
             let tasks = (0..8).map(|_| tokio::spawn(async { niceness() }));
             futures::future::try_join_all(tasks)
                 .await
                 .expect("no panic")
-        });
-        assert!(seen.iter().all(|&n| n == 19), "{seen:?}");
+        })
+    }
+
+    #[test]
+    fn background_threads_are_lowered_while_ingest_catches_up_and_restored_after() {
+        let normal = niceness();
+        let priority = Arc::new(BackgroundPriority::new(7));
+        let background = background_runtime(2, priority.clone()).expect("it starts");
+        if !priority.adjustable {
+            // Without the right to raise a priority back, nothing is ever lowered.
+            priority.ingest_catching_up(true);
+            assert!(seen(&background).iter().all(|&n| n == normal));
+            return;
+        }
+        assert!(seen(&background).iter().all(|&n| n == normal));
+        priority.ingest_catching_up(true);
+        let lowered = (normal + 7).min(19);
+        assert!(seen(&background).iter().all(|&n| n == lowered));
         // The process, and a runtime of the ordinary kind, keep theirs.
-        assert_eq!(niceness(), before);
+        assert_eq!(niceness(), normal);
         let main = runtime(1, "main").expect("it starts");
-        let main_seen = main.block_on(async { tokio::spawn(async { niceness() }).await });
-        assert_eq!(main_seen.expect("no panic"), before);
+        assert!(seen(&main).iter().all(|&n| n == normal));
+        priority.ingest_catching_up(false);
+        assert!(seen(&background).iter().all(|&n| n == normal));
     }
 }

@@ -188,6 +188,8 @@ pub fn release(
     slot.held.store(false, std::sync::atomic::Ordering::Relaxed);
     slot.writing
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    slot.catching_up
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     ctx.stats.record_matches(partition, None);
     if h.is_writer() && why != Release::Shutdown {
         ctx.stats.record_release(why.as_str());

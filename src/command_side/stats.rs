@@ -235,6 +235,9 @@ pub struct PartitionStats {
     pub found: AtomicBool,
     /// The balancer asks this replica to hand the partition over to another.
     pub hand_over: AtomicBool,
+    /// It is working off a backlog: its last full batch left events waiting behind it,
+    /// and no batch since has caught up.
+    pub catching_up: AtomicBool,
     /// Its counts of decided messages, as last known.
     pub figures: Mutex<Figures>,
     /// When a batch of it was last confirmed here (Unix ms; 0: never).
@@ -362,6 +365,13 @@ impl IngestStats {
     /// This replica's view of one partition.
     pub fn partition(&self, partition: Partition) -> &PartitionStats {
         &self.partitions[partition.index()]
+    }
+
+    /// Whether a partition of this replica is working off a backlog (a catch-up).
+    pub fn catching_up(&self) -> bool {
+        self.partitions
+            .iter()
+            .any(|s| s.catching_up.load(Ordering::Relaxed))
     }
 
     /// Whether this replica writes its share of the partitions (or more): then it stops

@@ -174,6 +174,13 @@ impl PartitionWriter {
         }
         self.backlog_events += chunk.len() as u64;
         let behind = chunk.last().is_some_and(Backlog::waiting_behind);
+        // A full batch with more behind it is a catch-up; one with nothing behind ends it.
+        let slot = ctx.stats.partition(partition);
+        if !behind {
+            slot.catching_up.store(false, Ordering::Relaxed);
+        } else if chunk.len() >= ctx.batch_size {
+            slot.catching_up.store(true, Ordering::Relaxed);
+        }
         if !behind && std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
             crate::memory::return_freed_soon();
         }
