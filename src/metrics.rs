@@ -126,6 +126,9 @@ pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 /// Seconds per return of a runtime thread's free allocator pages to the system.
 pub const MEMORY_COLLECTION_SECONDS: &str = "match_stats_memory_collection_seconds";
 
+/// 1 while the query side's threads run at a lower CPU priority (ingest catching up).
+pub const BACKGROUND_LOWERED: &str = "match_stats_background_priority_lowered";
+
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
@@ -297,6 +300,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         MEMORY_COLLECTION_SECONDS,
         Kind::Histogram,
         "Seconds per return of a runtime thread's free allocator pages to the system, when it runs out of work: at most every 10 s per thread, and every 250 ms at most for 3 s after a catch-up (of the read model, or a partition's backlog of 10,000 events or more).",
+    ),
+    (
+        BACKGROUND_LOWERED,
+        Kind::Gauge,
+        "1 while the query side's threads (projector, Redis write-through, history writer) run at BACKGROUND_NICE lower CPU priority because a partition is catching up; 0 otherwise, and always 0 where the process may not raise a thread's priority back.",
     ),
     (
         REPLICAS_LIVE,

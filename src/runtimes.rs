@@ -65,6 +65,7 @@ impl BackgroundPriority {
                 "background threads keep the process's CPU priority: raising it back after a catch-up needs CAP_SYS_NICE"
             );
         }
+        metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
         BackgroundPriority {
             normal,
             lowered_to,
@@ -100,6 +101,7 @@ impl BackgroundPriority {
             self.normal
         };
         tracing::debug!(catching_up, niceness = to, "background threads' priority");
+        metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(f64::from(u8::from(catching_up)));
         for &thread in self.threads().iter() {
             set(thread, to);
         }
