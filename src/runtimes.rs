@@ -150,7 +150,13 @@ impl Runtimes {
     /// up; none for 0).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let priority = Arc::new(BackgroundPriority::new(config.background_nice));
+        // Without a background runtime nothing runs lowered (nor says it does).
+        let nice = if config.background_workers > 0 {
+            config.background_nice
+        } else {
+            0
+        };
+        let priority = Arc::new(BackgroundPriority::new(nice));
         let mut runtimes = Runtimes {
             http: None,
             background: None,
