@@ -46,7 +46,7 @@ use match_stats::Config;
 use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::{NatsServer, RedisServer};
 use support::Service;
-use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest};
+use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest, redis_addr};
 
 struct Sizes {
     events: u64,
@@ -81,8 +81,7 @@ const REST_RATE: u32 = 10_000;
 
 /// The service against `nats` (and `redis`).
 async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Service {
-    let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
-    Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis)]).await
+    Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis_addr(redis))]).await
 }
 
 /// Redis's own counters: (commands processed, bytes received from clients).

@@ -14,9 +14,14 @@ pub const MATCHES: u32 = 1000;
 /// Players in each.
 pub const PLAYERS: u32 = 64;
 
+/// `REDIS_ADDR` for `redis` (empty: none).
+pub fn redis_addr(redis: Option<&RedisServer>) -> String {
+    redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()))
+}
+
 /// The service's settings against `nats` (and `redis`), logging warnings only.
 pub fn config(nats: &NatsServer, redis: Option<&RedisServer>) -> Config {
-    let redis = redis.map_or(String::new(), |r| format!("127.0.0.1:{}", r.port()));
+    let redis = redis_addr(redis);
     Cli::try_parse_from([
         "match-stats",
         "--nats-url",

@@ -172,18 +172,7 @@ impl PartitionWriter {
             release(&ctx, partition, &mut self.held, Release::Shutdown);
             return Turn::Stopped;
         }
-        self.backlog_events += chunk.len() as u64;
-        let behind = chunk.last().is_some_and(Backlog::waiting_behind);
-        // A full batch with more behind it is a catch-up; one with nothing behind ends it.
-        let slot = ctx.stats.partition(partition);
-        if !behind {
-            slot.catching_up.store(false, Ordering::Relaxed);
-        } else if chunk.len() >= ctx.batch_size {
-            slot.catching_up.store(true, Ordering::Relaxed);
-        }
-        if !behind && std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
-            crate::memory::return_freed_soon();
-        }
+        self.note_backlog(&chunk);
         // The last snapshot's write, if over; the next one when due and the last is over.
         if settle_finished(&ctx, partition, &mut self.held) == Some(Snapshot::GaveUp) {
             self.let_the_pin_lapse();
@@ -196,6 +185,27 @@ impl PartitionWriter {
             try_start_snapshot(&ctx, h).await;
         }
         Turn::Continue
+    }
+
+    /// What a processed batch says about the partition's backlog. A full batch with more
+    /// behind it starts a catch-up (the query side's threads then run lower,
+    /// [`crate::runtimes`]); a batch with nothing behind it ends it, and when the backlog
+    /// worked off was [`CATCH_UP_EVENTS`] or more, the runtime threads are asked to
+    /// return what it allocated.
+    fn note_backlog(&mut self, chunk: &[jetstream::Message]) {
+        self.backlog_events += chunk.len() as u64;
+        let behind = chunk.last().is_some_and(Backlog::waiting_behind);
+        let slot = self.ctx.stats.partition(self.partition);
+        if behind {
+            if chunk.len() >= self.ctx.batch_size {
+                slot.catching_up.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
+        slot.catching_up.store(false, Ordering::Relaxed);
+        if std::mem::take(&mut self.backlog_events) >= CATCH_UP_EVENTS {
+            crate::memory::return_freed_soon();
+        }
     }
 
     /// After giving up a partition it wrote: no pulling for a pin timeout. Its pull still
