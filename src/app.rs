@@ -27,7 +27,7 @@ use crate::config::{CacheConfig, Config};
 use crate::handoff::Handoff;
 use crate::ops::{self, HttpState};
 use crate::query_side::{CacheWriter, Capacity, Dirty, Projector};
-use crate::runtimes::Runtimes;
+use crate::runtimes::{Runtimes, Yielding};
 use crate::{nats, telemetry};
 
 /// Reads the Redis TLS files named by the settings.
@@ -313,15 +313,13 @@ impl App {
         let runtimes = Runtimes::new(&config)?;
         let mut tasks = JoinSet::new();
         tasks.spawn(ingest.run(token.clone()));
-        // What follows the deltas runs at a lower priority than what publishes them while
-        // ingest catches up.
-        tasks.spawn(follow_catch_up(
-            stats.clone(),
-            runtimes.priority(),
-            token.clone(),
-        ));
+        // The read model's projection gives way to ingest while a partition catches up.
+        let yielding = Yielding::new(config.background_nice, {
+            let stats = stats.clone();
+            move || stats.catching_up()
+        });
         let background = runtimes.background();
-        tasks.spawn_on(projector.run(token.clone()), &background);
+        tasks.spawn_on(projector.run(token.clone(), yielding), &background);
         if let Some(writer) = cache_writer {
             tasks.spawn_on(writer.run(token.clone()), &background);
         }
@@ -399,22 +397,4 @@ impl App {
         tracing::info!("match-stats stopped");
         Ok(())
     }
-}
-
-/// How often the background threads' priority follows whether ingest is catching up.
-const PRIORITY_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Lowers the background threads' priority while a partition catches up, restores it
-/// after ([`crate::runtimes`]), until cancelled.
-async fn follow_catch_up(
-    stats: Arc<IngestStats>,
-    priority: Arc<crate::runtimes::BackgroundPriority>,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut check = tokio::time::interval(PRIORITY_CHECK);
-    while token.run_until_cancelled(check.tick()).await.is_some() {
-        priority.ingest_catching_up(stats.catching_up());
-    }
-    priority.ingest_catching_up(false);
-    Ok(())
 }

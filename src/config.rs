@@ -89,15 +89,15 @@ pub struct Config {
     pub http_workers: u16,
 
     /// Worker threads of a runtime of the query side's own (the read model's projector,
-    /// the Redis write-through, the history writer), whose threads run at a lower CPU
-    /// priority while ingest catches up (`BACKGROUND_NICE`): the backlog gets the CPU
-    /// first (0: the query side shares the main runtime, at its priority).
+    /// the Redis write-through, the history writer; 0: the query side shares the main
+    /// runtime).
     #[arg(long, env = "BACKGROUND_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub background_workers: u16,
 
-    /// How much lower the background runtime's threads run while ingest catches up, in
-    /// niceness: 0 (never lower) to 19. Raising it back needs root, CAP_SYS_NICE or
-    /// RLIMIT_NICE; without, the threads keep the process's priority throughout.
+    /// How much lower in CPU priority (niceness, 0 to 19) the read model's projection runs
+    /// while ingest catches up: on a thread of its own, started when a partition begins
+    /// catching up and stopped when none is, so that the backlog gets the CPU first (0:
+    /// never lower). Needs no privilege: lowering a thread is always allowed.
     #[arg(long, env = "BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub background_nice: i32,
 

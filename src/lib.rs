@@ -14,8 +14,8 @@
 //! - [`serve`]: the HTTP server and its connection limits;
 //! - [`memory`]: freed memory returned to the system after a burst;
 //! - [`retry`]: the one retry idiom (back-off with jitter until it succeeds or stops);
-//! - [`runtimes`]: the HTTP servers' runtime and the query side's (at a lower priority
-//!   while ingest catches up);
+//! - [`runtimes`]: the HTTP servers' runtime, the query side's, and the lower-priority
+//!   thread the read model's projection moves to while ingest catches up;
 //! - [`app`]: [`App`], the service assembled, with one shutdown path;
 //! - [`tools`]: the demo feed and the load generator.
 

@@ -126,8 +126,11 @@ pub const HISTORY_BACKFILL_DONE: &str = "match_stats_history_backfill_matches";
 /// Seconds per return of a runtime thread's free allocator pages to the system.
 pub const MEMORY_COLLECTION_SECONDS: &str = "match_stats_memory_collection_seconds";
 
-/// 1 while the query side's threads run at a lower CPU priority (ingest catching up).
+/// 1 while the read model's projection runs on a thread at a lower CPU priority (ingest
+/// catching up).
 pub const BACKGROUND_LOWERED: &str = "match_stats_background_priority_lowered";
+/// Times the read model's projection moved to the lower-priority thread.
+pub const BACKGROUND_LOWERINGS: &str = "match_stats_background_lowerings_total";
 
 /// `(name, kind, HELP)` of every series the service crate records.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
@@ -304,7 +307,12 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         BACKGROUND_LOWERED,
         Kind::Gauge,
-        "1 while the query side's threads (projector, Redis write-through, history writer) run at BACKGROUND_NICE lower CPU priority because a partition is catching up; 0 otherwise, and always 0 where the process may not raise a thread's priority back.",
+        "1 while the read model's projection runs on a thread BACKGROUND_NICE lower in CPU priority because a partition is catching up; 0 otherwise.",
+    ),
+    (
+        BACKGROUND_LOWERINGS,
+        Kind::Counter,
+        "Times the read model's projection moved to a thread of lower CPU priority because a partition began catching up.",
     ),
     (
         REPLICAS_LIVE,

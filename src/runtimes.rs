@@ -1,22 +1,24 @@
 //! The service's async runtimes: the main one (ingest, and whatever shares it), the HTTP
-//! servers' own ([`Runtimes::http`]) and the query side's background work's own
-//! ([`Runtimes::background`]), whose threads run at a lower CPU priority while ingest
-//! catches up ([`BackgroundPriority`]).
+//! servers' own ([`Runtimes::http`]), the query side's background work's own
+//! ([`Runtimes::background`]) and a thread at a lower CPU priority to which the read
+//! model's projection moves while ingest catches up ([`Yielding`]).
 //!
 //! Why: in a catch-up (a start after downtime, a partition taken over), the command
 //! side's writers are what works the backlog off and publishes the deltas every
-//! downstream service waits for; the projector, the Redis write-through and the history
-//! writer follow those deltas, and the replica is not ready before the backlog is gone
-//! anyway. There the kernel's scheduler then gives the CPU to the writers (and to
-//! nats-server) first. Once caught up, the read model's freshness is served to clients
-//! and the threads return to the default priority: at a lower priority throughout, the
-//! read model fell 1.7 s behind on a saturated machine at 20,000 events/s (BENCHMARKS.md,
-//! sixteenth round).
+//! downstream service waits for; the projector follows those deltas, and the replica is
+//! not ready before the backlog is gone anyway. There the kernel's scheduler then gives
+//! the CPU to the writers (and to nats-server) first. Once caught up, the read model's
+//! freshness is served to clients and the projection runs at the process's priority
+//! again: at a lower priority throughout, the read model fell 1.7 s behind on a saturated
+//! machine at 20,000 events/s (BENCHMARKS.md, sixteenth round).
+//!
+//! The work moves between threads instead of a thread's priority going down and back up:
+//! lowering a priority is always allowed, raising it back needs root or `CAP_SYS_NICE`,
+//! which a container running as a non-root user with every capability dropped lacks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
 
-use rustix::process::{Pid, getpriority_process, setpriority_process};
+use rustix::process::{getpriority_process, setpriority_process};
 use rustix::thread::gettid;
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -38,102 +40,88 @@ fn builder(workers: usize, thread_name: &str) -> Builder {
     builder
 }
 
-/// The priority of the background runtime's threads: the process's own, or `nice` lower
-/// while ingest catches up. Lowering a thread's priority is always allowed; raising it
-/// back needs root, `CAP_SYS_NICE` or a large enough `RLIMIT_NICE`. Without that right
-/// (found out once, at start) the threads keep the process's priority throughout:
-/// slower catch-ups, never a read model left behind.
-pub struct BackgroundPriority {
-    /// The process's niceness and the background's while lowered.
-    normal: i32,
-    lowered_to: i32,
-    /// Whether the threads can be moved back to `normal` (and so may be lowered at all).
-    adjustable: bool,
-    lowered: AtomicBool,
-    threads: Mutex<Vec<Pid>>,
-}
-
-impl BackgroundPriority {
-    /// `nice` below the process's priority while lowered (0: never lowered).
-    pub fn new(nice: i32) -> Self {
-        let normal = getpriority_process(None).unwrap_or(0);
-        let lowered_to = (normal + nice).min(19);
-        let adjustable = lowered_to > normal && can_raise_back(normal);
-        if lowered_to > normal && !adjustable {
-            tracing::info!(
-                nice,
-                "background threads keep the process's CPU priority: raising it back after a catch-up needs CAP_SYS_NICE"
-            );
-        }
-        metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
-        BackgroundPriority {
-            normal,
-            lowered_to,
-            adjustable,
-            lowered: AtomicBool::new(false),
-            threads: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn threads(&self) -> std::sync::MutexGuard<'_, Vec<Pid>> {
-        self.threads.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Counts the calling thread among the background's (from its runtime's start hook).
-    fn register_current_thread(&self) {
-        let thread = gettid();
-        let mut threads = self.threads();
-        threads.push(thread);
-        if self.lowered.load(Ordering::Relaxed) {
-            set(thread, self.lowered_to);
-        }
-    }
-
-    /// Lowers the threads' priority while `catching_up`, and restores it after; a no-op
-    /// when nothing changed or the priority cannot be restored.
-    pub fn ingest_catching_up(&self, catching_up: bool) {
-        if !self.adjustable || self.lowered.swap(catching_up, Ordering::Relaxed) == catching_up {
-            return;
-        }
-        let to = if catching_up {
-            self.lowered_to
-        } else {
-            self.normal
-        };
-        tracing::debug!(catching_up, niceness = to, "background threads' priority");
-        metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(f64::from(u8::from(catching_up)));
-        for &thread in self.threads().iter() {
-            set(thread, to);
-        }
-    }
-}
-
-fn set(thread: Pid, niceness: i32) {
-    if let Err(error) = setpriority_process(Some(thread), niceness) {
-        tracing::warn!(%error, niceness, "a background thread's CPU priority could not be set");
-    }
-}
-
-/// Whether a thread may raise its priority back to `normal` after lowering it (tried on
-/// a thread of its own, which ends).
-fn can_raise_back(normal: i32) -> bool {
-    std::thread::spawn(move || {
-        let thread = gettid();
-        setpriority_process(Some(thread), (normal + 1).min(19)).is_ok()
-            && setpriority_process(Some(thread), normal).is_ok()
-    })
-    .join()
-    .unwrap_or(false)
-}
-
-/// A runtime like [`runtime`] whose threads take their priority from `priority`.
-pub fn background_runtime(
-    workers: usize,
-    priority: Arc<BackgroundPriority>,
-) -> std::io::Result<Runtime> {
-    builder(workers, "background")
-        .on_thread_start(move || priority.register_current_thread())
+/// A runtime of one thread named `lowered`, `nice` below the priority of the thread that
+/// starts it.
+pub fn lowered_runtime(nice: i32) -> std::io::Result<Runtime> {
+    builder(1, "lowered")
+        .on_thread_start(move || lower_current_thread(nice))
         .build()
+}
+
+fn lower_current_thread(nice: i32) {
+    let thread = gettid();
+    let normal = getpriority_process(Some(thread)).unwrap_or(0);
+    if let Err(error) = setpriority_process(Some(thread), (normal + nice).min(19)) {
+        tracing::warn!(%error, nice, "the lowered thread's CPU priority could not be set");
+    }
+}
+
+/// Where work that should give way to ingest runs: on a thread `nice` lower while ingest
+/// catches up, where it is awaited otherwise (see the module). The thread is started when
+/// a catch-up begins and stopped when it ends, so that what it allocated does not stay
+/// with an idle thread's heap: a thread that ends hands its allocator pages to the
+/// threads that go on.
+pub struct Yielding {
+    nice: i32,
+    catching_up: Box<dyn Fn() -> bool + Send + Sync>,
+    lowered: Option<Runtime>,
+}
+
+impl Yielding {
+    /// Work runs `nice` lower while `catching_up` says so (0: never).
+    pub fn new(nice: i32, catching_up: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
+        Yielding {
+            nice,
+            catching_up: Box::new(catching_up),
+            lowered: None,
+        }
+    }
+
+    /// Work always runs where it is awaited.
+    pub fn never() -> Self {
+        Yielding::new(0, || false)
+    }
+
+    /// `work`'s output, from the lowered thread while ingest catches up, else awaited
+    /// here. A panic in `work` resumes here.
+    pub async fn run<T: Send + 'static>(
+        &mut self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let catching_up = self.nice > 0 && (self.catching_up)();
+        if catching_up && self.lowered.is_none() {
+            use anyhow::Context as _;
+            self.lowered = Some(lowered_runtime(self.nice).context("the lowered thread starts")?);
+            metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(1.0);
+            metrics::counter!(crate::metrics::BACKGROUND_LOWERINGS).increment(1);
+            tracing::debug!(
+                nice = self.nice,
+                "ingest catching up: the projection runs lowered"
+            );
+        } else if !catching_up && let Some(lowered) = self.lowered.take() {
+            lowered.shutdown_background();
+            metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
+            tracing::debug!("ingest caught up: the projection runs at the process's priority");
+        }
+        let Some(lowered) = &self.lowered else {
+            return Ok(work.await);
+        };
+        match lowered.spawn(work).await {
+            Ok(output) => Ok(output),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => anyhow::bail!("the lowered thread stopped"),
+        }
+    }
+}
+
+impl Drop for Yielding {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one would panic.
+        if let Some(lowered) = self.lowered.take() {
+            lowered.shutdown_background();
+        }
+    }
 }
 
 /// The runtimes of their own the configuration asks for, beside the main one; shut down
@@ -141,26 +129,16 @@ pub fn background_runtime(
 pub struct Runtimes {
     http: Option<Runtime>,
     background: Option<Runtime>,
-    priority: Arc<BackgroundPriority>,
 }
 
 impl Runtimes {
     /// The HTTP servers' runtime (`HTTP_WORKERS` threads; none for 0) and the background
-    /// runtime (`BACKGROUND_WORKERS` threads, `BACKGROUND_NICE` lower while ingest catches
-    /// up; none for 0).
+    /// runtime (`BACKGROUND_WORKERS` threads; none for 0).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        // Without a background runtime nothing runs lowered (nor says it does).
-        let nice = if config.background_workers > 0 {
-            config.background_nice
-        } else {
-            0
-        };
-        let priority = Arc::new(BackgroundPriority::new(nice));
         let mut runtimes = Runtimes {
             http: None,
             background: None,
-            priority: priority.clone(),
         };
         if config.http_workers > 0 {
             runtimes.http = Some(
@@ -170,7 +148,7 @@ impl Runtimes {
         }
         if config.background_workers > 0 {
             runtimes.background = Some(
-                background_runtime(usize::from(config.background_workers), priority)
+                runtime(usize::from(config.background_workers), "background")
                     .context("the background runtime starts")?,
             );
         }
@@ -187,11 +165,6 @@ impl Runtimes {
     /// Where the query side's tasks run (see the module).
     pub fn background(&self) -> Handle {
         Self::or_current(self.background.as_ref())
-    }
-
-    /// The background threads' priority.
-    pub fn priority(&self) -> Arc<BackgroundPriority> {
-        self.priority.clone()
     }
 
     fn or_current(runtime: Option<&Runtime>) -> Handle {
@@ -213,40 +186,49 @@ impl Drop for Runtimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn niceness() -> i32 {
         getpriority_process(Some(gettid())).expect("a thread's own priority is readable")
     }
 
-    fn seen(runtime: &Runtime) -> Vec<i32> {
-        runtime.block_on(async {
-            let tasks = (0..8).map(|_| tokio::spawn(async { niceness() }));
-            futures::future::try_join_all(tasks)
-                .await
-                .expect("no panic")
-        })
+    #[test]
+    fn work_runs_lowered_while_ingest_catches_up_and_where_awaited_after() {
+        let main = runtime(1, "main").expect("it starts");
+        let normal = main.block_on(async { niceness() });
+        let catching_up = Arc::new(AtomicBool::new(false));
+        let mut yielding = Yielding::new(7, {
+            let catching_up = catching_up.clone();
+            move || catching_up.load(Ordering::Relaxed)
+        });
+        let seen = |yielding: &mut Yielding| {
+            main.block_on(yielding.run(async { niceness() }))
+                .expect("the lowered thread runs")
+        };
+        assert_eq!(seen(&mut yielding), normal);
+        catching_up.store(true, Ordering::Relaxed);
+        // Lowering needs no privilege: this holds for any user.
+        assert_eq!(seen(&mut yielding), (normal + 7).min(19));
+        assert_eq!(seen(&mut yielding), (normal + 7).min(19));
+        catching_up.store(false, Ordering::Relaxed);
+        assert_eq!(seen(&mut yielding), normal);
+        assert!(yielding.lowered.is_none(), "the lowered thread stops after");
+        catching_up.store(true, Ordering::Relaxed);
+        assert_eq!(seen(&mut yielding), (normal + 7).min(19));
+        assert_eq!(seen(&mut Yielding::never()), normal);
+        assert_eq!(seen(&mut Yielding::new(0, || true)), normal);
+        // The thread that started the lowered thread keeps its priority.
+        assert_eq!(main.block_on(async { niceness() }), normal);
     }
 
     #[test]
-    fn background_threads_are_lowered_while_ingest_catches_up_and_restored_after() {
-        let normal = niceness();
-        let priority = Arc::new(BackgroundPriority::new(7));
-        let background = background_runtime(2, priority.clone()).expect("it starts");
-        if !priority.adjustable {
-            // Without the right to raise a priority back, nothing is ever lowered.
-            priority.ingest_catching_up(true);
-            assert!(seen(&background).iter().all(|&n| n == normal));
-            return;
-        }
-        assert!(seen(&background).iter().all(|&n| n == normal));
-        priority.ingest_catching_up(true);
-        let lowered = (normal + 7).min(19);
-        assert!(seen(&background).iter().all(|&n| n == lowered));
-        // The process, and a runtime of the ordinary kind, keep theirs.
-        assert_eq!(niceness(), normal);
+    fn a_panic_in_lowered_work_resumes_where_it_is_awaited() {
         let main = runtime(1, "main").expect("it starts");
-        assert!(seen(&main).iter().all(|&n| n == normal));
-        priority.ingest_catching_up(false);
-        assert!(seen(&background).iter().all(|&n| n == normal));
+        let mut yielding = Yielding::new(1, || true);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            main.block_on(yielding.run(async { panic!("in the work") }))
+        }));
+        assert!(caught.is_err());
     }
 }
