@@ -84,25 +84,34 @@ impl Yielding {
     }
 
     /// `work`'s output, from the lowered thread while ingest catches up, else awaited
-    /// here. A panic in `work` resumes here.
+    /// here (and for good if the thread cannot start). A panic in `work` resumes here;
+    /// an error only if the lowered thread stopped under it (the process shutting down).
     pub async fn run<T: Send + 'static>(
         &mut self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let catching_up = self.nice > 0 && (self.catching_up)();
         if catching_up && self.lowered.is_none() {
-            use anyhow::Context as _;
-            self.lowered = Some(lowered_runtime(self.nice).context("the lowered thread starts")?);
-            metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(1.0);
-            metrics::counter!(crate::metrics::BACKGROUND_LOWERINGS).increment(1);
-            tracing::debug!(
-                nice = self.nice,
-                "ingest catching up: the projection runs lowered"
-            );
+            match lowered_runtime(self.nice) {
+                Ok(lowered) => {
+                    self.lowered = Some(lowered);
+                    metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(1.0);
+                    metrics::counter!(crate::metrics::BACKGROUND_LOWERINGS).increment(1);
+                    tracing::debug!(
+                        nice = self.nice,
+                        "ingest catching up: work moves to the lowered thread"
+                    );
+                }
+                Err(error) => {
+                    // A speed-up, not a necessity: the work goes on where it is awaited.
+                    tracing::warn!(%error, "the lowered thread did not start; work keeps the process's priority from now on");
+                    self.nice = 0;
+                }
+            }
         } else if !catching_up && let Some(lowered) = self.lowered.take() {
             lowered.shutdown_background();
             metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
-            tracing::debug!("ingest caught up: the projection runs at the process's priority");
+            tracing::debug!("ingest caught up: work runs at the process's priority again");
         }
         let Some(lowered) = &self.lowered else {
             return Ok(work.await);
