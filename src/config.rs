@@ -66,7 +66,7 @@ pub struct Config {
     pub batch_size: u32,
 
     /// How long a partition waits for its batch to fill once its first message arrived,
-    /// while traffic is dense (a catch-up, or live batches of more than one event): a
+    /// while traffic is dense (a catch-up, or live batches of four events or more): a
     /// millisecond coalesces many events into one delta message per match. Sparse live
     /// events never wait; 0 never waits.
     #[arg(long, env = "BATCH_LINGER", default_value = "1ms", value_parser = parse_duration)]

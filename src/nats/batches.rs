@@ -1,9 +1,9 @@
 //! [`Batches`]: a partition's pulled messages in batches. A batch closes when it is full;
 //! or, once nothing more has arrived, at once when traffic is sparse (the last batch held
-//! a single message and the consumer reports nothing else waiting on the server: a live
-//! event does not wait for company), else up to `linger` after its first message (a
-//! catch-up, or dense live traffic: the batch fills and its deltas coalesce into fewer
-//! messages, which is what keeps up at high rates). The messages not yet handed out stay
+//! fewer than [`DENSE_BATCH`] messages and the consumer reports nothing else waiting on
+//! the server: a live event does not wait for company), else up to `linger` after its
+//! first message (a catch-up, or dense live traffic: the batch fills and its deltas
+//! coalesce into fewer messages, which is what keeps up at high rates). The messages not yet handed out stay
 //! inside the stream, so dropping a `next()` in a `select!` loses none.
 
 use std::pin::Pin;
@@ -14,6 +14,12 @@ use async_nats::jetstream;
 use futures::Stream;
 use tokio::time::Sleep;
 
+/// A batch of this many messages or more says traffic is dense: the next one lingers.
+/// At 5,000 events/s over 16 partitions a load generator's burst often puts two events
+/// of a partition side by side; lingering after those cost the live p99 a fifth
+/// (BENCHMARKS.md, seventeenth round).
+pub const DENSE_BATCH: usize = 4;
+
 /// The adapter; see the module.
 pub struct Batches<S: Stream> {
     inner: Pin<Box<S>>,
@@ -22,8 +28,8 @@ pub struct Batches<S: Stream> {
     batch: Vec<S::Item>,
     /// Set once the batch's first message arrived with more waiting on the server.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// The last batch handed out held more than one message: traffic is dense enough for
-    /// waiting to pay off.
+    /// The last batch handed out held [`DENSE_BATCH`] messages or more: traffic is dense
+    /// enough for waiting to pay off.
     dense: bool,
     ended: bool,
 }
@@ -45,7 +51,7 @@ impl<S: Stream> Batches<S> {
 
     fn take(&mut self) -> Poll<Option<Vec<S::Item>>> {
         self.deadline = None;
-        self.dense = self.batch.len() > 1;
+        self.dense = self.batch.len() >= DENSE_BATCH;
         Poll::Ready(Some(std::mem::replace(
             &mut self.batch,
             Vec::with_capacity(self.max),
@@ -165,10 +171,19 @@ mod tests {
         let at = tokio::time::Instant::now();
         assert_eq!(batches.next().await.unwrap().len(), 1);
         assert_eq!(at.elapsed(), Duration::ZERO);
-        // Dense traffic (two at once) lingers even with nothing reported behind.
+        // Two side by side (a load generator's burst) are not dense traffic yet.
         tx.unbounded_send(Item(false)).unwrap();
         tx.unbounded_send(Item(false)).unwrap();
         assert_eq!(batches.next().await.unwrap().len(), 2);
+        let at = tokio::time::Instant::now();
+        tx.unbounded_send(Item(false)).unwrap();
+        assert_eq!(batches.next().await.unwrap().len(), 1);
+        assert_eq!(at.elapsed(), Duration::ZERO);
+        // Dense traffic (DENSE_BATCH at once) lingers even with nothing reported behind.
+        for _ in 0..DENSE_BATCH {
+            tx.unbounded_send(Item(false)).unwrap();
+        }
+        assert_eq!(batches.next().await.unwrap().len(), DENSE_BATCH);
         let at = tokio::time::Instant::now();
         tx.unbounded_send(Item(false)).unwrap();
         assert_eq!(batches.next().await.unwrap().len(), 1);
