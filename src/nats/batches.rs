@@ -3,8 +3,9 @@
 //! fewer than [`DENSE_BATCH`] messages and the consumer reports nothing else waiting on
 //! the server: a live event does not wait for company), else up to `linger` after its
 //! first message (a catch-up, or dense live traffic: the batch fills and its deltas
-//! coalesce into fewer messages, which is what keeps up at high rates). The messages not yet handed out stay
-//! inside the stream, so dropping a `next()` in a `select!` loses none.
+//! coalesce into fewer messages, which is what keeps up at high rates). The messages not
+//! yet handed out stay inside the stream, so dropping a `next()` in a `select!` loses
+//! none.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
