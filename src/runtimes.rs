@@ -42,7 +42,7 @@ fn builder(workers: usize, thread_name: &str) -> Builder {
 
 /// A runtime of one thread named `lowered`, `nice` below the priority of the thread that
 /// starts it.
-pub fn lowered_runtime(nice: i32) -> std::io::Result<Runtime> {
+fn lowered_runtime(nice: i32) -> std::io::Result<Runtime> {
     builder(1, "lowered")
         .on_thread_start(move || lower_current_thread(nice))
         .build()
@@ -78,11 +78,6 @@ impl Yielding {
         }
     }
 
-    /// Work always runs where it is awaited.
-    pub fn never() -> Self {
-        Yielding::new(0, || false)
-    }
-
     /// `work`'s output, from the lowered thread while ingest catches up, else awaited
     /// here (and for good if the thread cannot start). A panic in `work` resumes here;
     /// an error only if the lowered thread stopped under it (the process shutting down).
@@ -108,9 +103,8 @@ impl Yielding {
                     self.nice = 0;
                 }
             }
-        } else if !catching_up && let Some(lowered) = self.lowered.take() {
-            lowered.shutdown_background();
-            metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
+        } else if !catching_up && self.lowered.is_some() {
+            self.stop_lowered();
             tracing::debug!("ingest caught up: work runs at the process's priority again");
         }
         let Some(lowered) = &self.lowered else {
@@ -122,14 +116,20 @@ impl Yielding {
             Err(_) => anyhow::bail!("the lowered thread stopped"),
         }
     }
+
+    /// Stops the lowered thread, if any, without waiting (dropping a runtime inside
+    /// another one would panic).
+    fn stop_lowered(&mut self) {
+        if let Some(lowered) = self.lowered.take() {
+            lowered.shutdown_background();
+            metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(0.0);
+        }
+    }
 }
 
 impl Drop for Yielding {
     fn drop(&mut self) {
-        // Dropping a runtime inside another one would panic.
-        if let Some(lowered) = self.lowered.take() {
-            lowered.shutdown_background();
-        }
+        self.stop_lowered();
     }
 }
 
@@ -225,7 +225,7 @@ mod tests {
         assert!(yielding.lowered.is_none(), "the lowered thread stops after");
         catching_up.store(true, Ordering::Relaxed);
         assert_eq!(seen(&mut yielding), (normal + 7).min(19));
-        assert_eq!(seen(&mut Yielding::never()), normal);
+        assert_eq!(seen(&mut Yielding::new(0, || false)), normal);
         assert_eq!(seen(&mut Yielding::new(0, || true)), normal);
         // The thread that started the lowered thread keeps its priority.
         assert_eq!(main.block_on(async { niceness() }), normal);

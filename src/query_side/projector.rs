@@ -202,7 +202,36 @@ impl Projection {
         mut self,
         chunk: Vec<Result<jetstream::Message, E>>,
     ) -> Self {
-        let mut touched = BTreeSet::new();
+        let last_sequence = self.apply(chunk).await;
+        // While catching up, nobody reads the snapshots yet: build them at most every
+        // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
+        let reached = last_sequence >= self.target;
+        if self.model.is_caught_up()
+            || reached
+            || self.last_publish.elapsed() >= CATCH_UP_PUBLISH_INTERVAL
+        {
+            self.publish();
+        }
+        metrics::gauge!(m::READ_MODEL_MATCHES).set(self.builders.len() as f64);
+        if !self.model.is_caught_up() && reached {
+            self.model.set_caught_up();
+            // The catch-up's chunks are gone: their pages go back.
+            crate::memory::return_freed_soon();
+            tracing::info!(
+                matches = self.builders.len(),
+                seconds = self.started.elapsed().as_secs_f64(),
+                "read model caught up"
+            );
+        }
+        self
+    }
+
+    /// Applies `chunk` to the matches' builders, marking what changed as pending; the
+    /// last stream sequence it held.
+    async fn apply<E: std::fmt::Display>(
+        &mut self,
+        chunk: Vec<Result<jetstream::Message, E>>,
+    ) -> u64 {
         let mut last_sequence = 0;
         let (mut handed_off, mut decoded) = (0u64, 0u64);
         for message in chunk {
@@ -240,7 +269,7 @@ impl Projection {
             match builder.apply(&delta) {
                 Ok(0) => {}
                 Ok(_) => {
-                    touched.insert(delta.match_id);
+                    self.pending.insert(delta.match_id);
                     if self.model.is_caught_up() {
                         self.applied.push((delta, before));
                     } else if self.live.is_watched(&delta.match_id) {
@@ -271,7 +300,7 @@ impl Projection {
                     {
                         Ok(rebuilt) => {
                             *builder = rebuilt;
-                            touched.insert(delta.match_id);
+                            self.pending.insert(delta.match_id);
                             self.watched.entry(delta.match_id).or_default().reset();
                         }
                         Err(error) => {
@@ -283,58 +312,43 @@ impl Projection {
         }
         metrics::counter!(m::DELTAS_PROJECTED, "how" => "handed_off").increment(handed_off);
         metrics::counter!(m::DELTAS_PROJECTED, "how" => "decoded").increment(decoded);
-        // While catching up, nobody reads the snapshots yet: build them at most every
-        // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
-        self.pending.extend(touched);
-        let reached = last_sequence >= self.target;
-        if self.model.is_caught_up()
-            || reached
-            || self.last_publish.elapsed() >= CATCH_UP_PUBLISH_INTERVAL
-        {
-            let snapshots: Vec<_> = self
-                .pending
-                .iter()
-                .filter_map(|id| self.builders.get(id).map(MatchBuilder::snapshot))
-                .collect();
-            for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
-                self.completed_at
-                    .entry(snapshot.summary.match_id)
-                    .or_insert_with(Instant::now);
-            }
-            self.model.publish(snapshots.iter().cloned());
-            // After the model: a client that subscribes from here on reads this
-            // chunk's snapshots; one that subscribed before is watching now, so its
-            // updates are recorded (and a client that needs a snapshot finds these).
-            self.is_watched.clear();
-            for (delta, before) in self.applied.drain(..) {
-                let id = delta.match_id;
-                if *self
-                    .is_watched
-                    .entry(id)
-                    .or_insert_with(|| self.live.is_watched(&id))
-                {
-                    self.watched.entry(id).or_default().record(&delta, before);
-                }
-            }
-            for snapshot in &snapshots {
-                if let Some(changes) = self.watched.remove(&snapshot.summary.match_id) {
-                    self.live.publish(changes.into_update(snapshot));
-                }
-            }
-            self.dirty.extend(std::mem::take(&mut self.pending));
-            self.last_publish = Instant::now();
+        last_sequence
+    }
+
+    /// Builds and publishes the pending matches' snapshots: to the read model, to their
+    /// watchers, and as dirty for the cache writer.
+    fn publish(&mut self) {
+        let snapshots: Vec<_> = self
+            .pending
+            .iter()
+            .filter_map(|id| self.builders.get(id).map(MatchBuilder::snapshot))
+            .collect();
+        for snapshot in snapshots.iter().filter(|s| s.is_completed()) {
+            self.completed_at
+                .entry(snapshot.summary.match_id)
+                .or_insert_with(Instant::now);
         }
-        metrics::gauge!(m::READ_MODEL_MATCHES).set(self.builders.len() as f64);
-        if !self.model.is_caught_up() && reached {
-            self.model.set_caught_up();
-            // The catch-up's chunks are gone: their pages go back.
-            crate::memory::return_freed_soon();
-            tracing::info!(
-                matches = self.builders.len(),
-                seconds = self.started.elapsed().as_secs_f64(),
-                "read model caught up"
-            );
+        self.model.publish(snapshots.iter().cloned());
+        // After the model: a client that subscribes from here on reads this
+        // chunk's snapshots; one that subscribed before is watching now, so its
+        // updates are recorded (and a client that needs a snapshot finds these).
+        self.is_watched.clear();
+        for (delta, before) in self.applied.drain(..) {
+            let id = delta.match_id;
+            if *self
+                .is_watched
+                .entry(id)
+                .or_insert_with(|| self.live.is_watched(&id))
+            {
+                self.watched.entry(id).or_default().record(&delta, before);
+            }
         }
-        self
+        for snapshot in &snapshots {
+            if let Some(changes) = self.watched.remove(&snapshot.summary.match_id) {
+                self.live.publish(changes.into_update(snapshot));
+            }
+        }
+        self.dirty.extend(std::mem::take(&mut self.pending));
+        self.last_publish = Instant::now();
     }
 }
