@@ -320,11 +320,12 @@ impl App {
         });
         let background = runtimes.background();
         tasks.spawn_on(projector.run(token.clone(), yielding), &background);
+        let writers = runtimes.lowered_writers();
         if let Some(writer) = cache_writer {
-            tasks.spawn_on(writer.run(token.clone()), &background);
+            tasks.spawn_on(writer.run(token.clone()), &writers);
         }
         if let Some(history) = history {
-            tasks.spawn_on(history.run(token.clone()), &background);
+            tasks.spawn_on(history.run(token.clone()), &writers);
         }
         let limits = crate::serve::ConnectionLimits {
             header_read_timeout: config.http_limits.http_header_read_timeout,

@@ -95,9 +95,11 @@ pub struct Config {
     pub background_workers: u16,
 
     /// How much lower in CPU priority (niceness, 0 to 19) the read model's projection runs
-    /// while ingest catches up: on a thread of its own, started when a partition begins
-    /// catching up and stopped when none is, so that the backlog gets the CPU first (0:
-    /// never lower). Needs no privilege: lowering a thread is always allowed.
+    /// while ingest catches up (on a thread of its own, started when a partition begins
+    /// catching up and stopped when none is, so that the backlog gets the CPU first), and
+    /// the Redis write-through and the history writer run always (on a thread of their
+    /// own, so that their bursts never hold up the live path); 0: never lower, they run on
+    /// the query side's runtime. Needs no privilege: lowering a thread is always allowed.
     #[arg(long, env = "BACKGROUND_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub background_nice: i32,
 

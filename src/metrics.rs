@@ -90,6 +90,8 @@ pub const DELTA_GAPS: &str = "match_stats_delta_gaps_total";
 pub const PROJECTION_RESYNCS: &str = "match_stats_projection_resyncs_total";
 /// Matches in the read model.
 pub const READ_MODEL_MATCHES: &str = "match_stats_read_model_matches";
+/// Delta messages stored and not yet read into the read model.
+pub const READ_MODEL_PENDING: &str = "match_stats_read_model_pending_deltas";
 /// Players in the read model.
 pub const PLAYERS_HELD: &str = "match_stats_players_held";
 /// Players and matches held, over what the replica is sized for.
@@ -398,6 +400,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         READ_MODEL_MATCHES,
         Kind::Gauge,
         "Matches in this replica's read model.",
+    ),
+    (
+        READ_MODEL_PENDING,
+        Kind::Gauge,
+        "Delta messages on the deltas stream that the read model has not read yet, as of its last read (the consumer's delivery metadata): how far it trails the command side, e.g. at the end of a catch-up.",
     ),
     (
         PLAYERS_HELD,

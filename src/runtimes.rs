@@ -1,7 +1,9 @@
 //! The service's async runtimes: the main one (ingest, and whatever shares it), the HTTP
 //! servers' own ([`Runtimes::http`]), the query side's background work's own
-//! ([`Runtimes::background`]) and a thread at a lower CPU priority to which the read
-//! model's projection moves while ingest catches up ([`Yielding`]).
+//! ([`Runtimes::background`]), a thread at a lower CPU priority for good for the Redis
+//! write-through and the history writer ([`Runtimes::lowered_writers`]) and a thread at a
+//! lower CPU priority to which the read model's projection moves while ingest catches up
+//! ([`Yielding`]).
 //!
 //! Why: in a catch-up (a start after downtime, a partition taken over), the command
 //! side's writers are what works the backlog off and publishes the deltas every
@@ -40,10 +42,13 @@ fn builder(workers: usize, thread_name: &str) -> Builder {
     builder
 }
 
-/// A runtime of one thread named `lowered`, `nice` below the priority of the thread that
-/// starts it.
-fn lowered_runtime(nice: i32) -> std::io::Result<Runtime> {
-    builder(1, "lowered")
+/// The name of the thread [`Runtimes::lowered_writers`] runs on.
+const WRITERS_THREAD: &str = "lowered-writers";
+
+/// A runtime of one thread named `thread_name`, `nice` below the priority of the thread
+/// that starts it.
+fn lowered_runtime(thread_name: &str, nice: i32) -> std::io::Result<Runtime> {
+    builder(1, thread_name)
         .on_thread_start(move || lower_current_thread(nice))
         .build()
 }
@@ -87,7 +92,7 @@ impl Yielding {
     ) -> anyhow::Result<T> {
         let catching_up = self.nice > 0 && (self.catching_up)();
         if catching_up && self.lowered.is_none() {
-            match lowered_runtime(self.nice) {
+            match lowered_runtime("lowered", self.nice) {
                 Ok(lowered) => {
                     self.lowered = Some(lowered);
                     metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(1.0);
@@ -138,6 +143,7 @@ impl Drop for Yielding {
 pub struct Runtimes {
     http: Option<Runtime>,
     background: Option<Runtime>,
+    writers: Option<Runtime>,
 }
 
 impl Runtimes {
@@ -148,6 +154,7 @@ impl Runtimes {
         let mut runtimes = Runtimes {
             http: None,
             background: None,
+            writers: None,
         };
         if config.http_workers > 0 {
             runtimes.http = Some(
@@ -161,7 +168,24 @@ impl Runtimes {
                     .context("the background runtime starts")?,
             );
         }
+        if config.background_nice > 0 {
+            runtimes.writers = Some(
+                lowered_runtime(WRITERS_THREAD, config.background_nice)
+                    .context("the lowered writers' runtime starts")?,
+            );
+        }
         Ok(runtimes)
+    }
+
+    /// Where the Redis write-through and the history writer run: on a thread of their
+    /// own `BACKGROUND_NICE` lower for good (else on the background runtime). Neither
+    /// a request nor a delta waits for them (Redis serves replicas that start cold,
+    /// PostgreSQL the finished matches), but the write-through renders every changed
+    /// match every `CACHE_WRITE_INTERVAL`: at the process's priority that burst took the
+    /// CPU from the live path, at a lower one the kernel gives the live path the CPU
+    /// first (BENCHMARKS.md, eighteenth round).
+    pub fn lowered_writers(&self) -> Handle {
+        Self::or_current(self.writers.as_ref().or(self.background.as_ref()))
     }
 
     /// Where the HTTP servers run. Requests are short and latency-bound, ingest long and
@@ -183,9 +207,13 @@ impl Runtimes {
 
 impl Drop for Runtimes {
     fn drop(&mut self) {
-        for runtime in [self.http.take(), self.background.take()]
-            .into_iter()
-            .flatten()
+        for runtime in [
+            self.http.take(),
+            self.background.take(),
+            self.writers.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             runtime.shutdown_background();
         }
@@ -229,6 +257,23 @@ mod tests {
         assert_eq!(seen(&mut Yielding::new(0, || true)), normal);
         // The thread that started the lowered thread keeps its priority.
         assert_eq!(main.block_on(async { niceness() }), normal);
+    }
+
+    #[test]
+    fn the_cache_and_history_writers_run_lowered_for_good_unless_told_not_to() {
+        use clap::Parser as _;
+        let main = runtime(1, "main").expect("it starts");
+        let normal = main.block_on(async { niceness() });
+        let seen = |nice: &str| {
+            let cli = crate::cli::Cli::try_parse_from(["match-stats", "--background-nice", nice])
+                .expect("the flags parse");
+            let runtimes = Runtimes::new(&cli.config).expect("the runtimes start");
+            let on = runtimes.lowered_writers();
+            main.block_on(async { on.spawn(async { niceness() }).await })
+                .expect("the work runs")
+        };
+        assert_eq!(seen("6"), (normal + 6).min(19));
+        assert_eq!(seen("0"), normal);
     }
 
     #[test]

@@ -198,7 +198,10 @@ pub fn event_span(
     stream_sequence: u64,
 ) -> Option<tracing::Span> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let headers = headers.filter(|h| h.get("traceparent").is_some())?;
+    // A static name: `get("traceparent")` builds (and allocates) a header name per event.
+    const TRACEPARENT: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static("traceparent");
+    let headers = headers.filter(|h| h.get(TRACEPARENT).is_some())?;
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let span = tracing::info_span!(

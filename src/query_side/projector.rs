@@ -98,6 +98,7 @@ impl Projector {
             handoff,
         } = self;
         metrics::gauge!(m::READ_MODEL_MATCHES).set(0.0);
+        metrics::gauge!(m::READ_MODEL_PENDING).set(0.0);
         let mut stream = js.get_stream(&deltas_stream).await?;
         let state = stream.info().await?.state.clone();
         let target = if state.messages == 0 {
@@ -233,6 +234,7 @@ impl Projection {
         chunk: Vec<Result<jetstream::Message, E>>,
     ) -> u64 {
         let mut last_sequence = 0;
+        let mut behind = None;
         let (mut handed_off, mut decoded) = (0u64, 0u64);
         for message in chunk {
             let message = match message {
@@ -242,8 +244,11 @@ impl Projection {
                     continue;
                 }
             };
-            let sequence = message.info().map_or(0, |i| i.stream_sequence);
+            let (sequence, pending) = message
+                .info()
+                .map_or((0, None), |i| (i.stream_sequence, Some(i.pending)));
             last_sequence = last_sequence.max(sequence);
+            behind = pending.or(behind);
             let delta = match self.handoff.take(sequence) {
                 Some(delta) => {
                     handed_off += 1;
@@ -312,6 +317,9 @@ impl Projection {
         }
         metrics::counter!(m::DELTAS_PROJECTED, "how" => "handed_off").increment(handed_off);
         metrics::counter!(m::DELTAS_PROJECTED, "how" => "decoded").increment(decoded);
+        if let Some(behind) = behind {
+            metrics::gauge!(m::READ_MODEL_PENDING).set(behind as f64);
+        }
         last_sequence
     }
 
