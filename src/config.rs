@@ -77,9 +77,10 @@ pub struct Config {
     #[arg(long, env = "BUFFER_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub buffer_size: i64,
 
-    /// Worker threads of the main async runtime (ingest; the read model and the caches too
-    /// when `BACKGROUND_WORKERS` is 0) [default: the machine's CPU count, as the runtime's
-    /// own default]
+    /// Worker threads of the main async runtime (ingest; the read model too when
+    /// `BACKGROUND_WORKERS` is 0, and the cache and history writers when both that and
+    /// `BACKGROUND_NICE` are) [default: the machine's CPU count, as the runtime's own
+    /// default]
     #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
@@ -88,8 +89,9 @@ pub struct Config {
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub http_workers: u16,
 
-    /// Worker threads of a runtime of the query side's own (the read model's projector,
-    /// the Redis write-through, the history writer; 0: the query side shares the main
+    /// Worker threads of a runtime of the query side's own (the read model's projector;
+    /// the Redis write-through and the history writer too when `BACKGROUND_NICE` is 0,
+    /// else they have a lowered thread of their own; 0: the query side shares the main
     /// runtime).
     #[arg(long, env = "BACKGROUND_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub background_workers: u16,
