@@ -105,18 +105,26 @@ async fn redis_counters(redis: &RedisServer) -> anyhow::Result<(u64, u64)> {
 
 /// The sum of a counter's series on the service's `/metrics`.
 async fn metric_total(http: &str, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("{http}/metrics"))
+    Ok(total(&metrics_text(http).await?, name))
+}
+
+/// The service's `/metrics` page.
+async fn metrics_text(http: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{http}/metrics"))
         .await?
         .text()
-        .await?;
-    Ok(text
-        .lines()
+        .await?)
+}
+
+/// The sum of a counter's series in a `/metrics` page.
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with([' ', '{']))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+        .sum()
 }
 
 /// Events waiting or unacknowledged in the service's partition consumers.
@@ -326,14 +334,16 @@ async fn main() -> anyhow::Result<()> {
     // as the bare pipeline's counts until its copies are read back.
     let command_side = sizes.events as f64 / started.elapsed().as_secs_f64();
     loop {
-        let published = metric_total(&service.http, "match_stats_deltas_published_total").await?;
-        let projected = metric_total(&service.http, "match_stats_deltas_projected_total").await?;
-        let ready: serde_json::Value = reqwest::get(format!("{}/ready", service.http))
-            .await?
-            .json()
-            .await?;
-        if ready["read_model_caught_up"] == true && projected >= published {
-            break;
+        let text = metrics_text(&service.http).await?;
+        let projected = total(&text, "match_stats_deltas_projected_total");
+        if projected >= total(&text, "match_stats_deltas_published_total") {
+            let ready: serde_json::Value = reqwest::get(format!("{}/ready", service.http))
+                .await?
+                .json()
+                .await?;
+            if ready["read_model_caught_up"] == true {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -42,6 +42,8 @@ fn builder(workers: usize, thread_name: &str) -> Builder {
     builder
 }
 
+/// The name of the thread [`Yielding`] moves work to.
+const YIELDING_THREAD: &str = "lowered";
 /// The name of the thread [`Runtimes::lowered_writers`] runs on.
 const WRITERS_THREAD: &str = "lowered-writers";
 
@@ -92,7 +94,7 @@ impl Yielding {
     ) -> anyhow::Result<T> {
         let catching_up = self.nice > 0 && (self.catching_up)();
         if catching_up && self.lowered.is_none() {
-            match lowered_runtime("lowered", self.nice) {
+            match lowered_runtime(YIELDING_THREAD, self.nice) {
                 Ok(lowered) => {
                     self.lowered = Some(lowered);
                     metrics::gauge!(crate::metrics::BACKGROUND_LOWERED).set(1.0);

@@ -189,9 +189,9 @@ impl PartitionWriter {
 
     /// What a processed batch says about the partition's backlog. A full batch with more
     /// behind it starts a catch-up (the read model's projection then runs on a lowered
-    /// thread, [`crate::runtimes::Yielding`]); a batch with nothing behind it ends it, and when the backlog
-    /// worked off was [`CATCH_UP_EVENTS`] or more, the runtime threads are asked to
-    /// return what it allocated.
+    /// thread, [`crate::runtimes::Yielding`]); a batch with nothing behind it ends it, and
+    /// when the backlog worked off was [`CATCH_UP_EVENTS`] or more, the runtime threads
+    /// are asked to return what it allocated.
     fn note_backlog(&mut self, chunk: &[jetstream::Message]) {
         self.backlog_events += chunk.len() as u64;
         let behind = chunk.last().is_some_and(Backlog::waiting_behind);
