@@ -37,7 +37,13 @@ struct State {
 }
 
 fn changes_of(delta: &StatDelta) -> usize {
-    delta.entries.iter().map(|e| e.changes.len()).sum::<usize>() + 1
+    weight(delta.entries.iter().map(|e| e.changes.len()).sum())
+}
+
+/// What a delta of `changes` changes takes of a hand-off's room: its changes and one for
+/// itself.
+pub fn weight(changes: usize) -> usize {
+    changes + 1
 }
 
 impl Default for Handoff {
@@ -61,9 +67,11 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a publisher should copy its deltas for the projector: the hand-off has room.
-    pub fn has_room(&self) -> bool {
-        self.capacity_changes > 0 && self.state().changes < self.capacity_changes
+    /// How many changes the hand-off can still keep ([`weight`]): a publisher copies
+    /// no more of its deltas for the projector than that (a copy the hand-off would
+    /// refuse is work thrown away).
+    pub fn room(&self) -> usize {
+        self.capacity_changes.saturating_sub(self.state().changes)
     }
 
     /// Keeps `delta`, stored at `sequence` of the deltas stream; refused when the
@@ -158,18 +166,18 @@ mod tests {
         // Each delta counts its changes and one for itself.
         let handoff = Handoff::new(10);
         handoff.put(1, delta(4));
-        assert!(handoff.has_room());
+        assert_eq!(handoff.room(), 5);
         handoff.put(2, delta(4));
-        assert!(!handoff.has_room());
+        assert_eq!(handoff.room(), 0);
         handoff.put(3, delta(1));
         assert!(handoff.take(3).is_none(), "no room for it");
         assert!(Handoff::new(0).state().kept.is_empty());
-        assert!(!Handoff::new(0).has_room());
+        assert_eq!(Handoff::new(0).room(), 0);
         // Taking frees room.
         let handoff = Handoff::new(10);
         handoff.put(1, delta(4));
         handoff.put(2, delta(4));
         handoff.take(1);
-        assert!(handoff.has_room());
+        assert_eq!(handoff.room(), 5);
     }
 }

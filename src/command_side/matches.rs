@@ -17,6 +17,7 @@ use match_stats_commands::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::StreamNames;
+use crate::handoff;
 
 /// Dead-letter header: the rejection reason (contract section 3).
 pub const HEADER_REASON: &str = "Match-Stats-Reason";
@@ -524,13 +525,15 @@ impl DeltaBatch {
     /// already holds; and how many entries (or parts) that dropped. Each event's changes
     /// are split into parts of at most [`MAX_CHANGES_PER_MESSAGE`] (the same way by any
     /// writer); whole entries are coalesced per match up to that many changes a message;
-    /// each match's first message expects the last one its subject holds. With `copy`,
-    /// each delta effect carries its own copy for the hand-off to the projector.
+    /// each match's first message expects the last one its subject holds. A delta effect
+    /// carries its own copy for the hand-off to the projector when its
+    /// [`handoff::weight`] fits what is left of `copy_room` (the hand-off's room: a copy
+    /// it would refuse is not made).
     pub fn effects(
         &self,
         names: &StreamNames,
         published: &Published,
-        copy: bool,
+        mut copy_room: usize,
     ) -> (Vec<Effect>, u64) {
         let mut effects = Vec::with_capacity(self.segments.len());
         let mut expecting = HashSet::new();
@@ -581,6 +584,11 @@ impl DeltaBatch {
                     match_view: delta.match_view.as_deref().filter(|_| i + 1 == count),
                 };
                 let expected = expecting.insert(delta.match_id).then_some(stored.sequence);
+                let weight = handoff::weight(message.entries.iter().map(|e| e.changes.len()).sum());
+                let copy = weight <= copy_room;
+                if copy {
+                    copy_room -= weight;
+                }
                 effects.push(delta_effect(names, &message, headers, expected, copy));
             }
         }

@@ -29,17 +29,33 @@ fn each_delta_messages_copy_equals_its_decoded_payload() {
                 deltas.push(delta, None);
             }
         }
-        for effect in deltas.effects(&names, &Published::new(), true).0 {
+        for effect in deltas.effects(&names, &Published::new(), usize::MAX).0 {
             let decoded: StatDelta = rmp_serde::from_slice(&effect.payload).unwrap();
             assert_eq!(Some(&decoded), effect.handoff.as_deref());
             checked += 1;
             completed += usize::from(decoded.match_view.is_some());
         }
-        let (effects, _) = deltas.effects(&names, &Published::new(), false);
+        let (effects, _) = deltas.effects(&names, &Published::new(), 0);
         assert!(
             effects.iter().all(|e| e.handoff.is_none()),
             "no room, no copy"
         );
+        // Room for some: copies only while they fit, each still whole.
+        let room = 40;
+        let (effects, _) = deltas.effects(&names, &Published::new(), room);
+        let weights: Vec<usize> = effects
+            .iter()
+            .filter_map(|e| e.handoff.as_deref())
+            .map(|d| crate::handoff::weight(d.entries.iter().map(|e| e.changes.len()).sum()))
+            .collect();
+        assert!(weights.iter().sum::<usize>() <= room, "{weights:?}");
+        if let Some(first) = effects.first() {
+            let decoded: StatDelta = rmp_serde::from_slice(&first.payload).unwrap();
+            let changes = decoded.entries.iter().map(|e| e.changes.len()).sum();
+            if crate::handoff::weight(changes) <= room {
+                assert!(first.handoff.is_some(), "the first copy fits");
+            }
+        }
     }
     assert!(
         checked > 50 && completed > 0,
