@@ -1,13 +1,17 @@
-//! Decode+validate and apply, per event type, on the small scenario's own payloads.
+//! Decode+validate and apply, per event type, on the small scenario's own payloads; and
+//! encoding a delta message the way the writer does against `rmp_serde`.
 //!
 //! Apply is measured on a match already warmed by the whole scenario's first match (its
-//! players and weapons exist), with fresh event ids so nothing is a duplicate.
+//! players and weapons exist), with fresh event ids so nothing is a duplicate. The delta
+//! message holds the first match's first 16 applied events, as a catch-up coalesces them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use match_stats_commands::{Event, EventId, Match, decode};
+use std::borrow::Cow;
+
+use match_stats_commands::{Event, EventId, Match, Outcome, StatDeltaRef, decode};
 use match_stats_harness::contract;
 
 const STORED_AT_MS: i64 = 1_767_312_000_000;
@@ -84,6 +88,33 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    let mut fresh = Match::new(match_id);
+    let entries: Vec<_> = events
+        .iter()
+        .filter(|e| e.match_id == match_id)
+        .enumerate()
+        .filter_map(|(n, e)| match fresh.handle(e, n as u64) {
+            Outcome::Applied(entry) => Some(entry),
+            _ => None,
+        })
+        .take(16)
+        .collect();
+    let delta = StatDeltaRef {
+        match_id,
+        entries: entries.iter().map(Cow::Borrowed).collect(),
+        match_view: None,
+    };
+    let changes: usize = entries.iter().map(|e| e.changes.len()).sum();
+    let mut group = c.benchmark_group(format!("encode a delta of 16 events, {changes} changes"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("rmp_serde::to_vec_named", |b| {
+        b.iter(|| rmp_serde::to_vec_named(&delta).unwrap())
+    });
+    group.bench_function("StatDeltaRef::to_msgpack", |b| {
+        b.iter(|| delta.to_msgpack())
+    });
     group.finish();
 }
 

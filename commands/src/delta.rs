@@ -6,8 +6,9 @@
 //! Derived values (`kd_ratio`, `score`, `playtime_ms`...) are not sent: they follow from
 //! the stored fields by the formulas in [`crate::stats`].
 //!
-//! Encoding: MessagePack maps with string keys (`rmp_serde::to_vec_named`), format
-//! version [`FORMAT_VERSION`]. An event whose changes would not fit one message is split
+//! Encoding: MessagePack maps with string keys (`rmp_serde::to_vec_named`; the writer
+//! writes the same bytes directly, [`StatDeltaRef::to_msgpack`]), format version
+//! [`FORMAT_VERSION`]. An event whose changes would not fit one message is split
 //! into parts ([`DeltaEntry::split`]); its version is applied once its last part is.
 //!
 //! [`Change::apply_to_match`] and [`Change::apply_to_player`] fold a change into the
@@ -23,6 +24,8 @@ use crate::stats::{MatchStats, MatchStatus, PlayerStats};
 use crate::view::MatchView;
 
 pub use crate::field_value::FieldValue;
+
+mod write;
 
 /// The version of this format, in every delta's `Match-Stats-Delta-Version` header.
 pub const FORMAT_VERSION: u32 = 2;

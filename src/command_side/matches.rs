@@ -621,9 +621,7 @@ fn delta_effect(
             position,
             entries: delta.entries.len() as u64,
         },
-        payload: rmp_serde::to_vec_named(delta)
-            .expect("deltas serialize")
-            .into(),
+        payload: delta.to_msgpack().into(),
         handoff: copy.then(|| Arc::new(delta.to_owned_delta())),
         headers,
     }

@@ -1,4 +1,5 @@
-//! The delta messages a batch publishes, against what decoding them gives.
+//! The delta messages a batch publishes, against what decoding them gives and what
+//! `rmp_serde` writes for them.
 
 use super::*;
 
@@ -32,6 +33,8 @@ fn each_delta_messages_copy_equals_its_decoded_payload() {
         for effect in deltas.effects(&names, &Published::new(), usize::MAX).0 {
             let decoded: StatDelta = rmp_serde::from_slice(&effect.payload).unwrap();
             assert_eq!(Some(&decoded), effect.handoff.as_deref());
+            // The writer's direct encoding is serde's, byte for byte.
+            assert_eq!(effect.payload, rmp_serde::to_vec_named(&decoded).unwrap());
             checked += 1;
             completed += usize::from(decoded.match_view.is_some());
         }

@@ -1,0 +1,183 @@
+//! Format 2 written straight with `rmp`'s encoding functions: byte for byte what
+//! `rmp_serde::to_vec_named` writes for a [`StatDeltaRef`] (the tests compare the two on
+//! generated deltas and on every delta of the contract's scenarios), without serde's
+//! dispatch per field, and with each map key written as a constant. The writer encodes
+//! every delta it publishes: its hot path.
+
+use rmp::encode as mp;
+
+use super::{Change, DeltaEntry, Field, FieldValue, StatDeltaRef};
+use crate::stats::FirstBlood;
+
+/// A map key as MessagePack writes it: a fixstr (keys are under 32 bytes).
+macro_rules! key {
+    ($out:expr, $key:literal) => {{
+        const KEY: &[u8] = $key.as_bytes();
+        const _: () = assert!(KEY.len() < 32, "a fixstr key");
+        $out.push(0xa0 | KEY.len() as u8);
+        $out.extend_from_slice(KEY);
+    }};
+}
+
+impl StatDeltaRef<'_> {
+    /// Its format-2 encoding: what `rmp_serde::to_vec_named` gives, written directly.
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        let changes: usize = self.entries.iter().map(|e| e.changes.len()).sum();
+        // About 60 bytes a change and 60 an entry: one allocation for most deltas.
+        let mut out = Vec::with_capacity(32 + 64 * (changes + self.entries.len()));
+        write_delta(self, &mut out);
+        out
+    }
+}
+
+fn write_delta(delta: &StatDeltaRef<'_>, out: &mut Vec<u8>) {
+    // Writing into a `Vec` cannot fail: `expect`s below never fire.
+    let view = delta.match_view;
+    map_len(out, 2 + u32::from(view.is_some()));
+    key!(out, "match_id");
+    str(out, delta.match_id.as_str());
+    key!(out, "entries");
+    mp::write_array_len(out, delta.entries.len() as u32).expect("a Vec takes any write");
+    for entry in &delta.entries {
+        write_entry(entry, out);
+    }
+    if let Some(view) = view {
+        key!(out, "match");
+        rmp_serde::encode::write_named(out, view).expect("views serialize");
+    }
+}
+
+fn map_len(out: &mut Vec<u8>, len: u32) {
+    mp::write_map_len(out, len).expect("a Vec takes any write");
+}
+
+fn str(out: &mut Vec<u8>, s: &str) {
+    mp::write_str(out, s).expect("a Vec takes any write");
+}
+
+fn uint(out: &mut Vec<u8>, n: u64) {
+    mp::write_uint(out, n).expect("a Vec takes any write");
+}
+
+fn sint(out: &mut Vec<u8>, n: i64) {
+    mp::write_sint(out, n).expect("a Vec takes any write");
+}
+
+fn write_entry(entry: &DeltaEntry, out: &mut Vec<u8>) {
+    // `part` is left out at 0 and `parts` at 1, as their `skip_serializing_if` says.
+    let len = 5 + u32::from(entry.part != 0) + u32::from(entry.parts != 1);
+    map_len(out, len);
+    key!(out, "version");
+    uint(out, entry.version);
+    key!(out, "event_id");
+    str(out, entry.event_id.as_str());
+    key!(out, "stream_sequence");
+    uint(out, entry.stream_sequence);
+    key!(out, "timestamp");
+    sint(out, entry.timestamp);
+    key!(out, "changes");
+    mp::write_array_len(out, entry.changes.len() as u32).expect("a Vec takes any write");
+    for change in &entry.changes {
+        write_change(change, out);
+    }
+    if entry.part != 0 {
+        key!(out, "part");
+        uint(out, entry.part.into());
+    }
+    if entry.parts != 1 {
+        key!(out, "parts");
+        uint(out, entry.parts.into());
+    }
+}
+
+fn write_change(change: &Change, out: &mut Vec<u8>) {
+    map_len(out, 4 + u32::from(change.key.is_some()));
+    key!(out, "player_id");
+    match &change.player_id {
+        Some(id) => str(out, id.as_str()),
+        None => mp::write_nil(out).expect("a Vec takes any write"),
+    }
+    key!(out, "field");
+    str(out, change.field.name());
+    if let Some(key) = &change.key {
+        key!(out, "key");
+        str(out, key.as_str());
+    }
+    key!(out, "before");
+    write_value(&change.before, out);
+    key!(out, "after");
+    write_value(&change.after, out);
+}
+
+fn write_value(value: &FieldValue, out: &mut Vec<u8>) {
+    match value {
+        FieldValue::Null => mp::write_nil(out).expect("a Vec takes any write"),
+        FieldValue::Bool(b) => mp::write_bool(out, *b).expect("a Vec takes any write"),
+        FieldValue::Int(n) => sint(out, *n),
+        FieldValue::Float(f) => mp::write_f64(out, *f).expect("a Vec takes any write"),
+        FieldValue::Text(t) => str(out, t.as_str()),
+        FieldValue::FirstBlood(fb) => write_first_blood(fb, out),
+    }
+}
+
+fn write_first_blood(fb: &FirstBlood, out: &mut Vec<u8>) {
+    map_len(out, 3);
+    key!(out, "killer_id");
+    str(out, fb.killer_id.as_str());
+    key!(out, "victim_id");
+    str(out, fb.victim_id.as_str());
+    key!(out, "timestamp");
+    sint(out, fb.timestamp);
+}
+
+impl Field {
+    /// Its name in deltas (and in the REST objects): what serde writes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Status => "status",
+            Field::StartTime => "start_time",
+            Field::EndTime => "end_time",
+            Field::LastUpdate => "last_update",
+            Field::MapName => "map_name",
+            Field::GameMode => "game_mode",
+            Field::MaxPlayers => "max_players",
+            Field::CurrentPlayers => "current_players",
+            Field::TotalKills => "total_kills",
+            Field::TotalDeaths => "total_deaths",
+            Field::TotalAssists => "total_assists",
+            Field::TotalDamage => "total_damage",
+            Field::TotalHealing => "total_healing",
+            Field::FirstBlood => "first_blood",
+            Field::EventCount => "event_count",
+            Field::PlayerName => "player_name",
+            Field::TeamId => "team_id",
+            Field::Online => "online",
+            Field::OnlineSince => "online_since",
+            Field::PlaytimeClosedMs => "playtime_closed_ms",
+            Field::Kills => "kills",
+            Field::Deaths => "deaths",
+            Field::Assists => "assists",
+            Field::Suicides => "suicides",
+            Field::DamageDealt => "damage_dealt",
+            Field::DamageReceived => "damage_received",
+            Field::HealingDone => "healing_done",
+            Field::ShotsFired => "shots_fired",
+            Field::ShotsHit => "shots_hit",
+            Field::Headshots => "headshots",
+            Field::Longshots => "longshots",
+            Field::Multikills => "multikills",
+            Field::BestMultikill => "best_multikill",
+            Field::CurrentStreak => "current_streak",
+            Field::BestStreak => "best_streak",
+            Field::DistanceTraveled => "distance_traveled",
+            Field::WeaponUsed => "weapon_used",
+            Field::ItemsUsed => "items_used",
+            Field::CurrentX => "current_x",
+            Field::CurrentY => "current_y",
+            Field::CurrentZ => "current_z",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
