@@ -3,7 +3,8 @@
 //!
 //! Apply is measured on a match already warmed by the whole scenario's first match (its
 //! players and weapons exist), with fresh event ids so nothing is a duplicate. The delta
-//! message holds the first match's first 16 applied events, as a catch-up coalesces them.
+//! message holds the first match's first 16 applied events, as a catch-up coalesces them;
+//! it is read back both ways too.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::borrow::Cow;
 
-use match_stats_commands::{Event, EventId, Match, Outcome, StatDeltaRef, decode};
+use match_stats_commands::{Event, EventId, Match, Outcome, StatDelta, StatDeltaRef, decode};
 use match_stats_harness::contract;
 
 const STORED_AT_MS: i64 = 1_767_312_000_000;
@@ -114,6 +115,13 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("StatDeltaRef::to_msgpack", |b| {
         b.iter(|| delta.to_msgpack())
+    });
+    let bytes = delta.to_msgpack();
+    group.bench_function("decoded: rmp_serde::from_slice", |b| {
+        b.iter(|| rmp_serde::from_slice::<StatDelta>(&bytes).unwrap())
+    });
+    group.bench_function("decoded: StatDelta::from_msgpack", |b| {
+        b.iter(|| StatDelta::from_msgpack(&bytes).unwrap())
     });
     group.finish();
 }

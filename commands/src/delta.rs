@@ -25,6 +25,7 @@ use crate::view::MatchView;
 
 pub use crate::field_value::FieldValue;
 
+mod read;
 mod write;
 
 /// The version of this format, in every delta's `Match-Stats-Delta-Version` header.

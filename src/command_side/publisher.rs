@@ -273,7 +273,7 @@ fn position_of(
     match from_id {
         Some(position) => Ok(position),
         None => {
-            let delta: StatDelta = rmp_serde::from_slice(&message.payload)?;
+            let delta = StatDelta::from_msgpack(&message.payload)?;
             let last = delta.entries.last();
             Ok(match_stats_commands::delta::Position {
                 version: last.map_or(0, |e| e.version),

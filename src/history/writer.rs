@@ -189,7 +189,7 @@ impl HistoryWriter {
                             continue;
                         }
                     };
-                    if let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) {
+                    if let Ok(delta) = StatDelta::from_msgpack(&message.payload) {
                         completions.note(&delta);
                     }
                     last = Some(message);

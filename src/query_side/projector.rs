@@ -43,7 +43,7 @@ pub(crate) async fn resync(
         for message in chunk {
             let message = message?;
             read += 1;
-            if let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) {
+            if let Ok(delta) = StatDelta::from_msgpack(&message.payload) {
                 let outcome = builder.apply_lenient(&delta);
                 skipped += outcome.skipped_versions;
                 bad += outcome.bad_changes;
@@ -254,7 +254,7 @@ impl Projection {
                     handed_off += 1;
                     delta
                 }
-                None => match rmp_serde::from_slice::<StatDelta>(&message.payload) {
+                None => match StatDelta::from_msgpack(&message.payload) {
                     Ok(delta) => {
                         decoded += 1;
                         Arc::new(delta)

@@ -137,7 +137,7 @@ async fn print_summaries(mut deltas: async_nats::Subscriber) {
     let mut seen = std::collections::HashSet::new();
     let mut projections = std::collections::HashMap::new();
     while let Some(message) = deltas.next().await {
-        let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) else {
+        let Ok(delta) = StatDelta::from_msgpack(&message.payload) else {
             continue;
         };
         let projection = projections

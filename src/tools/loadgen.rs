@@ -199,7 +199,7 @@ fn latencies(h: &Histogram<u64>) -> Option<Latencies> {
 /// Marks every event of every delta arriving on `deltas` as seen.
 pub async fn watch_deltas(mut deltas: async_nats::Subscriber, freshness: Arc<Freshness>) {
     while let Some(message) = deltas.next().await {
-        if let Ok(delta) = rmp_serde::from_slice::<StatDelta>(&message.payload) {
+        if let Ok(delta) = StatDelta::from_msgpack(&message.payload) {
             for entry in &delta.entries {
                 freshness.seen(entry.event_id.as_str());
             }

@@ -79,7 +79,7 @@ pub async fn run(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         let line = if args.dead_letters {
             dead_letter_line(&message, args.json)
         } else {
-            match rmp_serde::from_slice::<StatDelta>(&message.payload) {
+            match StatDelta::from_msgpack(&message.payload) {
                 Ok(delta) if args.json => serde_json::to_string(&delta)?,
                 Ok(delta) => delta_line(&delta),
                 Err(error) => format!("(not a StatDelta on {}: {error})", message.subject),

@@ -180,4 +180,4 @@ impl Field {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -13,7 +13,7 @@ use crate::view::MatchView;
 
 /// Every variant name serde knows for [`Field`], asked from serde itself: the derive
 /// hands its list of variants to the deserializer, which this one keeps.
-fn serde_field_names() -> &'static [&'static str] {
+pub(crate) fn serde_field_names() -> &'static [&'static str] {
     struct Names(std::cell::Cell<&'static [&'static str]>);
     impl<'de> serde::Deserializer<'de> for &Names {
         type Error = serde::de::value::Error;
@@ -58,17 +58,17 @@ fn every_fields_name_is_the_one_serde_writes() {
     }
 }
 
-fn id() -> impl Strategy<Value = String> {
+pub(crate) fn id() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9_-]{1,64}"
 }
 
-fn label() -> impl Strategy<Value = Label> {
+pub(crate) fn label() -> impl Strategy<Value = Label> {
     // Any text (control characters and multi-byte ones included) of at most 64 bytes.
     "\\PC{0,20}|[\\x00-\\x1f]{0,3}|[a-z]{0,64}"
         .prop_filter_map("at most 64 bytes", |s| Label::from(&s).ok())
 }
 
-fn value() -> impl Strategy<Value = FieldValue> {
+pub(crate) fn value() -> impl Strategy<Value = FieldValue> {
     prop_oneof![
         Just(FieldValue::Null),
         any::<bool>().prop_map(FieldValue::Bool),
@@ -86,7 +86,7 @@ fn value() -> impl Strategy<Value = FieldValue> {
     ]
 }
 
-fn change() -> impl Strategy<Value = Change> {
+pub(crate) fn change() -> impl Strategy<Value = Change> {
     let names = serde_field_names();
     (
         proptest::option::of(id()),
@@ -104,7 +104,7 @@ fn change() -> impl Strategy<Value = Change> {
         })
 }
 
-fn entry() -> impl Strategy<Value = DeltaEntry> {
+pub(crate) fn entry() -> impl Strategy<Value = DeltaEntry> {
     (
         prop_oneof![0u64..300, any::<u64>()],
         id(),
@@ -127,7 +127,7 @@ fn entry() -> impl Strategy<Value = DeltaEntry> {
         )
 }
 
-fn view(match_id: MatchId) -> MatchView {
+pub(crate) fn view(match_id: MatchId) -> MatchView {
     let stats = MatchStats {
         map_name: Label::from("de_dust2").ok(),
         total_kills: 3,

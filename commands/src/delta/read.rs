@@ -1,0 +1,317 @@
+//! Reading a delta message: the layout every writer of format 2 writes (string keys,
+//! values of the expected types) read straight from the bytes; anything else (keys as
+//! indices, unknown keys, a first blood, the match object, an error) through
+//! `rmp_serde`, which decides. Both give the same [`StatDelta`] for the same bytes (the
+//! tests compare them on generated deltas and on damaged ones): the fast path only
+//! stands in for serde's dispatch, never for its judgement.
+
+use rmp::Marker;
+
+use super::{Change, DeltaEntry, Field, FieldValue, StatDelta};
+use crate::id::{EventId, Label, MatchId, PlayerId};
+
+impl StatDelta {
+    /// Decodes a delta message (format 2), as `rmp_serde::from_slice` would.
+    pub fn from_msgpack(bytes: &[u8]) -> Result<StatDelta, rmp_serde::decode::Error> {
+        match (Reader { buf: bytes }).delta() {
+            Some(delta) => Ok(delta),
+            None => rmp_serde::from_slice(bytes),
+        }
+    }
+}
+
+/// An integer as MessagePack stored it: unsigned, or signed.
+enum Int {
+    U(u64),
+    I(i64),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn marker(&mut self) -> Option<Marker> {
+        let (&byte, rest) = self.buf.split_first()?;
+        self.buf = rest;
+        Some(Marker::from_u8(byte))
+    }
+
+    fn peek(&self) -> Option<Marker> {
+        self.buf.first().map(|&b| Marker::from_u8(b))
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    fn len(&mut self, marker: Marker) -> Option<usize> {
+        Some(match marker {
+            Marker::U8 => u8::from_be_bytes(self.be()?).into(),
+            Marker::U16 => u16::from_be_bytes(self.be()?).into(),
+            _ => u32::from_be_bytes(self.be()?) as usize,
+        })
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.marker()? {
+            Marker::FixMap(n) => Some(n.into()),
+            Marker::Map16 => self.len(Marker::U16),
+            Marker::Map32 => self.len(Marker::U32),
+            _ => None,
+        }
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        match self.marker()? {
+            Marker::FixArray(n) => Some(n.into()),
+            Marker::Array16 => self.len(Marker::U16),
+            Marker::Array32 => self.len(Marker::U32),
+            _ => None,
+        }
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.marker()? {
+            Marker::FixStr(n) => n.into(),
+            Marker::Str8 => self.len(Marker::U8)?,
+            Marker::Str16 => self.len(Marker::U16)?,
+            Marker::Str32 => self.len(Marker::U32)?,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn nil(&mut self) -> bool {
+        if self.peek() == Some(Marker::Null) {
+            self.buf = &self.buf[1..];
+            return true;
+        }
+        false
+    }
+
+    fn int(&mut self) -> Option<Int> {
+        Some(match self.marker()? {
+            Marker::FixPos(n) => Int::U(n.into()),
+            Marker::FixNeg(n) => Int::I(n.into()),
+            Marker::U8 => Int::U(u8::from_be_bytes(self.be()?).into()),
+            Marker::U16 => Int::U(u16::from_be_bytes(self.be()?).into()),
+            Marker::U32 => Int::U(u32::from_be_bytes(self.be()?).into()),
+            Marker::U64 => Int::U(u64::from_be_bytes(self.be()?)),
+            Marker::I8 => Int::I(i8::from_be_bytes(self.be()?).into()),
+            Marker::I16 => Int::I(i16::from_be_bytes(self.be()?).into()),
+            Marker::I32 => Int::I(i32::from_be_bytes(self.be()?).into()),
+            Marker::I64 => Int::I(i64::from_be_bytes(self.be()?)),
+            _ => return None,
+        })
+    }
+
+    /// As serde reads a `u64`: any integer in range.
+    fn u64(&mut self) -> Option<u64> {
+        match self.int()? {
+            Int::U(n) => Some(n),
+            Int::I(n) => u64::try_from(n).ok(),
+        }
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.u64()?).ok()
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        match self.int()? {
+            Int::U(n) => i64::try_from(n).ok(),
+            Int::I(n) => Some(n),
+        }
+    }
+
+    fn delta(mut self) -> Option<StatDelta> {
+        let (mut match_id, mut entries, mut view_seen) = (None, None, false);
+        for _ in 0..self.map_len()? {
+            match self.str()? {
+                "match_id" if match_id.is_none() => {
+                    match_id = Some(MatchId::parse(self.str()?).ok()?)
+                }
+                "entries" if entries.is_none() => {
+                    let len = self.array_len()?;
+                    let mut list = Vec::with_capacity(len.min(self.buf.len()));
+                    for _ in 0..len {
+                        list.push(self.entry()?);
+                    }
+                    entries = Some(list);
+                }
+                // Only a nil match object here; one that is there goes through serde.
+                "match" if !view_seen && self.nil() => view_seen = true,
+                _ => return None,
+            }
+        }
+        // Trailing bytes, or a field missing: serde says what it makes of them.
+        if !self.buf.is_empty() {
+            return None;
+        }
+        Some(StatDelta {
+            match_id: match_id?,
+            entries: entries?,
+            match_view: None,
+        })
+    }
+
+    fn entry(&mut self) -> Option<DeltaEntry> {
+        let (mut version, mut event_id, mut stream_sequence, mut timestamp) =
+            (None, None, None, None);
+        let (mut changes, mut part, mut parts) = (None, None, None);
+        for _ in 0..self.map_len()? {
+            match self.str()? {
+                "version" if version.is_none() => version = Some(self.u64()?),
+                "event_id" if event_id.is_none() => {
+                    event_id = Some(EventId::parse(self.str()?).ok()?)
+                }
+                "stream_sequence" if stream_sequence.is_none() => {
+                    stream_sequence = Some(self.u64()?)
+                }
+                "timestamp" if timestamp.is_none() => timestamp = Some(self.i64()?),
+                "changes" if changes.is_none() => {
+                    let len = self.array_len()?;
+                    let mut list = Vec::with_capacity(len.min(self.buf.len()));
+                    for _ in 0..len {
+                        list.push(self.change()?);
+                    }
+                    changes = Some(list);
+                }
+                "part" if part.is_none() => part = Some(self.u32()?),
+                "parts" if parts.is_none() => parts = Some(self.u32()?),
+                _ => return None,
+            }
+        }
+        Some(DeltaEntry {
+            version: version?,
+            event_id: event_id?,
+            stream_sequence: stream_sequence?,
+            timestamp: timestamp?,
+            changes: changes?,
+            part: part.unwrap_or(0),
+            parts: parts.unwrap_or(1),
+        })
+    }
+
+    fn change(&mut self) -> Option<Change> {
+        let (mut player_id, mut field, mut key) = (None, None, None);
+        let (mut before, mut after) = (None, None);
+        for _ in 0..self.map_len()? {
+            match self.str()? {
+                "player_id" if player_id.is_none() => {
+                    player_id = Some(match self.nil() {
+                        true => None,
+                        false => Some(PlayerId::parse(self.str()?).ok()?),
+                    })
+                }
+                "field" if field.is_none() => field = Some(Field::from_name(self.str()?)?),
+                "key" if key.is_none() => {
+                    key = Some(match self.nil() {
+                        true => None,
+                        false => Some(Label::from(self.str()?).ok()?),
+                    })
+                }
+                "before" if before.is_none() => before = Some(self.value()?),
+                "after" if after.is_none() => after = Some(self.value()?),
+                _ => return None,
+            }
+        }
+        Some(Change {
+            player_id: player_id.flatten(),
+            field: field?,
+            key: key.flatten(),
+            before: before?,
+            after: after?,
+        })
+    }
+
+    /// A value as [`FieldValue`]'s `Deserialize` reads it (a first blood, a map, goes
+    /// through serde).
+    fn value(&mut self) -> Option<FieldValue> {
+        Some(match self.peek()? {
+            Marker::Null => {
+                self.nil();
+                FieldValue::Null
+            }
+            Marker::True | Marker::False => FieldValue::Bool(self.marker()? == Marker::True),
+            Marker::F32 => FieldValue::Float(f32::from_be_bytes(self.be_after_marker()?).into()),
+            Marker::F64 => FieldValue::Float(f64::from_be_bytes(self.be_after_marker()?)),
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                FieldValue::Text(Label::from(self.str()?).ok()?)
+            }
+            _ => match self.int()? {
+                // Past i64 only as a float, as the `Deserialize` reads it.
+                Int::U(n) => i64::try_from(n).map_or(FieldValue::Float(n as f64), FieldValue::Int),
+                Int::I(n) => FieldValue::Int(n),
+            },
+        })
+    }
+
+    fn be_after_marker<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.marker()?;
+        self.be()
+    }
+}
+
+impl Field {
+    /// The field a delta names (see [`Field::name`]).
+    pub fn from_name(name: &str) -> Option<Field> {
+        Some(match name {
+            "status" => Field::Status,
+            "start_time" => Field::StartTime,
+            "end_time" => Field::EndTime,
+            "last_update" => Field::LastUpdate,
+            "map_name" => Field::MapName,
+            "game_mode" => Field::GameMode,
+            "max_players" => Field::MaxPlayers,
+            "current_players" => Field::CurrentPlayers,
+            "total_kills" => Field::TotalKills,
+            "total_deaths" => Field::TotalDeaths,
+            "total_assists" => Field::TotalAssists,
+            "total_damage" => Field::TotalDamage,
+            "total_healing" => Field::TotalHealing,
+            "first_blood" => Field::FirstBlood,
+            "event_count" => Field::EventCount,
+            "player_name" => Field::PlayerName,
+            "team_id" => Field::TeamId,
+            "online" => Field::Online,
+            "online_since" => Field::OnlineSince,
+            "playtime_closed_ms" => Field::PlaytimeClosedMs,
+            "kills" => Field::Kills,
+            "deaths" => Field::Deaths,
+            "assists" => Field::Assists,
+            "suicides" => Field::Suicides,
+            "damage_dealt" => Field::DamageDealt,
+            "damage_received" => Field::DamageReceived,
+            "healing_done" => Field::HealingDone,
+            "shots_fired" => Field::ShotsFired,
+            "shots_hit" => Field::ShotsHit,
+            "headshots" => Field::Headshots,
+            "longshots" => Field::Longshots,
+            "multikills" => Field::Multikills,
+            "best_multikill" => Field::BestMultikill,
+            "current_streak" => Field::CurrentStreak,
+            "best_streak" => Field::BestStreak,
+            "distance_traveled" => Field::DistanceTraveled,
+            "weapon_used" => Field::WeaponUsed,
+            "items_used" => Field::ItemsUsed,
+            "current_x" => Field::CurrentX,
+            "current_y" => Field::CurrentY,
+            "current_z" => Field::CurrentZ,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
