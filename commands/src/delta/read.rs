@@ -80,7 +80,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn str(&mut self) -> Option<&'a str> {
+    /// A string's bytes, not checked as UTF-8: a map key, compared with the known ones.
+    fn key(&mut self) -> Option<&'a [u8]> {
         let len = match self.marker()? {
             Marker::FixStr(n) => n.into(),
             Marker::Str8 => self.len(Marker::U8)?,
@@ -88,7 +89,11 @@ impl<'a> Reader<'a> {
             Marker::Str32 => self.len(Marker::U32)?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.key()?).ok()
     }
 
     fn nil(&mut self) -> bool {
@@ -137,11 +142,11 @@ impl<'a> Reader<'a> {
     fn delta(mut self) -> Option<StatDelta> {
         let (mut match_id, mut entries, mut view_seen) = (None, None, false);
         for _ in 0..self.map_len()? {
-            match self.str()? {
-                "match_id" if match_id.is_none() => {
+            match self.key()? {
+                b"match_id" if match_id.is_none() => {
                     match_id = Some(MatchId::parse(self.str()?).ok()?)
                 }
-                "entries" if entries.is_none() => {
+                b"entries" if entries.is_none() => {
                     let len = self.array_len()?;
                     let mut list = Vec::with_capacity(len.min(self.buf.len()));
                     for _ in 0..len {
@@ -150,7 +155,7 @@ impl<'a> Reader<'a> {
                     entries = Some(list);
                 }
                 // Only a nil match object here; one that is there goes through serde.
-                "match" if !view_seen && self.nil() => view_seen = true,
+                b"match" if !view_seen && self.nil() => view_seen = true,
                 _ => return None,
             }
         }
@@ -170,16 +175,16 @@ impl<'a> Reader<'a> {
             (None, None, None, None);
         let (mut changes, mut part, mut parts) = (None, None, None);
         for _ in 0..self.map_len()? {
-            match self.str()? {
-                "version" if version.is_none() => version = Some(self.u64()?),
-                "event_id" if event_id.is_none() => {
+            match self.key()? {
+                b"version" if version.is_none() => version = Some(self.u64()?),
+                b"event_id" if event_id.is_none() => {
                     event_id = Some(EventId::parse(self.str()?).ok()?)
                 }
-                "stream_sequence" if stream_sequence.is_none() => {
+                b"stream_sequence" if stream_sequence.is_none() => {
                     stream_sequence = Some(self.u64()?)
                 }
-                "timestamp" if timestamp.is_none() => timestamp = Some(self.i64()?),
-                "changes" if changes.is_none() => {
+                b"timestamp" if timestamp.is_none() => timestamp = Some(self.i64()?),
+                b"changes" if changes.is_none() => {
                     let len = self.array_len()?;
                     let mut list = Vec::with_capacity(len.min(self.buf.len()));
                     for _ in 0..len {
@@ -187,8 +192,8 @@ impl<'a> Reader<'a> {
                     }
                     changes = Some(list);
                 }
-                "part" if part.is_none() => part = Some(self.u32()?),
-                "parts" if parts.is_none() => parts = Some(self.u32()?),
+                b"part" if part.is_none() => part = Some(self.u32()?),
+                b"parts" if parts.is_none() => parts = Some(self.u32()?),
                 _ => return None,
             }
         }
@@ -207,22 +212,22 @@ impl<'a> Reader<'a> {
         let (mut player_id, mut field, mut key) = (None, None, None);
         let (mut before, mut after) = (None, None);
         for _ in 0..self.map_len()? {
-            match self.str()? {
-                "player_id" if player_id.is_none() => {
+            match self.key()? {
+                b"player_id" if player_id.is_none() => {
                     player_id = Some(match self.nil() {
                         true => None,
                         false => Some(PlayerId::parse(self.str()?).ok()?),
                     })
                 }
-                "field" if field.is_none() => field = Some(Field::from_name(self.str()?)?),
-                "key" if key.is_none() => {
+                b"field" if field.is_none() => field = Some(Field::from_name(self.str()?)?),
+                b"key" if key.is_none() => {
                     key = Some(match self.nil() {
                         true => None,
                         false => Some(Label::from(self.str()?).ok()?),
                     })
                 }
-                "before" if before.is_none() => before = Some(self.value()?),
-                "after" if after.is_none() => after = Some(self.value()?),
+                b"before" if before.is_none() => before = Some(self.value()?),
+                b"after" if after.is_none() => after = Some(self.value()?),
                 _ => return None,
             }
         }
