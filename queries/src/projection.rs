@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
-use match_stats_commands::delta::{Change, Field, FieldValue};
+use match_stats_commands::delta::{BadValue, Change, Field, FieldValue};
 use match_stats_commands::{MatchId, MatchStats, MatchView, PlayerId, PlayerStats, StatDelta};
 
 /// Why a delta could not be applied.
@@ -145,9 +145,12 @@ impl MatchProjection {
             } else if self.next_part > 0 {
                 return Err(gap);
             }
-            for change in &entry.changes {
-                self.apply_change(change)?;
-            }
+            self.apply_changes(&entry.changes, Err)
+                .map_err(|bad| ProjectionError::BadValue {
+                    match_id: self.match_id,
+                    field: bad.field,
+                    value: bad.value,
+                })?;
             if entry.is_whole() || entry.part + 1 == entry.parts {
                 self.version = entry.version;
                 self.next_part = 0;
@@ -178,11 +181,10 @@ impl MatchProjection {
                 self.version = entry.version - 1;
                 self.next_part = if entry.is_whole() { 0 } else { entry.part };
             }
-            for change in &entry.changes {
-                if self.apply_change(change).is_err() {
-                    outcome.bad_changes += 1;
-                }
-            }
+            let _ = self.apply_changes(&entry.changes, |_| {
+                outcome.bad_changes += 1;
+                Ok(())
+            });
             if entry.is_whole() || entry.part + 1 == entry.parts {
                 self.version = entry.version;
                 self.next_part = 0;
@@ -194,16 +196,30 @@ impl MatchProjection {
         outcome
     }
 
-    fn apply_change(&mut self, change: &Change) -> Result<(), ProjectionError> {
-        let result = match change.player_id {
-            None => change.apply_to_match(&mut self.stats),
-            Some(id) => change.apply_to_player(Arc::make_mut(self.players.entry(id).or_default())),
-        };
-        result.map_err(|bad| ProjectionError::BadValue {
-            match_id: self.match_id,
-            field: bad.field,
-            value: bad.value,
-        })
+    /// Applies `changes` in order, finding each player once for a run of its changes (an
+    /// event's changes come grouped by player). A change whose value does not fit its
+    /// field goes to `bad`, which says whether to go on (`Ok`) or stop there (`Err`).
+    fn apply_changes(
+        &mut self,
+        changes: &[Change],
+        mut bad: impl FnMut(BadValue) -> Result<(), BadValue>,
+    ) -> Result<(), BadValue> {
+        for run in changes.chunk_by(|a, b| a.player_id == b.player_id) {
+            match run[0].player_id {
+                None => {
+                    for change in run {
+                        change.apply_to_match(&mut self.stats).or_else(&mut bad)?;
+                    }
+                }
+                Some(id) => {
+                    let player = Arc::make_mut(self.players.entry(id).or_default());
+                    for change in run {
+                        change.apply_to_player(player).or_else(&mut bad)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
