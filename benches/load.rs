@@ -23,7 +23,8 @@
 //!    failed writes.
 //! 4. REST: `GET match` (64 players) and a leaderboard from 64 connections while 10k
 //!    events/s are ingested; baseline: a bare axum handler returning static bodies of the
-//!    same sizes, measured under the same ingest.
+//!    same sizes, measured under the same ingest, in this process (beside the clients)
+//!    and in a process of its own (`support/bare_http.rs`), as the service runs.
 //!
 //! Under `cargo test` (no `--bench`), a smoke run with small numbers.
 
@@ -35,6 +36,8 @@ use async_nats::jetstream::{self, consumer};
 use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
+#[path = "support/bare_http.rs"]
+mod bare_http;
 #[path = "support/pipeline.rs"]
 mod pipeline;
 #[path = "support/relay.rs"]
@@ -286,6 +289,9 @@ fn p99_ratio(service: &loadgen::Report, relay: &loadgen::Report) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(dir) = std::env::var_os(bare_http::CHILD_ENV) {
+        return bare_http::serve_child(std::path::Path::new(&dir)).await;
+    }
     let sizes = sizes();
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -417,21 +423,7 @@ async fn main() -> anyhow::Result<()> {
     background.await??;
     // 4'. The bare axum handler with bodies of the same sizes, under the same ingest (the
     // service still running, 10k events/s published).
-    let bare = axum::Router::new()
-        .route(
-            "/match",
-            axum::routing::get({
-                let body = bodies[0].clone();
-                move || async move { body }
-            }),
-        )
-        .route(
-            "/leaderboard",
-            axum::routing::get({
-                let body = bodies[1].clone();
-                move || async move { body }
-            }),
-        );
+    let bare = bare_http::router(bodies[0].clone(), bodies[1].clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, bare).await });
@@ -451,6 +443,26 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     server.abort();
+    background.await??;
+    // 4''. The same handler in a process of its own, as the service is: what serving
+    // from another process costs, which the in-process baseline does not pay.
+    let child = bare_http::Child::start(&bodies[0], &bodies[1])?;
+    let background = {
+        let config = config.clone();
+        let seconds = sizes.rest_seconds + 1;
+        tokio::spawn(async move {
+            loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await
+        })
+    };
+    let child_rest = hammer(
+        vec![
+            format!("{}/match", child.url),
+            format!("{}/leaderboard", child.url),
+        ],
+        sizes.rest_seconds,
+    )
+    .await;
+    drop(child);
     background.await??;
 
     drop(service);
@@ -582,6 +594,19 @@ async fn main() -> anyhow::Result<()> {
             bare_rest.p99_ms,
             service_rest.requests_per_second / bare_rest.requests_per_second,
             service_rest.p99_ms / bare_rest.p99_ms
+        ),
+    ));
+    rows.push((
+        "REST, the same, against the bare handler in a process of its own (as the service runs)"
+            .into(),
+        "(the row above)".into(),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({:.2}x the rate, p99 {:.2}x)",
+            child_rest.requests_per_second,
+            child_rest.p50_ms,
+            child_rest.p99_ms,
+            service_rest.requests_per_second / child_rest.requests_per_second,
+            service_rest.p99_ms / child_rest.p99_ms
         ),
     ));
     let traffic: Vec<String> = redis_traffic
