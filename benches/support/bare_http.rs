@@ -44,7 +44,8 @@ pub async fn serve_child(dir: &Path) -> anyhow::Result<()> {
 /// The bare handler in a process of its own; killed on drop.
 pub struct Child {
     process: std::process::Child,
-    _dir: tempfile::TempDir,
+    /// The bodies and the port file; removed on drop.
+    dir: tempfile::TempDir,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -63,9 +64,9 @@ impl Child {
         let mut child = Child {
             process,
             url: String::new(),
-            _dir: dir,
+            dir,
         };
-        let port_file: PathBuf = child._dir.path().join("port");
+        let port_file: PathBuf = child.dir.path().join("port");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(port) = std::fs::read_to_string(&port_file) {

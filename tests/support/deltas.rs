@@ -58,7 +58,7 @@ pub async fn fold_deltas(js: &jetstream::Context, stream: &str) -> Deltas {
 }
 
 fn delta_entries(payload: &[u8]) -> usize {
-    StatDelta::from_msgpack(payload)
+    rmp_serde::from_slice::<StatDelta>(payload)
         .map(|d| d.entries.len())
         .unwrap_or(0)
 }
