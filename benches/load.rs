@@ -87,6 +87,18 @@ async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Servic
     Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis_addr(redis))]).await
 }
 
+/// REST_RATE events/s published for `seconds` in the background: the ingest each REST
+/// measurement runs under.
+fn ingest(
+    config: &Config,
+    seconds: u64,
+) -> tokio::task::JoinHandle<anyhow::Result<loadgen::Report>> {
+    let config = config.clone();
+    tokio::spawn(
+        async move { loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await },
+    )
+}
+
 /// Redis's own counters: (commands processed, bytes received from clients).
 async fn redis_counters(redis: &RedisServer) -> anyhow::Result<(u64, u64)> {
     let client = redis::Client::open(redis.url())?;
@@ -421,13 +433,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "load-test: REST at {CONNECTIONS} connections while ingesting {REST_RATE} events/s..."
     );
-    let background = {
-        let config = config.clone();
-        let seconds = sizes.rest_seconds + 1;
-        tokio::spawn(async move {
-            loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await
-        })
-    };
+    let background = ingest(&config, sizes.rest_seconds + 1);
     let service_rest = hammer(urls, sizes.rest_seconds).await;
     background.await??;
     // 4'. The bare axum handler with bodies of the same sizes, under the same ingest (the
@@ -436,13 +442,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, bare).await });
-    let background = {
-        let config = config.clone();
-        let seconds = sizes.rest_seconds + 1;
-        tokio::spawn(async move {
-            loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await
-        })
-    };
+    let background = ingest(&config, sizes.rest_seconds + 1);
     let bare_rest = hammer(
         vec![
             format!("http://{addr}/match"),
@@ -453,16 +453,10 @@ async fn main() -> anyhow::Result<()> {
     .await;
     server.abort();
     background.await??;
-    // 4''. The same handler in a process of its own, as the service is: what serving
-    // from another process costs, which the in-process baseline does not pay.
+    // 4''. The same handler in a process of its own, as the service runs (the one above
+    // shares this process's runtime with the clients).
     let child = bare_http::Child::start(&bodies[0], &bodies[1])?;
-    let background = {
-        let config = config.clone();
-        let seconds = sizes.rest_seconds + 1;
-        tokio::spawn(async move {
-            loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await
-        })
-    };
+    let background = ingest(&config, sizes.rest_seconds + 1);
     let child_rest = hammer(
         vec![
             format!("{}/match", child.url),

@@ -7,7 +7,7 @@ use rmp::encode as mp;
 
 use super::*;
 use crate::delta::StatDeltaRef;
-use crate::delta::write::tests::{change, entry, id, view};
+use crate::delta::write::tests::{change, entry, id, message, view};
 
 /// What the fast path alone makes of `bytes`, if anything.
 fn fast(bytes: &[u8]) -> Option<StatDelta> {
@@ -42,12 +42,7 @@ proptest! {
     ) {
         let match_id = MatchId::parse(&match_id).unwrap();
         let view = with_view.then(|| view(match_id));
-        let delta = StatDeltaRef {
-            match_id,
-            entries: entries.iter().map(Cow::Borrowed).collect(),
-            match_view: view.as_ref(),
-        };
-        let bytes = delta.to_msgpack();
+        let bytes = message(match_id, &entries, view.as_ref()).to_msgpack();
         let took_fast = agree(&bytes)?;
         // The fast path takes every delta but those with a first blood or a match object.
         let unusual = with_view
@@ -65,12 +60,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
-        let delta = StatDeltaRef {
-            match_id: MatchId::parse(&match_id).unwrap(),
-            entries: entries.iter().map(Cow::Borrowed).collect(),
-            match_view: None,
-        };
-        let mut bytes = delta.to_msgpack();
+        let mut bytes = message(MatchId::parse(&match_id).unwrap(), &entries, None).to_msgpack();
         for (at, byte) in damage {
             let at = at.index(bytes.len());
             bytes[at] = byte;

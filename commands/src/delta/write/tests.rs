@@ -141,6 +141,19 @@ pub(crate) fn view(match_id: MatchId) -> MatchView {
     )
 }
 
+/// A delta message of `match_id` over `entries`, with the match object `view`.
+pub(crate) fn message<'a>(
+    match_id: MatchId,
+    entries: &'a [DeltaEntry],
+    view: Option<&'a MatchView>,
+) -> StatDeltaRef<'a> {
+    StatDeltaRef {
+        match_id,
+        entries: entries.iter().map(Cow::Borrowed).collect(),
+        match_view: view,
+    }
+}
+
 proptest! {
     #[test]
     fn a_delta_encodes_to_the_bytes_rmp_serde_writes(
@@ -150,11 +163,7 @@ proptest! {
     ) {
         let match_id = MatchId::parse(&match_id).unwrap();
         let view = with_view.then(|| view(match_id));
-        let delta = StatDeltaRef {
-            match_id,
-            entries: entries.iter().map(Cow::Borrowed).collect(),
-            match_view: view.as_ref(),
-        };
+        let delta = message(match_id, &entries, view.as_ref());
         let direct = delta.to_msgpack();
         prop_assert_eq!(&direct, &rmp_serde::to_vec_named(&delta).unwrap());
         // And it reads back as the delta it was (NaN aside, which equals nothing).
