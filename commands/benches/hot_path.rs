@@ -123,6 +123,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decoded: StatDelta::from_msgpack", |b| {
         b.iter(|| StatDelta::from_msgpack(&bytes).unwrap())
     });
+    group.bench_function("skimmed: StatDelta::carries_match", |b| {
+        b.iter(|| StatDelta::carries_match(&bytes).unwrap())
+    });
     group.finish();
 }
 

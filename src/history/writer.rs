@@ -189,7 +189,11 @@ impl HistoryWriter {
                             continue;
                         }
                     };
-                    if let Ok(delta) = StatDelta::from_msgpack(&message.payload) {
+                    // Only a completed match's deltas carry the match object; the rest
+                    // are not decoded at all.
+                    if StatDelta::carries_match(&message.payload) != Some(false)
+                        && let Ok(delta) = StatDelta::from_msgpack(&message.payload)
+                    {
                         completions.note(&delta);
                     }
                     last = Some(message);

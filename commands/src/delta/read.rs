@@ -20,6 +20,25 @@ impl StatDelta {
     }
 }
 
+impl StatDelta {
+    /// Whether a delta message carries the match object (every delta of a completed
+    /// match does), read without building the delta; `None` when the bytes do not say
+    /// it plainly (not a map of string keys, damaged): decode them to know.
+    pub fn carries_match(bytes: &[u8]) -> Option<bool> {
+        let mut reader = Reader { buf: bytes };
+        for _ in 0..reader.map_len()? {
+            if reader.key()? == b"match" {
+                return Some(!reader.nil());
+            }
+            reader.skip(0)?;
+        }
+        Some(false)
+    }
+}
+
+/// How deep [`Reader::skip`] goes into nested values (a delta's are 4 deep).
+const MAX_SKIP_DEPTH: usize = 16;
+
 /// An integer as MessagePack stored it: unsigned, or signed.
 enum Int {
     U(u64),
@@ -260,6 +279,46 @@ impl<'a> Reader<'a> {
                 Int::I(n) => FieldValue::Int(n),
             },
         })
+    }
+
+    /// Passes over one value of any type.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_SKIP_DEPTH {
+            return None;
+        }
+        let (bytes, items) = match self.marker()? {
+            Marker::Null | Marker::True | Marker::False => (0, 0),
+            Marker::FixPos(_) | Marker::FixNeg(_) => (0, 0),
+            Marker::U8 | Marker::I8 => (1, 0),
+            Marker::U16 | Marker::I16 => (2, 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
+            Marker::FixStr(n) => (n.into(), 0),
+            Marker::Str8 | Marker::Bin8 => (self.len(Marker::U8)?, 0),
+            Marker::Str16 | Marker::Bin16 => (self.len(Marker::U16)?, 0),
+            Marker::Str32 | Marker::Bin32 => (self.len(Marker::U32)?, 0),
+            Marker::FixArray(n) => (0, n.into()),
+            Marker::Array16 => (0, self.len(Marker::U16)?),
+            Marker::Array32 => (0, self.len(Marker::U32)?),
+            Marker::FixMap(n) => (0, 2 * usize::from(n)),
+            Marker::Map16 => (0, 2 * self.len(Marker::U16)?),
+            Marker::Map32 => (0, 2 * self.len(Marker::U32)?),
+            // An extension: its type byte and its data.
+            Marker::FixExt1 => (2, 0),
+            Marker::FixExt2 => (3, 0),
+            Marker::FixExt4 => (5, 0),
+            Marker::FixExt8 => (9, 0),
+            Marker::FixExt16 => (17, 0),
+            Marker::Ext8 => (self.len(Marker::U8)? + 1, 0),
+            Marker::Ext16 => (self.len(Marker::U16)? + 1, 0),
+            Marker::Ext32 => (self.len(Marker::U32)? + 1, 0),
+            Marker::Reserved => return None,
+        };
+        self.take(bytes)?;
+        for _ in 0..items {
+            self.skip(depth + 1)?;
+        }
+        Some(())
     }
 
     fn be_after_marker<const N: usize>(&mut self) -> Option<[u8; N]> {

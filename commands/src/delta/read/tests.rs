@@ -49,7 +49,8 @@ proptest! {
             || entries.iter().flat_map(|e| &e.changes).any(|c| is_first_blood(&c.before) || is_first_blood(&c.after));
         prop_assert_eq!(took_fast, !unusual);
         let read = StatDelta::from_msgpack(&bytes).unwrap();
-        prop_assert_eq!(rmp_serde::to_vec_named(&read).unwrap(), bytes);
+        prop_assert_eq!(&rmp_serde::to_vec_named(&read).unwrap(), &bytes);
+        prop_assert_eq!(StatDelta::carries_match(&bytes), Some(with_view));
     }
 
     #[test]
@@ -59,8 +60,11 @@ proptest! {
         damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
+        with_view in any::<bool>(),
     ) {
-        let mut bytes = message(MatchId::parse(&match_id).unwrap(), &entries, None).to_msgpack();
+        let match_id = MatchId::parse(&match_id).unwrap();
+        let view = with_view.then(|| view(match_id));
+        let mut bytes = message(match_id, &entries, view.as_ref()).to_msgpack();
         for (at, byte) in damage {
             let at = at.index(bytes.len());
             bytes[at] = byte;
@@ -69,6 +73,10 @@ proptest! {
             bytes.truncate(cut.index(bytes.len()));
         }
         agree(&bytes)?;
+        // Said not to carry the match object: serde finds none either (or refuses).
+        if StatDelta::carries_match(&bytes) == Some(false) {
+            prop_assert!(rmp_serde::from_slice::<StatDelta>(&bytes).map_or(true, |d| d.match_view.is_none()));
+        }
         // And the public reading is serde's, error or not.
         match (StatDelta::from_msgpack(&bytes), rmp_serde::from_slice::<StatDelta>(&bytes)) {
             (Ok(a), Ok(b)) => prop_assert_eq!(rmp_serde::to_vec_named(&a).unwrap(), rmp_serde::to_vec_named(&b).unwrap()),
