@@ -87,16 +87,25 @@ async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Servic
     Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis_addr(redis))]).await
 }
 
-/// REST_RATE events/s published for `seconds` in the background: the ingest each REST
-/// measurement runs under.
-fn ingest(
+/// The service's `/ready` body.
+async fn ready(http: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(reqwest::get(format!("{http}/ready")).await?.json().await?)
+}
+
+/// `hammer` on `urls` for `seconds` while REST_RATE events/s are published (for a second
+/// longer): each REST measurement runs under the same ingest.
+async fn hammer_under_ingest(
     config: &Config,
+    urls: Vec<String>,
     seconds: u64,
-) -> tokio::task::JoinHandle<anyhow::Result<loadgen::Report>> {
+) -> anyhow::Result<RestResult> {
     let config = config.clone();
-    tokio::spawn(
-        async move { loadgen::run(&config, &load(0, REST_RATE, Some(seconds), false)).await },
-    )
+    let background = tokio::spawn(async move {
+        loadgen::run(&config, &load(0, REST_RATE, Some(seconds + 1), false)).await
+    });
+    let result = hammer(urls, seconds).await;
+    background.await??;
+    Ok(result)
 }
 
 /// Redis's own counters: (commands processed, bytes received from clients).
@@ -337,11 +346,9 @@ async fn main() -> anyhow::Result<()> {
         // the partition consumers' backlog, a consumer info request to nats-server per
         // partition, only once every event is decided. Asked every 50 ms throughout,
         // those requests took a share of nats-server's CPU from the catch-up they timed.
-        let ready: serde_json::Value = reqwest::get(format!("{}/ready", service.http))
-            .await?
-            .json()
-            .await?;
-        let decided = ready["counts"]["received"].as_u64().unwrap_or(0);
+        let decided = ready(&service.http).await?["counts"]["received"]
+            .as_u64()
+            .unwrap_or(0);
         if decided >= sizes.events && backlog(&js, &config).await == 0 {
             break;
         }
@@ -363,14 +370,10 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let text = metrics_text(&service.http).await?;
         let projected = total(&text, "match_stats_deltas_projected_total");
-        if projected >= total(&text, "match_stats_deltas_published_total") {
-            let ready: serde_json::Value = reqwest::get(format!("{}/ready", service.http))
-                .await?
-                .json()
-                .await?;
-            if ready["read_model_caught_up"] == true {
-                break;
-            }
+        if projected >= total(&text, "match_stats_deltas_published_total")
+            && ready(&service.http).await?["read_model_caught_up"] == true
+        {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -433,40 +436,36 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "load-test: REST at {CONNECTIONS} connections while ingesting {REST_RATE} events/s..."
     );
-    let background = ingest(&config, sizes.rest_seconds + 1);
-    let service_rest = hammer(urls, sizes.rest_seconds).await;
-    background.await??;
+    let service_rest = hammer_under_ingest(&config, urls, sizes.rest_seconds).await?;
     // 4'. The bare axum handler with bodies of the same sizes, under the same ingest (the
     // service still running, 10k events/s published).
     let bare = bare_http::router(bodies[0].clone(), bodies[1].clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, bare).await });
-    let background = ingest(&config, sizes.rest_seconds + 1);
-    let bare_rest = hammer(
+    let bare_rest = hammer_under_ingest(
+        &config,
         vec![
             format!("http://{addr}/match"),
             format!("http://{addr}/leaderboard"),
         ],
         sizes.rest_seconds,
     )
-    .await;
+    .await?;
     server.abort();
-    background.await??;
     // 4''. The same handler in a process of its own, as the service runs (the one above
     // shares this process's runtime with the clients).
     let child = bare_http::Child::start(&bodies[0], &bodies[1])?;
-    let background = ingest(&config, sizes.rest_seconds + 1);
-    let child_rest = hammer(
+    let child_rest = hammer_under_ingest(
+        &config,
         vec![
             format!("{}/match", child.url),
             format!("{}/leaderboard", child.url),
         ],
         sizes.rest_seconds,
     )
-    .await;
+    .await?;
     drop(child);
-    background.await??;
 
     drop(service);
 

@@ -37,7 +37,7 @@ struct State {
 }
 
 fn changes_of(delta: &StatDelta) -> usize {
-    weight(delta.entries.iter().map(|e| e.changes.len()).sum())
+    weight(delta.change_count())
 }
 
 /// What a delta of `changes` changes takes of a hand-off's room: its changes and one for

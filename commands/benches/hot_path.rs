@@ -6,12 +6,11 @@
 //! message holds the first match's first 16 applied events, as a catch-up coalesces them;
 //! it is read back both ways too.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use std::borrow::Cow;
-
 use match_stats_commands::{Event, EventId, Match, Outcome, StatDelta, StatDeltaRef, decode};
 use match_stats_harness::contract;
 

@@ -71,6 +71,11 @@ impl Position {
 }
 
 impl StatDelta {
+    /// How many changes its entries carry.
+    pub fn change_count(&self) -> usize {
+        self.entries.iter().map(|e| e.changes.len()).sum()
+    }
+
     /// The deltas stream's `Nats-Msg-Id`: the same for the same match and versions, so a
     /// replay never publishes a change twice: `<match>:<version>`,
     /// `<match>:<first>-<last>`, or for a part, `<match>:<version>#<part>/<parts>`.
@@ -110,6 +115,11 @@ pub struct StatDeltaRef<'a> {
 }
 
 impl StatDeltaRef<'_> {
+    /// How many changes its entries carry.
+    pub fn change_count(&self) -> usize {
+        self.entries.iter().map(|e| e.changes.len()).sum()
+    }
+
     /// The same delta, owned: what decoding its encoding gives.
     pub fn to_owned_delta(&self) -> StatDelta {
         StatDelta {
@@ -325,55 +335,84 @@ impl Change {
     }
 }
 
-/// The stored fields a [`Change`] can name; the JSON/MessagePack name is the
-/// snake_case of the variant, the same word as in [`crate::stats`] and the REST objects.
-#[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Field {
+/// Declares [`Field`] from one list of variants and their names in deltas, with
+/// [`Field::name`] and [`Field::from_name`] (serde's `snake_case` names the same; a test
+/// checks every one against serde's).
+macro_rules! fields {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The stored fields a [`Change`] can name; the JSON/MessagePack name is the
+        /// snake_case of the variant, the same word as in [`crate::stats`] and the REST
+        /// objects.
+        #[allow(missing_docs)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Field {
+            $($variant,)*
+        }
+
+        impl Field {
+            /// Its name in deltas (and in the REST objects): what serde writes for it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $name,)*
+                }
+            }
+
+            /// The field a delta names (see [`Field::name`]).
+            pub fn from_name(name: &str) -> Option<Field> {
+                match name {
+                    $($name => Some(Field::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+fields! {
     // Match level.
-    Status,
-    StartTime,
-    EndTime,
-    LastUpdate,
-    MapName,
-    GameMode,
-    MaxPlayers,
-    CurrentPlayers,
-    TotalKills,
-    TotalDeaths,
-    TotalAssists,
-    TotalDamage,
-    TotalHealing,
-    FirstBlood,
-    EventCount,
+    Status => "status",
+    StartTime => "start_time",
+    EndTime => "end_time",
+    LastUpdate => "last_update",
+    MapName => "map_name",
+    GameMode => "game_mode",
+    MaxPlayers => "max_players",
+    CurrentPlayers => "current_players",
+    TotalKills => "total_kills",
+    TotalDeaths => "total_deaths",
+    TotalAssists => "total_assists",
+    TotalDamage => "total_damage",
+    TotalHealing => "total_healing",
+    FirstBlood => "first_blood",
+    EventCount => "event_count",
     // Player level.
-    PlayerName,
-    TeamId,
-    Online,
-    OnlineSince,
-    PlaytimeClosedMs,
-    Kills,
-    Deaths,
-    Assists,
-    Suicides,
-    DamageDealt,
-    DamageReceived,
-    HealingDone,
-    ShotsFired,
-    ShotsHit,
-    Headshots,
-    Longshots,
-    Multikills,
-    BestMultikill,
-    CurrentStreak,
-    BestStreak,
-    DistanceTraveled,
-    WeaponUsed,
-    ItemsUsed,
-    CurrentX,
-    CurrentY,
-    CurrentZ,
+    PlayerName => "player_name",
+    TeamId => "team_id",
+    Online => "online",
+    OnlineSince => "online_since",
+    PlaytimeClosedMs => "playtime_closed_ms",
+    Kills => "kills",
+    Deaths => "deaths",
+    Assists => "assists",
+    Suicides => "suicides",
+    DamageDealt => "damage_dealt",
+    DamageReceived => "damage_received",
+    HealingDone => "healing_done",
+    ShotsFired => "shots_fired",
+    ShotsHit => "shots_hit",
+    Headshots => "headshots",
+    Longshots => "longshots",
+    Multikills => "multikills",
+    BestMultikill => "best_multikill",
+    CurrentStreak => "current_streak",
+    BestStreak => "best_streak",
+    DistanceTraveled => "distance_traveled",
+    WeaponUsed => "weapon_used",
+    ItemsUsed => "items_used",
+    CurrentX => "current_x",
+    CurrentY => "current_y",
+    CurrentZ => "current_z",
 }
 
 fn int(v: &FieldValue) -> Option<i64> {

@@ -505,10 +505,7 @@ impl DeltaBatch {
             .iter()
             .filter(|(delta, _)| delta.match_id == id);
         match (segments.next(), segments.next()) {
-            (Some((delta, _)), None) => {
-                delta.entries.iter().map(|e| e.changes.len()).sum::<usize>()
-                    <= MAX_CHANGES_PER_MESSAGE
-            }
+            (Some((delta, _)), None) => delta.change_count() <= MAX_CHANGES_PER_MESSAGE,
             _ => false,
         }
     }
@@ -584,7 +581,7 @@ impl DeltaBatch {
                     match_view: delta.match_view.as_deref().filter(|_| i + 1 == count),
                 };
                 let expected = expecting.insert(delta.match_id).then_some(stored.sequence);
-                let weight = handoff::weight(message.entries.iter().map(|e| e.changes.len()).sum());
+                let weight = handoff::weight(message.change_count());
                 let copy = weight <= copy_room;
                 if copy {
                     copy_room -= weight;

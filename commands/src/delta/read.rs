@@ -18,9 +18,7 @@ impl StatDelta {
             None => rmp_serde::from_slice(bytes),
         }
     }
-}
 
-impl StatDelta {
     /// Whether a delta message carries the match object (every delta of a completed
     /// match does), read without building the delta; `None` when the bytes do not say
     /// it plainly (not a map of string keys, damaged): decode them to know.
@@ -123,6 +121,25 @@ impl<'a> Reader<'a> {
         false
     }
 
+    /// An array, each item read by `item`.
+    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let len = self.array_len()?;
+        // No more room than the bytes left could fill: a damaged length allocates nothing.
+        let mut list = Vec::with_capacity(len.min(self.buf.len()));
+        for _ in 0..len {
+            list.push(item(self)?);
+        }
+        Some(list)
+    }
+
+    /// Nil as `None`, anything else read by `value`, as serde reads an `Option`.
+    fn nil_or<T>(&mut self, value: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.nil() {
+            return Some(None);
+        }
+        value(self).map(Some)
+    }
+
     fn int(&mut self) -> Option<Int> {
         Some(match self.marker()? {
             Marker::FixPos(n) => Int::U(n.into()),
@@ -165,14 +182,7 @@ impl<'a> Reader<'a> {
                 b"match_id" if match_id.is_none() => {
                     match_id = Some(MatchId::parse(self.str()?).ok()?)
                 }
-                b"entries" if entries.is_none() => {
-                    let len = self.array_len()?;
-                    let mut list = Vec::with_capacity(len.min(self.buf.len()));
-                    for _ in 0..len {
-                        list.push(self.entry()?);
-                    }
-                    entries = Some(list);
-                }
+                b"entries" if entries.is_none() => entries = Some(self.list(Self::entry)?),
                 // Only a nil match object here; one that is there goes through serde.
                 b"match" if !view_seen && self.nil() => view_seen = true,
                 _ => return None,
@@ -203,14 +213,7 @@ impl<'a> Reader<'a> {
                     stream_sequence = Some(self.u64()?)
                 }
                 b"timestamp" if timestamp.is_none() => timestamp = Some(self.i64()?),
-                b"changes" if changes.is_none() => {
-                    let len = self.array_len()?;
-                    let mut list = Vec::with_capacity(len.min(self.buf.len()));
-                    for _ in 0..len {
-                        list.push(self.change()?);
-                    }
-                    changes = Some(list);
-                }
+                b"changes" if changes.is_none() => changes = Some(self.list(Self::change)?),
                 b"part" if part.is_none() => part = Some(self.u32()?),
                 b"parts" if parts.is_none() => parts = Some(self.u32()?),
                 _ => return None,
@@ -233,18 +236,10 @@ impl<'a> Reader<'a> {
         for _ in 0..self.map_len()? {
             match self.key()? {
                 b"player_id" if player_id.is_none() => {
-                    player_id = Some(match self.nil() {
-                        true => None,
-                        false => Some(PlayerId::parse(self.str()?).ok()?),
-                    })
+                    player_id = Some(self.nil_or(|r| PlayerId::parse(r.str()?).ok())?)
                 }
                 b"field" if field.is_none() => field = Some(Field::from_name(self.str()?)?),
-                b"key" if key.is_none() => {
-                    key = Some(match self.nil() {
-                        true => None,
-                        false => Some(Label::from(self.str()?).ok()?),
-                    })
-                }
+                b"key" if key.is_none() => key = Some(self.nil_or(|r| Label::from(r.str()?).ok())?),
                 b"before" if before.is_none() => before = Some(self.value()?),
                 b"after" if after.is_none() => after = Some(self.value()?),
                 _ => return None,
@@ -324,56 +319,6 @@ impl<'a> Reader<'a> {
     fn be_after_marker<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.marker()?;
         self.be()
-    }
-}
-
-impl Field {
-    /// The field a delta names (see [`Field::name`]).
-    pub fn from_name(name: &str) -> Option<Field> {
-        Some(match name {
-            "status" => Field::Status,
-            "start_time" => Field::StartTime,
-            "end_time" => Field::EndTime,
-            "last_update" => Field::LastUpdate,
-            "map_name" => Field::MapName,
-            "game_mode" => Field::GameMode,
-            "max_players" => Field::MaxPlayers,
-            "current_players" => Field::CurrentPlayers,
-            "total_kills" => Field::TotalKills,
-            "total_deaths" => Field::TotalDeaths,
-            "total_assists" => Field::TotalAssists,
-            "total_damage" => Field::TotalDamage,
-            "total_healing" => Field::TotalHealing,
-            "first_blood" => Field::FirstBlood,
-            "event_count" => Field::EventCount,
-            "player_name" => Field::PlayerName,
-            "team_id" => Field::TeamId,
-            "online" => Field::Online,
-            "online_since" => Field::OnlineSince,
-            "playtime_closed_ms" => Field::PlaytimeClosedMs,
-            "kills" => Field::Kills,
-            "deaths" => Field::Deaths,
-            "assists" => Field::Assists,
-            "suicides" => Field::Suicides,
-            "damage_dealt" => Field::DamageDealt,
-            "damage_received" => Field::DamageReceived,
-            "healing_done" => Field::HealingDone,
-            "shots_fired" => Field::ShotsFired,
-            "shots_hit" => Field::ShotsHit,
-            "headshots" => Field::Headshots,
-            "longshots" => Field::Longshots,
-            "multikills" => Field::Multikills,
-            "best_multikill" => Field::BestMultikill,
-            "current_streak" => Field::CurrentStreak,
-            "best_streak" => Field::BestStreak,
-            "distance_traveled" => Field::DistanceTraveled,
-            "weapon_used" => Field::WeaponUsed,
-            "items_used" => Field::ItemsUsed,
-            "current_x" => Field::CurrentX,
-            "current_y" => Field::CurrentY,
-            "current_z" => Field::CurrentZ,
-            _ => return None,
-        })
     }
 }
 

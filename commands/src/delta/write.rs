@@ -6,7 +6,7 @@
 
 use rmp::encode as mp;
 
-use super::{Change, DeltaEntry, Field, FieldValue, StatDeltaRef};
+use super::{Change, DeltaEntry, FieldValue, StatDeltaRef};
 use crate::stats::FirstBlood;
 
 /// A map key as MessagePack writes it: a fixstr (keys are under 32 bytes).
@@ -22,9 +22,8 @@ macro_rules! key {
 impl StatDeltaRef<'_> {
     /// Its format-2 encoding: what `rmp_serde::to_vec_named` gives, written directly.
     pub fn to_msgpack(&self) -> Vec<u8> {
-        let changes: usize = self.entries.iter().map(|e| e.changes.len()).sum();
         // About 60 bytes a change and 60 an entry: one allocation for most deltas.
-        let mut out = Vec::with_capacity(32 + 64 * (changes + self.entries.len()));
+        let mut out = Vec::with_capacity(32 + 64 * (self.change_count() + self.entries.len()));
         write_delta(self, &mut out);
         out
     }
@@ -128,55 +127,6 @@ fn write_first_blood(fb: &FirstBlood, out: &mut Vec<u8>) {
     str(out, fb.victim_id.as_str());
     key!(out, "timestamp");
     sint(out, fb.timestamp);
-}
-
-impl Field {
-    /// Its name in deltas (and in the REST objects): what serde writes for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::Status => "status",
-            Field::StartTime => "start_time",
-            Field::EndTime => "end_time",
-            Field::LastUpdate => "last_update",
-            Field::MapName => "map_name",
-            Field::GameMode => "game_mode",
-            Field::MaxPlayers => "max_players",
-            Field::CurrentPlayers => "current_players",
-            Field::TotalKills => "total_kills",
-            Field::TotalDeaths => "total_deaths",
-            Field::TotalAssists => "total_assists",
-            Field::TotalDamage => "total_damage",
-            Field::TotalHealing => "total_healing",
-            Field::FirstBlood => "first_blood",
-            Field::EventCount => "event_count",
-            Field::PlayerName => "player_name",
-            Field::TeamId => "team_id",
-            Field::Online => "online",
-            Field::OnlineSince => "online_since",
-            Field::PlaytimeClosedMs => "playtime_closed_ms",
-            Field::Kills => "kills",
-            Field::Deaths => "deaths",
-            Field::Assists => "assists",
-            Field::Suicides => "suicides",
-            Field::DamageDealt => "damage_dealt",
-            Field::DamageReceived => "damage_received",
-            Field::HealingDone => "healing_done",
-            Field::ShotsFired => "shots_fired",
-            Field::ShotsHit => "shots_hit",
-            Field::Headshots => "headshots",
-            Field::Longshots => "longshots",
-            Field::Multikills => "multikills",
-            Field::BestMultikill => "best_multikill",
-            Field::CurrentStreak => "current_streak",
-            Field::BestStreak => "best_streak",
-            Field::DistanceTraveled => "distance_traveled",
-            Field::WeaponUsed => "weapon_used",
-            Field::ItemsUsed => "items_used",
-            Field::CurrentX => "current_x",
-            Field::CurrentY => "current_y",
-            Field::CurrentZ => "current_z",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde::Deserialize;
 
 use super::*;
-use crate::delta::StatDelta;
+use crate::delta::{Field, StatDelta};
 use crate::id::{EventId, Label, MatchId, PlayerId};
 use crate::stats::{MatchStats, PlayerStats};
 use crate::view::MatchView;
