@@ -48,7 +48,7 @@ mod support;
 use match_stats::Config;
 use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::{NatsServer, RedisServer};
-use support::Service;
+use support::{CpuMeter, CpuPerEvent, Service};
 use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest, redis_addr};
 
 struct Sizes {
@@ -171,13 +171,14 @@ async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
 
 /// Catch-up of a relay (or, without `republish`, a bare consumer) on the whole events
 /// stream: events/s. With `filters`, one consumer per filter (the service's partitions),
-/// all at once.
+/// all at once. With the CPU nats-server (`nats_pid`) and this process used for it.
 async fn baseline_catch_up(
     js: &jetstream::Context,
+    nats_pid: u32,
     events_stream: &str,
     republish: bool,
     filters: Vec<Option<String>>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, CpuPerEvent)> {
     let relayed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     // A fresh RELAY stream each relay run: a second run inside its duplicate window would
@@ -186,6 +187,7 @@ async fn baseline_catch_up(
         js.delete_stream(relay::STREAM).await?;
     }
     let stored = support::stored_messages(js, events_stream).await?;
+    let cpu = CpuMeter::start(nats_pid, std::process::id());
     let started = Instant::now();
     let tasks: Vec<_> = filters
         .into_iter()
@@ -209,11 +211,12 @@ async fn baseline_catch_up(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = stored as f64 / started.elapsed().as_secs_f64();
+    let used = cpu.per_event(stored);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await??;
     }
-    Ok(rate)
+    Ok((rate, used))
 }
 
 struct RestResult {
@@ -333,13 +336,17 @@ async fn main() -> anyhow::Result<()> {
     );
     let events = config.streams.events_stream.clone();
     eprintln!("load-test: bare relay and bare consumer catching up, before the service...");
-    let relay_before = baseline_catch_up(&js, &events, true, vec![None]).await?;
-    let consumer_before = baseline_catch_up(&js, &events, false, vec![None]).await?;
+    let nats_pid = nats.pid().expect("nats-server runs");
+    let (relay_before, relay_cpu_before) =
+        baseline_catch_up(&js, nats_pid, &events, true, vec![None]).await?;
+    let (consumer_before, consumer_cpu_before) =
+        baseline_catch_up(&js, nats_pid, &events, false, vec![None]).await?;
     eprintln!(
         "load-test: before the service: relay {relay_before:.0} events/s, bare consumer {consumer_before:.0} events/s"
     );
     let started = Instant::now();
     let service = start_service(&nats, Some(&redis)).await;
+    let service_cpu = CpuMeter::start(nats_pid, service.pid());
     let mut last = Instant::now();
     loop {
         // The service's own count of events decided (cheap: `/ready` reads counters);
@@ -378,6 +385,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let catch_up = sizes.events as f64 / started.elapsed().as_secs_f64();
+    // (from the service's first second on: its start-up is a small part of it)
+    let service_cpu = service_cpu.per_event(sizes.events);
     eprintln!(
         "load-test: catch-up {catch_up:.0} events/s with the read model, {command_side:.0} events/s for the command side"
     );
@@ -479,9 +488,11 @@ async fn main() -> anyhow::Result<()> {
     // 1'. The bare relay and the bare consumer, catching up on the same stream (their
     // second runs; the first ran just before the service).
     eprintln!("load-test: bare relay catching up on the same stream...");
-    let relay_after = baseline_catch_up(&js, &events, true, vec![None]).await?;
+    let (relay_after, relay_cpu_after) =
+        baseline_catch_up(&js, nats_pid, &events, true, vec![None]).await?;
     eprintln!("load-test: bare consumer catching up on the same stream...");
-    let consumer_after = baseline_catch_up(&js, &events, false, vec![None]).await?;
+    let (consumer_after, consumer_cpu_after) =
+        baseline_catch_up(&js, nats_pid, &events, false, vec![None]).await?;
     let relay_catch_up = (relay_before + relay_after) / 2.0;
     let consumer_catch_up = (consumer_before + consumer_after) / 2.0;
     eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
@@ -490,10 +501,11 @@ async fn main() -> anyhow::Result<()> {
             .all()
             .map(|p| Some(p.filter(&config.streams)))
             .collect();
-    let partitioned_catch_up =
-        baseline_catch_up(&js, &events, false, partition_filters.clone()).await?;
+    let (partitioned_catch_up, partitioned_cpu) =
+        baseline_catch_up(&js, nats_pid, &events, false, partition_filters.clone()).await?;
     eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
     let filters: Vec<String> = partition_filters.into_iter().flatten().collect();
+    let pipeline_cpu = CpuMeter::start(nats_pid, std::process::id());
     let bare_pipeline = pipeline::catch_up(
         &js,
         &events,
@@ -502,6 +514,7 @@ async fn main() -> anyhow::Result<()> {
         config.batch_linger,
     )
     .await?;
+    let pipeline_cpu = pipeline_cpu.per_event(sizes.events);
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
@@ -557,6 +570,15 @@ async fn main() -> anyhow::Result<()> {
             bare_pipeline.events_per_second / relay_catch_up,
             bare_pipeline.messages_per_event,
             catch_up / bare_pipeline.events_per_second
+        ),
+    ));
+    rows.push((
+        "catch-up: CPU per event, nats-server and the client together (on 2 cores, X µs caps the rate at 2,000,000/X events/s)".into(),
+        format!("{service_cpu} (the service)"),
+        format!(
+            "relay {}; bare consumer {}; partitioned bare consumers {partitioned_cpu}; bare pipeline {pipeline_cpu}",
+            relay_cpu_before.mean(relay_cpu_after),
+            consumer_cpu_before.mean(consumer_cpu_after)
         ),
     ));
     for (((rate, service), relay), bare) in sizes

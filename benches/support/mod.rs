@@ -109,3 +109,57 @@ pub async fn stored_messages(
 ) -> anyhow::Result<u64> {
     Ok(js.get_stream(stream).await?.info().await?.state.messages)
 }
+
+/// The CPU that nats-server and one client process use over a run, per event.
+pub struct CpuMeter {
+    pids: (u32, u32),
+    start: (f64, f64),
+}
+
+/// CPU microseconds per event: nats-server's and the client's.
+#[derive(Clone, Copy, Default)]
+pub struct CpuPerEvent {
+    pub nats_us: f64,
+    pub client_us: f64,
+}
+
+impl CpuMeter {
+    /// Starts counting nats-server (`nats_pid`) and the client (`client_pid`).
+    pub fn start(nats_pid: u32, client_pid: u32) -> Self {
+        CpuMeter {
+            pids: (nats_pid, client_pid),
+            start: (cpu_seconds(nats_pid), cpu_seconds(client_pid)),
+        }
+    }
+
+    /// What each used since the start, per event of `events`.
+    pub fn per_event(&self, events: u64) -> CpuPerEvent {
+        let per = |pid, start| (cpu_seconds(pid) - start) * 1e6 / events.max(1) as f64;
+        CpuPerEvent {
+            nats_us: per(self.pids.0, self.start.0),
+            client_us: per(self.pids.1, self.start.1),
+        }
+    }
+}
+
+impl CpuPerEvent {
+    /// The mean of two runs.
+    pub fn mean(self, other: CpuPerEvent) -> CpuPerEvent {
+        CpuPerEvent {
+            nats_us: (self.nats_us + other.nats_us) / 2.0,
+            client_us: (self.client_us + other.client_us) / 2.0,
+        }
+    }
+}
+
+impl std::fmt::Display for CpuPerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU {:.1} µs an event: nats-server {:.1}, client {:.1}",
+            self.nats_us + self.client_us,
+            self.nats_us,
+            self.client_us
+        )
+    }
+}
