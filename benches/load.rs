@@ -505,16 +505,15 @@ async fn main() -> anyhow::Result<()> {
         baseline_catch_up(&js, nats_pid, &events, false, partition_filters.clone()).await?;
     eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
     let filters: Vec<String> = partition_filters.into_iter().flatten().collect();
-    let pipeline_cpu = CpuMeter::start(nats_pid, std::process::id());
     let bare_pipeline = pipeline::catch_up(
         &js,
+        nats_pid,
         &events,
         filters.clone(),
         config.batch_size as usize,
         config.batch_linger,
     )
     .await?;
-    let pipeline_cpu = pipeline_cpu.per_event(sizes.events);
 
     // 3'. The relay live.
     let stop = Arc::new(AtomicBool::new(false));
@@ -576,9 +575,10 @@ async fn main() -> anyhow::Result<()> {
         "catch-up: CPU per event, nats-server and the client together (on 2 cores, X µs caps the rate at 2,000,000/X events/s)".into(),
         format!("{service_cpu} (the service)"),
         format!(
-            "relay {}; bare consumer {}; partitioned bare consumers {partitioned_cpu}; bare pipeline {pipeline_cpu}",
+            "relay {}; bare consumer {}; partitioned bare consumers {partitioned_cpu}; bare pipeline {}",
             relay_cpu_before.mean(relay_cpu_after),
-            consumer_cpu_before.mean(consumer_cpu_after)
+            consumer_cpu_before.mean(consumer_cpu_after),
+            bare_pipeline.cpu
         ),
     ));
     for (((rate, service), relay), bare) in sizes

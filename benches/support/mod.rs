@@ -114,6 +114,7 @@ pub async fn stored_messages(
 pub struct CpuMeter {
     pids: (u32, u32),
     start: (f64, f64),
+    started: std::time::Instant,
 }
 
 /// CPU microseconds per event: nats-server's and the client's.
@@ -121,6 +122,8 @@ pub struct CpuMeter {
 pub struct CpuPerEvent {
     pub nats_us: f64,
     pub client_us: f64,
+    /// Cores the two kept busy on average (a check: at most the machine's).
+    pub cores: f64,
 }
 
 impl CpuMeter {
@@ -129,15 +132,22 @@ impl CpuMeter {
         CpuMeter {
             pids: (nats_pid, client_pid),
             start: (cpu_seconds(nats_pid), cpu_seconds(client_pid)),
+            started: std::time::Instant::now(),
         }
     }
 
     /// What each used since the start, per event of `events`.
     pub fn per_event(&self, events: u64) -> CpuPerEvent {
-        let per = |pid, start| (cpu_seconds(pid) - start) * 1e6 / events.max(1) as f64;
+        let used = |pid, start| cpu_seconds(pid) - start;
+        let (nats, client) = (
+            used(self.pids.0, self.start.0),
+            used(self.pids.1, self.start.1),
+        );
+        let per_event = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
         CpuPerEvent {
-            nats_us: per(self.pids.0, self.start.0),
-            client_us: per(self.pids.1, self.start.1),
+            nats_us: per_event(nats),
+            client_us: per_event(client),
+            cores: (nats + client) / self.started.elapsed().as_secs_f64(),
         }
     }
 }
@@ -148,6 +158,7 @@ impl CpuPerEvent {
         CpuPerEvent {
             nats_us: (self.nats_us + other.nats_us) / 2.0,
             client_us: (self.client_us + other.client_us) / 2.0,
+            cores: (self.cores + other.cores) / 2.0,
         }
     }
 }
@@ -156,10 +167,11 @@ impl std::fmt::Display for CpuPerEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CPU {:.1} µs an event: nats-server {:.1}, client {:.1}",
+            "CPU {:.1} µs an event: nats-server {:.1}, client {:.1} ({:.2} cores busy)",
             self.nats_us + self.client_us,
             self.nats_us,
-            self.client_us
+            self.client_us,
+            self.cores
         )
     }
 }

@@ -51,13 +51,16 @@ pub struct PipelineRun {
     pub events_per_second: f64,
     /// Republished messages per event.
     pub messages_per_event: f64,
+    /// The CPU nats-server and this process used for it, per event.
+    pub cpu: crate::support::CpuPerEvent,
 }
 
 /// Catches up on the whole `events_stream` through the bare pipeline, one consumer per
 /// filter in `filters`, batches of up to `batch` messages closed after `linger` (the
-/// service's `BATCH_SIZE` and `BATCH_LINGER`).
+/// service's `BATCH_SIZE` and `BATCH_LINGER`); nats-server's CPU read from `nats_pid`.
 pub async fn catch_up(
     js: &jetstream::Context,
+    nats_pid: u32,
     events_stream: &str,
     filters: Vec<String>,
     batch: usize,
@@ -65,6 +68,7 @@ pub async fn catch_up(
 ) -> anyhow::Result<PipelineRun> {
     let out = output(js).await?;
     let stored = crate::support::stored_messages(js, events_stream).await?;
+    let cpu = crate::support::CpuMeter::start(nats_pid, std::process::id());
     let started = Instant::now();
     let running = start(js, events_stream, filters, (batch, linger), out, false);
     let counts = running.counts.clone();
@@ -78,8 +82,10 @@ pub async fn catch_up(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.per_event(stored);
     running.stop().await?;
     Ok(PipelineRun {
+        cpu,
         events_per_second: stored as f64 / elapsed,
         messages_per_event: counts.published.load(Ordering::Relaxed) as f64 / stored as f64,
     })
