@@ -48,8 +48,8 @@ mod support;
 use match_stats::Config;
 use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::{NatsServer, RedisServer};
-use support::{CpuMeter, CpuPerEvent, Service};
 use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest, redis_addr};
+use support::{CpuMeter, CpuPerEvent, Service};
 
 struct Sizes {
     events: u64,
