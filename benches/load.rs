@@ -385,7 +385,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let catch_up = sizes.events as f64 / started.elapsed().as_secs_f64();
-    // (from the service's first second on: its start-up is a small part of it)
+    // (counted from when the service first answered `/health`: its start-up, inside the
+    // timed window, is left out of its CPU)
     let service_cpu = service_cpu.per_event(sizes.events);
     eprintln!(
         "load-test: catch-up {catch_up:.0} events/s with the read model, {command_side:.0} events/s for the command side"

@@ -118,7 +118,7 @@ pub struct CpuMeter {
 }
 
 /// CPU microseconds per event: nats-server's and the client's.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct CpuPerEvent {
     pub nats_us: f64,
     pub client_us: f64,
