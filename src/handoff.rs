@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use match_stats_commands::StatDelta;
 
-/// How many changes the hand-off keeps at most (about 290 bytes each in memory), by
-/// default: about 19 MB.
+/// How many changes the hand-off keeps at most (about 184 bytes each in memory), by
+/// default: about 12 MB.
 pub const DEFAULT_CAPACITY_CHANGES: usize = 65_536;
 
 /// See the module.

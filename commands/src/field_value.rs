@@ -21,8 +21,10 @@ pub enum FieldValue {
     Int(i64),
     /// Sums of numbers and coordinates.
     Float(f64),
-    /// Names, modes, and `status`.
-    Text(Label),
+    /// Names, modes, and `status` (boxed, like first blood: an inline 64-byte label would
+    /// make every value, and so every change, four times as large; texts change when a
+    /// match starts or ends and when a player joins under a new name).
+    Text(Box<Label>),
     /// `first_blood` (boxed: two ids would make every value, and so every change, twice
     /// as large; it changes once a match).
     FirstBlood(Box<FirstBlood>),
@@ -77,7 +79,7 @@ impl<'de> serde::de::Visitor<'de> for FieldValueVisitor {
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FieldValue, E> {
         Label::from(v)
-            .map(FieldValue::Text)
+            .map(FieldValue::from)
             .map_err(|_| E::invalid_length(v.len(), &self))
     }
 
@@ -119,12 +121,12 @@ impl From<bool> for FieldValue {
 }
 impl From<MatchStatus> for FieldValue {
     fn from(v: MatchStatus) -> Self {
-        FieldValue::Text(Label::from(v.as_str()).expect("short"))
+        FieldValue::from(Label::from(v.as_str()).expect("short"))
     }
 }
 impl From<Label> for FieldValue {
     fn from(v: Label) -> Self {
-        FieldValue::Text(v)
+        FieldValue::Text(Box::new(v))
     }
 }
 impl From<FirstBlood> for FieldValue {

@@ -266,7 +266,7 @@ impl<'a> Reader<'a> {
             Marker::F32 => FieldValue::Float(f32::from_be_bytes(self.be_after_marker()?).into()),
             Marker::F64 => FieldValue::Float(f64::from_be_bytes(self.be_after_marker()?)),
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-                FieldValue::Text(Label::from(self.str()?).ok()?)
+                FieldValue::from(Label::from(self.str()?).ok()?)
             }
             _ => match self.int()? {
                 // Past i64 only as a float, as the `Deserialize` reads it.

@@ -75,7 +75,7 @@ pub(crate) fn value() -> impl Strategy<Value = FieldValue> {
         any::<i64>().prop_map(FieldValue::Int),
         prop_oneof![-200i64..200, Just(i64::MIN), Just(i64::MAX)].prop_map(FieldValue::Int),
         any::<f64>().prop_map(FieldValue::Float),
-        label().prop_map(FieldValue::Text),
+        label().prop_map(FieldValue::from),
         (id(), id(), any::<i64>()).prop_map(|(k, v, timestamp)| {
             FieldValue::from(FirstBlood {
                 killer_id: PlayerId::parse(&k).unwrap(),
