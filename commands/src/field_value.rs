@@ -22,8 +22,9 @@ pub enum FieldValue {
     /// Sums of numbers and coordinates.
     Float(f64),
     /// Names, modes, and `status` (boxed, like first blood: an inline 64-byte label would
-    /// make every value, and so every change, four times as large; texts change when a
-    /// match starts or ends and when a player joins under a new name).
+    /// make every value 72 bytes instead of 16, and every change 296 instead of 184;
+    /// texts change when a match starts or ends and when a player joins under a new
+    /// name).
     Text(Box<Label>),
     /// `first_blood` (boxed: two ids would make every value, and so every change, twice
     /// as large; it changes once a match).
