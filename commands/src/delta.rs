@@ -335,9 +335,8 @@ impl Change {
     }
 }
 
-/// Declares [`Field`] from one list of variants and their names in deltas, with
-/// [`Field::name`] and [`Field::from_name`] (serde's `snake_case` names the same; a test
-/// checks every one against serde's).
+/// Declares [`Field`] from one list of variants and their names in deltas: serde's
+/// names, [`Field::name`] and [`Field::from_name`] all come from it.
 macro_rules! fields {
     ($($variant:ident => $name:literal,)*) => {
         /// The stored fields a [`Change`] can name; the JSON/MessagePack name is the
@@ -345,9 +344,8 @@ macro_rules! fields {
         /// objects.
         #[allow(missing_docs)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
         pub enum Field {
-            $($variant,)*
+            $(#[serde(rename = $name)] $variant,)*
         }
 
         impl Field {
