@@ -10,7 +10,7 @@
 
 mod value;
 
-use value::{Index, Map, Value};
+use value::{Index, Map, Value, Walked};
 
 use crate::event::{Event, EventKind, TimestampMs};
 use crate::id::{self, EventId, Label, MatchId, PlayerId};
@@ -43,24 +43,24 @@ pub fn decode(payload: &[u8], stored_at_ms: TimestampMs) -> Result<Event> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
         let json = parse_json(payload)?;
-        validate(value::json(&json), stored_at_ms)
+        validate(&Walked::json(&json), stored_at_ms)
     } else {
-        let root = value::read_root(payload)
+        let walked = value::read_root(payload)
             .map_err(|e| Rejection::new(Reason::Malformed, format!("invalid MessagePack: {e}")))?;
-        validate(root, stored_at_ms)
+        validate(&walked, stored_at_ms)
     }
 }
 
 /// The rules of contract sections 2 and 3 over either encoding's view.
-fn validate(root: Value<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
-    let Value::Map(root) = root else {
+fn validate(walked: &Walked<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
+    let Value::Map(root) = walked.root() else {
         return Err(Rejection::new(
             Reason::Malformed,
             "payload is not a map/object",
         ));
     };
     let fields = Fields {
-        map: Index::new(root),
+        map: walked.index(root),
         path: "",
     };
 
@@ -83,7 +83,7 @@ fn validate(root: Value<'_>, stored_at_ms: TimestampMs) -> Result<Event> {
         Some(_) => return Err(invalid("event_data", "is not a map")),
     };
     let data = Fields {
-        map: Index::new(data.unwrap_or(Map::Packed { body: &[], len: 0 })),
+        map: walked.index(data.unwrap_or(Map::Packed { body: &[], len: 0 })),
         path: "event_data.",
     };
     let kind = match event_type {
@@ -266,12 +266,12 @@ fn timestamp(value: Value<'_>, stored_at_ms: TimestampMs) -> Result<TimestampMs>
 }
 
 /// Typed access to the keys of one map; `path` prefixes key names in details.
-struct Fields<'a> {
-    map: Index<'a>,
+struct Fields<'a, 'w> {
+    map: Index<'a, 'w>,
     path: &'static str,
 }
 
-impl<'a> Fields<'a> {
+impl<'a> Fields<'a, '_> {
     /// The value of a string key; nil counts as absent, non-string keys are ignored, and
     /// the last of repeated keys wins (as in JSON).
     fn get(&self, key: &str) -> Option<Value<'a>> {

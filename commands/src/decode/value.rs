@@ -1,6 +1,7 @@
 //! A borrowed view of a decoded payload: MessagePack read in place (strings are slices of
-//! the payload, numbers read where they lie, maps walked again on each lookup), or a
-//! parsed JSON object. The rules in [`super`] read both through this one view, so the
+//! the payload, numbers read where they lie; the root map and the maps directly inside it
+//! indexed by the one walk that checks the payload, larger or deeper maps searched in
+//! place on each lookup), or a parsed JSON object. The rules in [`super`] read both through this one view, so the
 //! two encodings cannot drift apart, and a MessagePack event is decoded without a single
 //! heap allocation.
 
@@ -73,34 +74,68 @@ pub enum Map<'a> {
     Json(&'a serde_json::Map<String, serde_json::Value>),
 }
 
-/// Most string keys of a map indexed at once (no event has more than 7); a larger map is
-/// searched in place on each lookup.
+/// Most string keys of a map indexed (no event has more than 7); a larger map is searched
+/// in place on each lookup.
 const INDEXED_KEYS: usize = 16;
 
-/// A map's string keys and their values, read once; other keys are left out.
-pub struct Index<'a> {
-    map: Map<'a>,
-    entries: Option<arrayvec::ArrayVec<(&'a str, Value<'a>), INDEXED_KEYS>>,
+/// Most maps a walk indexes: the root map and up to three maps directly inside it (an
+/// event has one, `event_data`).
+const INDEXED_MAPS: usize = 4;
+
+/// A map's string keys and their values, in order; other keys are left out.
+type Entries<'a> = arrayvec::ArrayVec<(&'a str, Value<'a>), INDEXED_KEYS>;
+
+/// What one walk of a payload learnt: its root value and, read on the way, the string
+/// keys and values of the root map and of the maps directly inside it, so that looking
+/// them up does not walk (and check) their bytes again.
+pub struct Walked<'a> {
+    root: Value<'a>,
+    /// Indexed maps by their body: the maps directly inside the root as the walk met
+    /// them, then the root (one place is kept for it).
+    indexed: Indexed<'a>,
 }
 
-impl<'a> Index<'a> {
-    pub fn new(map: Map<'a>) -> Self {
+/// The maps a walk indexed, by their body.
+type Indexed<'a> = arrayvec::ArrayVec<(&'a [u8], Entries<'a>), INDEXED_MAPS>;
+
+impl<'a> Walked<'a> {
+    /// A parsed JSON value: nothing indexed (its objects are maps already).
+    pub fn json(value: &'a serde_json::Value) -> Self {
+        Walked {
+            root: json(value),
+            indexed: Indexed::new(),
+        }
+    }
+
+    /// The root value.
+    pub fn root(&self) -> Value<'a> {
+        self.root
+    }
+
+    /// Lookups in `map`: through its entries when the walk indexed them.
+    pub fn index(&self, map: Map<'a>) -> Index<'a, '_> {
         let entries = match map {
-            Map::Packed { .. } => {
-                let mut entries = arrayvec::ArrayVec::new();
-                let fits = map
-                    .packed_entries()
-                    .all(|entry| entries.try_push(entry).is_ok());
-                fits.then_some(entries)
-            }
+            Map::Packed { body, .. } => self
+                .indexed
+                .iter()
+                .find(|(b, _)| std::ptr::eq(*b, body))
+                .map(|(_, entries)| entries.as_slice()),
             Map::Json(_) => None,
         };
         Index { map, entries }
     }
+}
 
+/// Lookups in one map, through the entries a walk indexed, else in place.
+pub struct Index<'a, 'w> {
+    map: Map<'a>,
+    entries: Option<&'w [(&'a str, Value<'a>)]>,
+}
+
+impl<'a> Index<'a, '_> {
     /// The value of a string key, the last one when a key repeats (as in JSON).
     pub fn get(&self, key: &str) -> Option<Value<'a>> {
-        match &self.entries {
+        match self.entries {
             Some(entries) => entries
                 .iter()
                 .rev()
@@ -116,28 +151,23 @@ impl<'a> Map<'a> {
     /// keys are ignored.
     pub fn get(self, key: &str) -> Option<Value<'a>> {
         match self {
-            Map::Packed { .. } => self
-                .packed_entries()
-                .filter(|(k, _)| *k == key)
-                .last()
-                .map(|(_, v)| v),
+            Map::Packed { body, len } => {
+                let mut rest = body;
+                let mut found = None;
+                // The payload was walked whole before: reading it again cannot fail.
+                for _ in 0..len {
+                    let (Ok(k), Ok(v)) = (read(&mut rest, 1, None), read(&mut rest, 1, None))
+                    else {
+                        break;
+                    };
+                    if matches!(k, Value::Str(k) if k == key) {
+                        found = Some(v);
+                    }
+                }
+                found
+            }
             Map::Json(map) => map.get(key).map(json),
         }
-    }
-
-    /// A MessagePack map's string keys and their values, in order (none for JSON).
-    fn packed_entries(self) -> impl Iterator<Item = (&'a str, Value<'a>)> {
-        let (mut rest, len) = match self {
-            Map::Packed { body, len } => (body, len),
-            Map::Json(_) => (&[][..], 0),
-        };
-        // The payload was walked whole before: reading it again cannot fail.
-        (0..len)
-            .map_while(move |_| Some((read(&mut rest, 1).ok()?, read(&mut rest, 1).ok()?)))
-            .filter_map(|(k, v)| match k {
-                Value::Str(k) => Some((k, v)),
-                _ => None,
-            })
     }
 }
 
@@ -156,20 +186,27 @@ pub enum PackError {
     Trailing(usize),
 }
 
-/// The payload's root value, after walking all of it: every length inside the payload,
-/// every string valid UTF-8, nesting within [`MAX_NESTING`], nothing after the value.
-pub fn read_root(payload: &[u8]) -> Result<Value<'_>, PackError> {
+/// The payload walked once, all of it: every length inside the payload, every string
+/// valid UTF-8, nesting within [`MAX_NESTING`], nothing after the value; the root map and
+/// the maps directly inside it indexed on the way.
+pub fn read_root(payload: &[u8]) -> Result<Walked<'_>, PackError> {
     let mut rest = payload;
-    let value = read(&mut rest, 1)?;
+    let mut indexed = Indexed::new();
+    let root = read(&mut rest, 1, Some(&mut indexed))?;
     if !rest.is_empty() {
         return Err(PackError::Trailing(rest.len()));
     }
-    Ok(value)
+    Ok(Walked { root, indexed })
 }
 
 /// Reads one value at nesting `depth` (of the containers around it, plus one) and moves
-/// `rest` past it, walking (and checking) what a map or array holds.
-fn read<'a>(rest: &mut &'a [u8], depth: usize) -> Result<Value<'a>, PackError> {
+/// `rest` past it, walking (and checking) what a map or array holds; with `indexed`, the
+/// entries of the root map and of the maps directly inside it are kept there.
+fn read<'a>(
+    rest: &mut &'a [u8],
+    depth: usize,
+    mut indexed: Option<&mut Indexed<'a>>,
+) -> Result<Value<'a>, PackError> {
     use Marker as M;
     let marker = Marker::from_u8(take::<1>(rest)?[0]);
     // The length of a string, binary, array, map or extension, wherever it is written.
@@ -208,8 +245,10 @@ fn read<'a>(rest: &mut &'a [u8], depth: usize) -> Result<Value<'a>, PackError> {
         M::F64 => Value::F64(f64::from_be_bytes(take(rest)?)),
         M::FixStr(_) | M::Str8 | M::Str16 | M::Str32 => string(rest, len)?,
         M::Bin8 | M::Bin16 | M::Bin32 => bytes(rest, len).map(|_| Value::Bin)?,
-        M::FixArray(_) | M::Array16 | M::Array32 => array(rest, len, depth)?,
-        M::FixMap(_) | M::Map16 | M::Map32 => map(rest, len, depth)?,
+        M::FixArray(_) | M::Array16 | M::Array32 => {
+            array(rest, len, depth, indexed.as_deref_mut())?
+        }
+        M::FixMap(_) | M::Map16 | M::Map32 => map(rest, len, depth, indexed)?,
         M::FixExt1 | M::FixExt2 | M::FixExt4 | M::FixExt8 | M::FixExt16 => ext(rest, len)?,
         M::Ext8 | M::Ext16 | M::Ext32 => ext(rest, len)?,
         M::Reserved => return Err(PackError::Reserved),
@@ -250,26 +289,52 @@ fn ext<'a>(rest: &mut &'a [u8], len: usize) -> Result<Value<'a>, PackError> {
     Ok(Value::Ext(kind, bytes(rest, len)?))
 }
 
-fn array<'a>(rest: &mut &'a [u8], len: usize, depth: usize) -> Result<Value<'a>, PackError> {
+fn array<'a>(
+    rest: &mut &'a [u8],
+    len: usize,
+    depth: usize,
+    mut indexed: Option<&mut Indexed<'a>>,
+) -> Result<Value<'a>, PackError> {
     if depth > MAX_NESTING {
         return Err(PackError::TooDeep);
     }
     for _ in 0..len {
-        read(rest, depth + 1)?;
+        read(rest, depth + 1, indexed.as_deref_mut())?;
     }
     Ok(Value::Array)
 }
 
-fn map<'a>(rest: &mut &'a [u8], len: usize, depth: usize) -> Result<Value<'a>, PackError> {
+fn map<'a>(
+    rest: &mut &'a [u8],
+    len: usize,
+    depth: usize,
+    mut indexed: Option<&mut Indexed<'a>>,
+) -> Result<Value<'a>, PackError> {
     if depth > MAX_NESTING {
         return Err(PackError::TooDeep);
     }
+    // The root (depth 1) and the maps directly inside it keep their entries; the root's
+    // place is kept for it, so a map inside takes one only while two are left.
+    let keep = indexed
+        .as_deref()
+        .is_some_and(|i| depth == 1 || (depth == 2 && i.remaining_capacity() > 1));
+    let mut entries = keep.then(Entries::new);
     let start = *rest;
     for _ in 0..len {
-        read(rest, depth + 1)?;
-        read(rest, depth + 1)?;
+        let key = read(rest, depth + 1, indexed.as_deref_mut())?;
+        let value = read(rest, depth + 1, indexed.as_deref_mut())?;
+        if let (Some(kept), Value::Str(key)) = (&mut entries, key)
+            && kept.try_push((key, value)).is_err()
+        {
+            // Too many keys: this map is searched in place.
+            entries = None;
+        }
     }
     let body = &start[..start.len() - rest.len()];
+    if let (Some(indexed), Some(entries)) = (indexed, entries) {
+        // Cannot fail: a place was left for it above.
+        let _ = indexed.try_push((body, entries));
+    }
     let len = u32::try_from(len).map_err(|_| PackError::Truncated)?;
     Ok(Value::Map(Map::Packed { body, len }))
 }
@@ -314,10 +379,16 @@ mod tests {
     #[test]
     fn a_repeated_key_reads_as_its_last_value_and_bad_bytes_are_errors() {
         // {"a": 1, "a": 2}
-        let Value::Map(map) = read_root(&[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2]).unwrap() else {
+        let payload = [0x82, 0xa1, b'a', 1, 0xa1, b'a', 2];
+        let walked = read_root(&payload).unwrap();
+        let Value::Map(map) = walked.root() else {
             panic!("a map");
         };
         assert!(matches!(map.get("a"), Some(Value::Int(Int::U(2)))));
+        assert!(matches!(
+            walked.index(map).get("a"),
+            Some(Value::Int(Int::U(2)))
+        ));
         assert!(map.get("b").is_none());
         assert!(matches!(
             read_root(&[0x81, 0xa1, 0xff, 1]),
@@ -332,5 +403,66 @@ mod tests {
             Err(PackError::Trailing(1))
         ));
         assert!(matches!(read_root(&[0xc1]), Err(PackError::Reserved)));
+    }
+
+    /// A map of `n` keys `k0`, `k1`... with values 0, 1..., then `tail` (raw MessagePack
+    /// of one more key and value).
+    fn map_of(n: u8, tail: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xde, 0, n + u8::from(!tail.is_empty())];
+        for i in 0..n {
+            let key = format!("k{i}");
+            out.push(0xa0 | key.len() as u8);
+            out.extend(key.bytes());
+            out.push(i);
+        }
+        out.extend(tail);
+        out
+    }
+
+    /// The value of every key as the walk's index reads it and as a search in place does.
+    fn both_ways<'a>(walked: &Walked<'a>, map: Map<'a>, key: &str) -> [Option<u64>; 2] {
+        let int = |v: Option<Value<'_>>| match v {
+            Some(Value::Int(i)) => i.as_u64(),
+            _ => None,
+        };
+        [int(walked.index(map).get(key)), int(map.get(key))]
+    }
+
+    #[test]
+    fn the_index_answers_as_a_search_in_place_for_small_large_and_inner_maps() {
+        // The root holds 20 keys (too many to index) and "inner", a map of 3 keys with
+        // a repeated one: {"k0": 0, ... "k19": 19, "inner": {"k0": 0, "k1": 1, "k0": 7}}.
+        let mut inner = map_of(2, &[0xa2, b'k', b'0', 7]);
+        inner.splice(0..0, [0xa5, b'i', b'n', b'n', b'e', b'r']);
+        let payload = map_of(20, &inner);
+        let walked = read_root(&payload).unwrap();
+        let Value::Map(root) = walked.root() else {
+            panic!("a map");
+        };
+        for i in 0..20u64 {
+            assert_eq!(both_ways(&walked, root, &format!("k{i}")), [Some(i); 2]);
+        }
+        let Some(Value::Map(inner)) = walked.index(root).get("inner") else {
+            panic!("the inner map");
+        };
+        assert!(
+            walked.index(inner).entries.is_some(),
+            "the inner map is indexed"
+        );
+        assert!(
+            walked.index(root).entries.is_none(),
+            "20 keys are searched in place"
+        );
+        assert_eq!(both_ways(&walked, inner, "k0"), [Some(7); 2]);
+        assert_eq!(both_ways(&walked, inner, "k1"), [Some(1); 2]);
+        assert_eq!(both_ways(&walked, inner, "k2"), [None; 2]);
+        // A small root is indexed too.
+        let payload = map_of(3, &[]);
+        let walked = read_root(&payload).unwrap();
+        let Value::Map(root) = walked.root() else {
+            panic!("a map");
+        };
+        assert!(walked.index(root).entries.is_some());
+        assert_eq!(both_ways(&walked, root, "k2"), [Some(2); 2]);
     }
 }
