@@ -6,10 +6,12 @@
 //! Derived values (`kd_ratio`, `score`, `playtime_ms`...) are not sent: they follow from
 //! the stored fields by the formulas in [`crate::stats`].
 //!
-//! Encoding: MessagePack maps with string keys (`rmp_serde::to_vec_named`; the writer
-//! writes the same bytes directly, [`StatDeltaRef::to_msgpack`]), format version
-//! [`FORMAT_VERSION`]. An event whose changes would not fit one message is split
-//! into parts ([`DeltaEntry::split`]); its version is applied once its last part is.
+//! Encoding ([`Format`], named in each message's [`FORMAT_HEADER`]): format 2, MessagePack
+//! maps with string keys (`rmp_serde::to_vec_named`; the writer writes the same bytes
+//! directly, [`StatDeltaRef::to_msgpack`]); or format 3, the same with each entry and each
+//! change an array of its fields in order (about 40% fewer bytes). Readers take both
+//! ([`StatDelta::from_msgpack`]). An event whose changes would not fit one message is
+//! split into parts ([`DeltaEntry::split`]); its version is applied once its last part is.
 //!
 //! [`Change::apply_to_match`] and [`Change::apply_to_player`] fold a change into the
 //! stored statistics: what a consumer of deltas does to hold the same state.
@@ -28,10 +30,41 @@ pub use crate::field_value::FieldValue;
 mod read;
 mod write;
 
-/// The version of this format, in every delta's `Match-Stats-Delta-Version` header.
-pub const FORMAT_VERSION: u32 = 2;
-/// The header carrying [`FORMAT_VERSION`].
+/// The header naming a delta message's [`Format`] (its [`Format::version`]).
 pub const FORMAT_HEADER: &str = "Match-Stats-Delta-Version";
+
+/// How a writer encodes delta messages; readers take either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Format 2: every map with string keys, as `rmp_serde::to_vec_named` writes a
+    /// [`StatDelta`].
+    #[default]
+    Named,
+    /// Format 3: the delta a map as in format 2, each entry an array
+    /// `[version, event_id, stream_sequence, timestamp, changes, part, parts]` and each
+    /// change an array `[player_id, field, key, before, after]` (nil for no player or
+    /// key), as `rmp_serde` reads the same structs from arrays: about 40% fewer bytes.
+    Compact,
+}
+
+impl Format {
+    /// Its number in the [`FORMAT_HEADER`] header.
+    pub const fn version(self) -> u32 {
+        match self {
+            Format::Named => 2,
+            Format::Compact => 3,
+        }
+    }
+
+    /// The format of a version number, if it is one of these.
+    pub const fn from_version(version: u32) -> Option<Format> {
+        match version {
+            2 => Some(Format::Named),
+            3 => Some(Format::Compact),
+            _ => None,
+        }
+    }
+}
 
 /// One message on the deltas stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

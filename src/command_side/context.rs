@@ -33,6 +33,8 @@ pub struct Context {
     pub batch_size: usize,
     /// How long a batch waits to fill after its first message.
     pub batch_linger: std::time::Duration,
+    /// The format deltas are published in.
+    pub delta_format: match_stats_commands::delta::Format,
     /// Counters.
     pub stats: Arc<IngestStats>,
     /// Where confirmed deltas go for this replica's projector.

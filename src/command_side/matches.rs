@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use match_stats_commands::delta::{FORMAT_HEADER, FORMAT_VERSION, Position};
+use match_stats_commands::delta::{FORMAT_HEADER, Format, Position};
 use match_stats_commands::{
     Change, DeltaEntry, Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta,
     StatDeltaRef, decode,
@@ -529,6 +529,7 @@ impl DeltaBatch {
     pub fn effects(
         &self,
         names: &StreamNames,
+        format: Format,
         published: &Published,
         mut copy_room: usize,
     ) -> (Vec<Effect>, u64) {
@@ -586,7 +587,9 @@ impl DeltaBatch {
                 if copy {
                     copy_room -= weight;
                 }
-                effects.push(delta_effect(names, &message, headers, expected, copy));
+                effects.push(delta_effect(
+                    names, format, &message, headers, expected, copy,
+                ));
             }
         }
         (effects, dropped)
@@ -596,6 +599,7 @@ impl DeltaBatch {
 /// One delta message as an effect.
 fn delta_effect(
     names: &StreamNames,
+    format: Format,
     delta: &StatDeltaRef<'_>,
     headers: &HeaderMap,
     expected: Option<u64>,
@@ -607,7 +611,7 @@ fn delta_effect(
         part: (!last.is_whole()).then_some((last.part, last.parts)),
     };
     let mut headers = headers.clone();
-    headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
+    headers.insert(FORMAT_HEADER, format.version().to_string().as_str());
     Effect {
         subject: format!("{}.{}", names.deltas_subject, delta.match_id),
         msg_id: delta.msg_id(),
@@ -618,7 +622,7 @@ fn delta_effect(
             position,
             entries: delta.entries.len() as u64,
         },
-        payload: delta.to_msgpack().into(),
+        payload: delta.encode(format).into(),
         handoff: copy.then(|| Arc::new(delta.to_owned_delta())),
         headers,
     }

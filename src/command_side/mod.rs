@@ -82,6 +82,8 @@ impl Ingest {
             replicas: provisioned.replicas,
             batch_size: config.batch_size as usize,
             batch_linger: config.batch_linger,
+            delta_format: match_stats_commands::delta::Format::from_version(config.delta_format)
+                .unwrap_or_default(),
             stats,
             handoff,
             snapshot_slots: Arc::new(tokio::sync::Semaphore::new(context::SNAPSHOTS_AT_ONCE)),

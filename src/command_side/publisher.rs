@@ -66,7 +66,8 @@ pub async fn publish(
     loop {
         look_up(ctx, published, deltas.match_ids(), token).await?;
         let room = ctx.handoff.room();
-        let (delta_effects, dropped) = deltas.effects(&ctx.names, published, room);
+        let (delta_effects, dropped) =
+            deltas.effects(&ctx.names, ctx.delta_format, published, room);
         // What the deltas stream held before this batch published anything (a replay
         // after a crash); later rounds drop what this batch itself stored.
         if std::mem::take(&mut first) && dropped > 0 {

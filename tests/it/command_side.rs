@@ -12,8 +12,20 @@ use crate::support::{self, Service, ServiceProcess, publish_all, read_stream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_changes_nothing() {
+    small_scenario_in_delta_format(2).await;
+}
+
+/// The same with the compact deltas (`DELTA_FORMAT=3`): what the stream holds folds to
+/// the same expected results, and each message says its format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_scenario_with_compact_deltas_equals_expected() {
+    small_scenario_in_delta_format(3).await;
+}
+
+async fn small_scenario_in_delta_format(delta_format: u32) {
     let nats = NatsServer::start();
-    let config = support::config(&nats, None);
+    let mut config = support::config(&nats, None);
+    config.delta_format = delta_format;
     let service = Service::start(config.clone()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let scenario = contract::scenario("small");
@@ -45,6 +57,14 @@ async fn small_scenario_through_real_nats_equals_expected_and_a_second_pass_chan
     assert!(partitions.len() > 1, "matches spread over partitions");
 
     let deltas = fold_deltas(&js, &config.streams.deltas_stream).await;
+    for message in read_stream(&js, &config.streams.deltas_stream).await {
+        let headers = message.headers.as_ref().expect("deltas have headers");
+        let format = headers.get(match_stats_commands::delta::FORMAT_HEADER);
+        assert_eq!(
+            format.map(|v| v.as_str()),
+            Some(delta_format.to_string().as_str())
+        );
+    }
     assert_eq!(
         deltas.entries as u64,
         service.counts().applied,
@@ -227,7 +247,7 @@ async fn streams_are_created_idempotently_and_a_missing_nats_is_a_clear_error() 
 /// instead: the subject holds the earlier delta alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_matchs_first_delta_is_not_stored_twice_when_another_writer_stored_it() {
-    use match_stats_commands::delta::{FORMAT_HEADER, FORMAT_VERSION};
+    use match_stats_commands::delta::{FORMAT_HEADER, Format};
     use match_stats_commands::{Match, MatchId, Outcome, StatDelta};
 
     let nats = NatsServer::start();
@@ -266,7 +286,7 @@ async fn a_new_matchs_first_delta_is_not_stored_twice_when_another_writer_stored
         match_view: None,
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
+    headers.insert(FORMAT_HEADER, Format::Named.version().to_string().as_str());
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
         earlier.msg_id().as_str(),

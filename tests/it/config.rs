@@ -259,6 +259,11 @@ const CASES: &[(&str, &str, Invalid)] = &[
         Some(("soon", "invalid value 'soon' for BATCH_LINGER")),
     ),
     (
+        "DELTA_FORMAT",
+        "3",
+        Some(("4", "invalid value '4' for DELTA_FORMAT")),
+    ),
+    (
         "BUFFER_SIZE",
         "500",
         Some(("0", "invalid value '0' for BUFFER_SIZE")),

@@ -1,6 +1,7 @@
-//! Reading a delta message: the layout every writer of format 2 writes (string keys,
-//! values of the expected types) read straight from the bytes; anything else (keys as
-//! indices, unknown keys, a first blood, the match object, an error) through
+//! Reading a delta message: the layouts every writer of formats 2 and 3 writes (string
+//! keys, or entries and changes as arrays of their fields in order; values of the
+//! expected types) read straight from the bytes; anything else (keys as indices, unknown
+//! keys, arrays of other lengths, a first blood, the match object, an error) through
 //! `rmp_serde`, which decides. Both give the same [`StatDelta`] for the same bytes (the
 //! tests compare them on generated deltas and on damaged ones): the fast path only
 //! stands in for serde's dispatch, never for its judgement.
@@ -11,7 +12,7 @@ use super::{Change, DeltaEntry, Field, FieldValue, StatDelta};
 use crate::id::{EventId, Label, MatchId, PlayerId};
 
 impl StatDelta {
-    /// Decodes a delta message (format 2), as `rmp_serde::from_slice` would.
+    /// Decodes a delta message (format 2 or 3), as `rmp_serde::from_slice` would.
     pub fn from_msgpack(bytes: &[u8]) -> Result<StatDelta, rmp_serde::decode::Error> {
         match (Reader { buf: bytes }).delta() {
             Some(delta) => Ok(delta),
@@ -199,7 +200,17 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn is_array(&self) -> bool {
+        matches!(
+            self.peek(),
+            Some(Marker::FixArray(_) | Marker::Array16 | Marker::Array32)
+        )
+    }
+
     fn entry(&mut self) -> Option<DeltaEntry> {
+        if self.is_array() {
+            return self.entry_array();
+        }
         let (mut version, mut event_id, mut stream_sequence, mut timestamp) =
             (None, None, None, None);
         let (mut changes, mut part, mut parts) = (None, None, None);
@@ -230,7 +241,28 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An entry as format 3 writes it, its seven fields in order (fewer or more go
+    /// through serde).
+    fn entry_array(&mut self) -> Option<DeltaEntry> {
+        if self.array_len()? != 7 {
+            return None;
+        }
+        // A struct's fields are evaluated in the order written: the array's order.
+        Some(DeltaEntry {
+            version: self.u64()?,
+            event_id: EventId::parse(self.str()?).ok()?,
+            stream_sequence: self.u64()?,
+            timestamp: self.i64()?,
+            changes: self.list(Self::change)?,
+            part: self.u32()?,
+            parts: self.u32()?,
+        })
+    }
+
     fn change(&mut self) -> Option<Change> {
+        if self.is_array() {
+            return self.change_array();
+        }
         let (mut player_id, mut field, mut key) = (None, None, None);
         let (mut before, mut after) = (None, None);
         for _ in 0..self.map_len()? {
@@ -251,6 +283,21 @@ impl<'a> Reader<'a> {
             key: key.flatten(),
             before: before?,
             after: after?,
+        })
+    }
+
+    /// A change as format 3 writes it, its five fields in order (fewer or more go through
+    /// serde).
+    fn change_array(&mut self) -> Option<Change> {
+        if self.array_len()? != 5 {
+            return None;
+        }
+        Some(Change {
+            player_id: self.nil_or(|r| PlayerId::parse(r.str()?).ok())?,
+            field: Field::from_name(self.str()?)?,
+            key: self.nil_or(|r| Label::from(r.str()?).ok())?,
+            before: self.value()?,
+            after: self.value()?,
         })
     }
 

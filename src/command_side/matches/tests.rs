@@ -30,22 +30,45 @@ fn each_delta_messages_copy_equals_its_decoded_payload() {
                 deltas.push(delta, None);
             }
         }
-        for effect in deltas.effects(&names, &Published::new(), usize::MAX).0 {
+        let named = deltas
+            .effects(&names, Format::Named, &Published::new(), usize::MAX)
+            .0;
+        for effect in &named {
             let decoded: StatDelta = rmp_serde::from_slice(&effect.payload).unwrap();
             assert_eq!(Some(&decoded), effect.handoff.as_deref());
             // The writer's direct encoding is serde's, byte for byte.
             assert_eq!(effect.payload, rmp_serde::to_vec_named(&decoded).unwrap());
+            assert_eq!(effect.headers.get(FORMAT_HEADER).unwrap().as_str(), "2");
             checked += 1;
             completed += usize::from(decoded.match_view.is_some());
         }
-        let (effects, _) = deltas.effects(&names, &Published::new(), 0);
+        // Format 3: the same deltas (read by the service's reader and by serde), in fewer
+        // bytes, said so in the header.
+        let compact = deltas
+            .effects(&names, Format::Compact, &Published::new(), usize::MAX)
+            .0;
+        assert_eq!(compact.len(), named.len());
+        for (effect, named) in compact.iter().zip(&named) {
+            let decoded = StatDelta::from_msgpack(&effect.payload).unwrap();
+            assert_eq!(Some(&decoded), named.handoff.as_deref());
+            assert_eq!(decoded, rmp_serde::from_slice(&effect.payload).unwrap());
+            assert_eq!(effect.headers.get(FORMAT_HEADER).unwrap().as_str(), "3");
+        }
+        let bytes = |effects: &[Effect]| effects.iter().map(|e| e.payload.len()).sum::<usize>();
+        assert!(
+            bytes(&compact) < bytes(&named),
+            "{} against {}",
+            bytes(&compact),
+            bytes(&named)
+        );
+        let (effects, _) = deltas.effects(&names, Format::Named, &Published::new(), 0);
         assert!(
             effects.iter().all(|e| e.handoff.is_none()),
             "no room, no copy"
         );
         // Room for some: copies only while they fit, each still whole.
         let room = 40;
-        let (effects, _) = deltas.effects(&names, &Published::new(), room);
+        let (effects, _) = deltas.effects(&names, Format::Named, &Published::new(), room);
         let weights: Vec<usize> = effects
             .iter()
             .filter_map(|e| e.handoff.as_deref())

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use rmp::encode as mp;
 
 use super::*;
-use crate::delta::StatDeltaRef;
 use crate::delta::write::tests::{change, entry, id, message, view};
+use crate::delta::{Format, StatDeltaRef};
 
 /// What the fast path alone makes of `bytes`, if anything.
 fn fast(bytes: &[u8]) -> Option<StatDelta> {
@@ -39,17 +39,19 @@ proptest! {
         match_id in id(),
         entries in proptest::collection::vec(entry(), 0..6),
         with_view in any::<bool>(),
+        format in format(),
     ) {
         let match_id = MatchId::parse(&match_id).unwrap();
         let view = with_view.then(|| view(match_id));
-        let bytes = message(match_id, &entries, view.as_ref()).to_msgpack();
+        let delta = message(match_id, &entries, view.as_ref());
+        let bytes = delta.encode(format);
         let took_fast = agree(&bytes)?;
         // The fast path takes every delta but those with a first blood or a match object.
         let unusual = with_view
             || entries.iter().flat_map(|e| &e.changes).any(|c| is_first_blood(&c.before) || is_first_blood(&c.after));
         prop_assert_eq!(took_fast, !unusual);
         let read = StatDelta::from_msgpack(&bytes).unwrap();
-        prop_assert_eq!(&rmp_serde::to_vec_named(&read).unwrap(), &bytes);
+        prop_assert_eq!(&rmp_serde::to_vec_named(&read).unwrap(), &delta.to_msgpack());
         prop_assert_eq!(StatDelta::carries_match(&bytes), Some(with_view));
     }
 
@@ -61,10 +63,11 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
         with_view in any::<bool>(),
+        format in format(),
     ) {
         let match_id = MatchId::parse(&match_id).unwrap();
         let view = with_view.then(|| view(match_id));
-        let mut bytes = message(match_id, &entries, view.as_ref()).to_msgpack();
+        let mut bytes = message(match_id, &entries, view.as_ref()).encode(format);
         for (at, byte) in damage {
             let at = at.index(bytes.len());
             bytes[at] = byte;
@@ -90,7 +93,12 @@ proptest! {
         let entry = DeltaEntry { version: 1, event_id: EventId::parse("e").unwrap(), stream_sequence: 1, timestamp: 0, changes: vec![change], part: 0, parts: 1 };
         let delta = StatDeltaRef { match_id: MatchId::parse("m").unwrap(), entries: vec![Cow::Owned(entry)], match_view: None };
         agree(&delta.to_msgpack())?;
+        agree(&delta.encode(Format::Compact))?;
     }
+}
+
+fn format() -> impl Strategy<Value = Format> {
+    prop_oneof![Just(Format::Named), Just(Format::Compact)]
 }
 
 /// Another encoder's widths: integers in wider forms than needed, a positive number as a
