@@ -111,6 +111,8 @@ pub const PARTITION_PENDING: &str = "match_stats_partition_pending";
 pub const READY: &str = "match_stats_ready";
 /// 1, labelled with the version and the commit built from.
 pub const BUILD_INFO: &str = "match_stats_build_info";
+/// The delta format this process publishes (2 or 3).
+pub const DELTA_FORMAT: &str = "match_stats_delta_format";
 
 /// Completed matches the history writer wrote (newer than what the table held).
 pub const HISTORY_MATCHES_WRITTEN: &str = "match_stats_history_matches_written_total";
@@ -150,6 +152,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         BUILD_INFO,
         Kind::Gauge,
         "Always 1; its labels say which version and commit this process runs.",
+    ),
+    (
+        DELTA_FORMAT,
+        Kind::Gauge,
+        "The stat delta format this process publishes: 2 (maps with string keys) or 3 (entries and changes as arrays; DELTA_FORMAT).",
     ),
     (
         HISTORY_MATCHES_WRITTEN,

@@ -466,7 +466,8 @@ async fn a_fresh_service_has_every_series_from_the_start_and_passes_promtool() {
         }
         assert!(families.contains(name), "{name} exists from the start");
     }
-    // Counters at 0 for each known label value, build information, process figures.
+    // Counters at 0 for each known label value, the delta format, build information,
+    // process figures.
     for line in [
         "match_stats_events_received_total 0",
         "match_stats_recovery_gaps_total 0",
@@ -475,6 +476,7 @@ async fn a_fresh_service_has_every_series_from_the_start_and_passes_promtool() {
         "match_stats_dead_letters_total{reason=\"limit_exceeded\"} 0",
         "match_stats_partition_releases_total{reason=\"stale_snapshot\"} 0",
         "match_stats_cache_requests_total{level=\"redis\",result=\"hit\"} 0",
+        "match_stats_delta_format 2",
     ] {
         assert!(text.lines().any(|l| l == line), "{line}");
     }
