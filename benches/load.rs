@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
-use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
 #[path = "support/bare_http.rs"]
@@ -42,12 +41,15 @@ mod bare_http;
 mod pipeline;
 #[path = "support/relay.rs"]
 mod relay;
+#[path = "support/rest.rs"]
+mod rest;
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 use match_stats::Config;
 use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::{NatsServer, RedisServer};
+use rest::{CONNECTIONS, RestResult, hammer};
 use support::feed::{MATCHES, PLAYERS, config, load, load_watching_rest, redis_addr};
 use support::{CpuMeter, CpuPerEvent, Service};
 
@@ -79,7 +81,6 @@ fn sizes() -> Sizes {
     }
 }
 
-const CONNECTIONS: usize = 64;
 const REST_RATE: u32 = 10_000;
 
 /// The service against `nats` (and `redis`).
@@ -217,56 +218,6 @@ async fn baseline_catch_up(
         task.await??;
     }
     Ok((rate, used))
-}
-
-struct RestResult {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// `CONNECTIONS` clients, each alternating GETs of `urls`, for `seconds`.
-async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        let (client, urls) = (client.clone(), urls.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut errors = 0u64;
-            let mut i = c;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                match client.get(&urls[i % urls.len()]).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        h.saturating_record(started.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
-                }
-                i += 1;
-            }
-            (h, errors)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut errors = 0;
-    for task in tasks {
-        let (h, e) = task.await.expect("client task");
-        all.add(h).expect("same bounds");
-        errors += e;
-    }
-    RestResult {
-        requests_per_second: all.len() as f64 / seconds as f64,
-        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
-        errors,
-    }
 }
 
 fn fresh(report: &loadgen::Report) -> String {

@@ -1,0 +1,64 @@
+//! The REST load of `make load-test`: `CONNECTIONS` clients alternating GETs of a few URLs
+//! for a while, and the rate and latency they saw.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Concurrent clients (connections) of the REST load.
+pub const CONNECTIONS: usize = 64;
+
+/// What the clients saw.
+pub struct RestResult {
+    /// Successful responses per second.
+    pub requests_per_second: f64,
+    /// Median latency of the successful ones.
+    pub p50_ms: f64,
+    /// Their 99th percentile.
+    pub p99_ms: f64,
+    /// Requests that failed or did not answer 2xx.
+    pub errors: u64,
+}
+
+/// `CONNECTIONS` clients, each alternating GETs of `urls`, for `seconds`.
+pub async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (client, urls) = (client.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut errors = 0u64;
+            let mut i = c;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match client.get(&urls[i % urls.len()]).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        h.saturating_record(started.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+                i += 1;
+            }
+            (h, errors)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await.expect("client task");
+        all.add(h).expect("same bounds");
+        errors += e;
+    }
+    RestResult {
+        requests_per_second: all.len() as f64 / seconds as f64,
+        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    }
+}
