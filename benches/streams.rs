@@ -13,7 +13,7 @@
 //! Under `cargo test` (no `--bench`), a smoke run with small numbers.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use eventsource_stream::Eventsource;
@@ -22,11 +22,15 @@ use hdrhistogram::Histogram;
 
 // Shared by the benchmarks; not every helper is used in each.
 #[allow(dead_code)]
+#[path = "support/rest.rs"]
+mod rest;
+#[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 use match_stats::cli::Cli;
 use match_stats::tools::loadgen::{self, LoadArgs};
 use match_stats_harness::NatsServer;
+use rest::CONNECTIONS;
 use support::{Service, cpu_seconds};
 
 struct Sizes {
@@ -55,7 +59,6 @@ fn sizes() -> Sizes {
 }
 
 const PLAYERS: u32 = 16;
-const CONNECTIONS: usize = 64;
 
 fn load(matches: u32, rate: u32, events: u64, seconds: Option<u64>) -> LoadArgs {
     // (`events` 0 and a duration: at `rate` for that long.)
@@ -151,45 +154,16 @@ struct Summary {
     last_update: String,
 }
 
-/// Requests per second and p50/p99 (ms) of `GET url` with `If-None-Match: tag`.
+/// Requests per second and p50/p99 (ms) of `GET url` with `If-None-Match: tag`, and the
+/// answers other than `304`.
 async fn hammer_304(url: String, tag: String, seconds: u64) -> (f64, f64, f64, u64) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (client, url, tag) = (client.clone(), url.clone(), tag.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut other = 0u64;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                match client.get(&url).header("If-None-Match", &tag).send().await {
-                    Ok(r) if r.status() == 304 => {
-                        let _ = r.bytes().await;
-                        h.saturating_record(started.elapsed().as_micros() as u64);
-                    }
-                    _ => other += 1,
-                }
-            }
-            (h, other)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut other = 0;
-    for task in tasks {
-        let (h, o) = task.await.expect("client");
-        all.add(h).expect("same bounds");
-        other += o;
-    }
-    (
-        all.len() as f64 / seconds as f64,
-        all.value_at_quantile(0.5) as f64 / 1000.0,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-        other,
+    let r = rest::load(
+        seconds,
+        move |client, _| client.get(&url).header("If-None-Match", &tag),
+        |status| status == 304,
     )
+    .await;
+    (r.requests_per_second, r.p50_ms, r.p99_ms, r.errors)
 }
 
 #[tokio::main]

@@ -1,5 +1,5 @@
-//! The REST load of `make load-test`: `CONNECTIONS` clients alternating GETs of a few URLs
-//! for a while, and the rate and latency they saw.
+//! HTTP load for the benchmarks: clients sending requests for a while, and the rate and
+//! latency of the responses they wanted.
 
 use std::time::{Duration, Instant};
 
@@ -10,18 +10,35 @@ pub const CONNECTIONS: usize = 64;
 
 /// What the clients saw.
 pub struct RestResult {
-    /// Successful responses per second.
+    /// Wanted responses per second.
     pub requests_per_second: f64,
-    /// Median latency of the successful ones.
+    /// Median latency of the wanted ones.
     pub p50_ms: f64,
     /// Their 99th percentile.
     pub p99_ms: f64,
-    /// Requests that failed or did not answer 2xx.
+    /// Requests that failed or answered otherwise.
     pub errors: u64,
 }
 
-/// `CONNECTIONS` clients, each alternating GETs of `urls`, for `seconds`.
+/// [`CONNECTIONS`] clients, each alternating GETs of `urls`, for `seconds`; a 2xx is
+/// wanted.
 pub async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
+    load(
+        seconds,
+        move |client, i| client.get(&urls[i % urls.len()]),
+        |status| status.is_success(),
+    )
+    .await
+}
+
+/// [`CONNECTIONS`] clients for `seconds`, client `c` sending `request(client, c)`,
+/// `request(client, c + 1)`... one after the other; a response whose status `wanted`
+/// accepts is timed, anything else counted as an error.
+pub async fn load<R, W>(seconds: u64, request: R, wanted: W) -> RestResult
+where
+    R: Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+    W: Fn(reqwest::StatusCode) -> bool + Clone + Send + 'static,
+{
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONNECTIONS)
         .build()
@@ -29,15 +46,15 @@ pub async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..CONNECTIONS {
-        let (client, urls) = (client.clone(), urls.clone());
+        let (client, request, wanted) = (client.clone(), request.clone(), wanted.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
             let mut i = c;
             while Instant::now() < deadline {
                 let started = Instant::now();
-                match client.get(&urls[i % urls.len()]).send().await {
-                    Ok(r) if r.status().is_success() => {
+                match request(&client, i).send().await {
+                    Ok(r) if wanted(r.status()) => {
                         let _ = r.bytes().await;
                         h.saturating_record(started.elapsed().as_micros() as u64);
                     }
