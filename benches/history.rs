@@ -15,13 +15,15 @@
 
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use match_stats::history::routes;
 use match_stats::tools::loadgen::{self, LoadArgs};
 use match_stats_harness::{NatsServer, PostgresServer};
 use rand::RngExt;
 
 // Shared by the benchmarks; not every helper is used in each.
+#[allow(dead_code)]
+#[path = "support/rest.rs"]
+mod rest;
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
@@ -65,47 +67,22 @@ async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// p50, p99 (ms) and requests/s of GETs of `paths()` from CONNECTIONS connections.
+/// p50, p99 (ms) and requests/s of GETs of `path()` from CONNECTIONS connections, and the
+/// requests that failed.
 async fn hammer(
     base: &str,
     seconds: u64,
     path: impl Fn(&mut rand::rngs::ThreadRng) -> String + Send + Sync + Clone + 'static,
 ) -> (f64, f64, f64, u64) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (client, base, path) = (client.clone(), base.to_owned(), path.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let url = format!("{base}{}", path(&mut rand::rng()));
-                let started = Instant::now();
-                match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        h.saturating_record(started.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (h, errors)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-    let mut errors = 0;
-    for task in tasks {
-        let (h, e) = task.await.unwrap();
-        all.add(h).unwrap();
-        errors += e;
-    }
-    (
-        all.value_at_quantile(0.5) as f64 / 1000.0,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-        all.len() as f64 / seconds as f64,
-        errors,
+    let base = base.to_owned();
+    let r = rest::load(
+        CONNECTIONS,
+        seconds,
+        move |client, _| client.get(format!("{base}{}", path(&mut rand::rng()))),
+        |status| status.is_success(),
     )
+    .await;
+    (r.p50_ms, r.p99_ms, r.requests_per_second, r.errors)
 }
 
 /// Fills the tables with `matches` matches of 64 of `players` players over 90 days.

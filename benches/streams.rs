@@ -158,6 +158,7 @@ struct Summary {
 /// answers other than `304`.
 async fn hammer_304(url: String, tag: String, seconds: u64) -> (f64, f64, f64, u64) {
     let r = rest::load(
+        CONNECTIONS,
         seconds,
         move |client, _| client.get(&url).header("If-None-Match", &tag),
         |status| status == 304,

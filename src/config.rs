@@ -78,8 +78,8 @@ pub struct Config {
     /// 40% fewer bytes on the deltas stream; the service's own readers and
     /// `match_stats_commands::StatDelta` read both). Move every downstream consumer to a
     /// reader of format 3 before choosing it (docs/asyncapi.json).
-    #[arg(long, env = "DELTA_FORMAT", default_value_t = 2, value_parser = parse_delta_format)]
-    pub delta_format: u32,
+    #[arg(long, env = "DELTA_FORMAT", default_value = "2", value_parser = parse_delta_format)]
+    pub delta_format: match_stats_commands::delta::Format,
 
     /// Events in flight: delivered by the consumer and not yet acknowledged (its max ack
     /// pending); the bound on the service's buffering.
@@ -467,12 +467,12 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log filter: {e} (e.g. info, debug, match_stats=debug,warn)"))
 }
 
-/// A delta format's number: 2 or 3.
-fn parse_delta_format(s: &str) -> Result<u32, String> {
+/// A delta format by its number: 2 or 3.
+fn parse_delta_format(s: &str) -> Result<match_stats_commands::delta::Format, String> {
     s.trim()
         .parse()
         .ok()
-        .filter(|&v| match_stats_commands::delta::Format::from_version(v).is_some())
+        .and_then(match_stats_commands::delta::Format::from_version)
         .ok_or_else(|| format!("{s:?} is not a delta format (2 or 3)"))
 }
 

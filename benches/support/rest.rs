@@ -24,6 +24,7 @@ pub struct RestResult {
 /// wanted.
 pub async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
     load(
+        CONNECTIONS,
         seconds,
         move |client, i| client.get(&urls[i % urls.len()]),
         |status| status.is_success(),
@@ -31,24 +32,24 @@ pub async fn hammer(urls: Vec<String>, seconds: u64) -> RestResult {
     .await
 }
 
-/// [`CONNECTIONS`] clients for `seconds`, client `c` sending `request(client, c)`,
+/// `connections` clients for `seconds`, client `c` sending `request(client, c)`,
 /// `request(client, c + 1)`... one after the other; a response whose status `wanted`
-/// accepts is timed, anything else counted as an error.
-pub async fn load<R, W>(seconds: u64, request: R, wanted: W) -> RestResult
+/// accepts is timed (up to 10 minutes), anything else counted as an error.
+pub async fn load<R, W>(connections: usize, seconds: u64, request: R, wanted: W) -> RestResult
 where
     R: Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
     W: Fn(reqwest::StatusCode) -> bool + Clone + Send + 'static,
 {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
+        .pool_max_idle_per_host(connections)
         .build()
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
+    for c in 0..connections {
         let (client, request, wanted) = (client.clone(), request.clone(), wanted.clone());
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut h = histogram();
             let mut errors = 0u64;
             let mut i = c;
             while Instant::now() < deadline {
@@ -65,7 +66,7 @@ where
             (h, errors)
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut all = histogram();
     let mut errors = 0;
     for task in tasks {
         let (h, e) = task.await.expect("client task");
@@ -78,4 +79,9 @@ where
         p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
         errors,
     }
+}
+
+/// Latencies in microseconds, up to 10 minutes.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }

@@ -71,9 +71,7 @@ impl Ingest {
         handoff: Arc<Handoff>,
     ) -> Self {
         held::Release::register_counters();
-        let delta_format = match_stats_commands::delta::Format::from_version(config.delta_format)
-            .unwrap_or_default();
-        metrics::gauge!(crate::metrics::DELTA_FORMAT).set(f64::from(delta_format.version()));
+        metrics::gauge!(crate::metrics::DELTA_FORMAT).set(f64::from(config.delta_format.version()));
         let ctx = Context {
             js,
             completed: provisioned.completed,
@@ -85,7 +83,7 @@ impl Ingest {
             replicas: provisioned.replicas,
             batch_size: config.batch_size as usize,
             batch_linger: config.batch_linger,
-            delta_format,
+            delta_format: config.delta_format,
             stats,
             handoff,
             snapshot_slots: Arc::new(tokio::sync::Semaphore::new(context::SNAPSHOTS_AT_ONCE)),

@@ -25,7 +25,8 @@ async fn small_scenario_with_compact_deltas_equals_expected() {
 async fn small_scenario_in_delta_format(delta_format: u32) {
     let nats = NatsServer::start();
     let mut config = support::config(&nats, None);
-    config.delta_format = delta_format;
+    config.delta_format =
+        match_stats_commands::delta::Format::from_version(delta_format).expect("a delta format");
     let service = Service::start(config.clone()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let scenario = contract::scenario("small");

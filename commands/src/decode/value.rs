@@ -1,9 +1,9 @@
 //! A borrowed view of a decoded payload: MessagePack read in place (strings are slices of
 //! the payload, numbers read where they lie; the root map and the maps directly inside it
 //! indexed by the one walk that checks the payload, larger or deeper maps searched in
-//! place on each lookup), or a parsed JSON object. The rules in [`super`] read both through this one view, so the
-//! two encodings cannot drift apart, and a MessagePack event is decoded without a single
-//! heap allocation.
+//! place on each lookup), or a parsed JSON object. The rules in [`super`] read both
+//! through this one view, so the two encodings cannot drift apart, and a MessagePack
+//! event is decoded without a single heap allocation.
 
 use rmp::Marker;
 
@@ -205,7 +205,7 @@ pub fn read_root(payload: &[u8]) -> Result<Walked<'_>, PackError> {
 fn read<'a>(
     rest: &mut &'a [u8],
     depth: usize,
-    mut indexed: Option<&mut Indexed<'a>>,
+    indexed: Option<&mut Indexed<'a>>,
 ) -> Result<Value<'a>, PackError> {
     use Marker as M;
     let marker = Marker::from_u8(take::<1>(rest)?[0]);
@@ -245,9 +245,7 @@ fn read<'a>(
         M::F64 => Value::F64(f64::from_be_bytes(take(rest)?)),
         M::FixStr(_) | M::Str8 | M::Str16 | M::Str32 => string(rest, len)?,
         M::Bin8 | M::Bin16 | M::Bin32 => bytes(rest, len).map(|_| Value::Bin)?,
-        M::FixArray(_) | M::Array16 | M::Array32 => {
-            array(rest, len, depth, indexed.as_deref_mut())?
-        }
+        M::FixArray(_) | M::Array16 | M::Array32 => array(rest, len, depth)?,
         M::FixMap(_) | M::Map16 | M::Map32 => map(rest, len, depth, indexed)?,
         M::FixExt1 | M::FixExt2 | M::FixExt4 | M::FixExt8 | M::FixExt16 => ext(rest, len)?,
         M::Ext8 | M::Ext16 | M::Ext32 => ext(rest, len)?,
@@ -289,17 +287,12 @@ fn ext<'a>(rest: &mut &'a [u8], len: usize) -> Result<Value<'a>, PackError> {
     Ok(Value::Ext(kind, bytes(rest, len)?))
 }
 
-fn array<'a>(
-    rest: &mut &'a [u8],
-    len: usize,
-    depth: usize,
-    mut indexed: Option<&mut Indexed<'a>>,
-) -> Result<Value<'a>, PackError> {
+fn array<'a>(rest: &mut &'a [u8], len: usize, depth: usize) -> Result<Value<'a>, PackError> {
     if depth > MAX_NESTING {
         return Err(PackError::TooDeep);
     }
     for _ in 0..len {
-        read(rest, depth + 1, indexed.as_deref_mut())?;
+        read(rest, depth + 1, None)?;
     }
     Ok(Value::Array)
 }
@@ -313,16 +306,18 @@ fn map<'a>(
     if depth > MAX_NESTING {
         return Err(PackError::TooDeep);
     }
-    // The root (depth 1) and the maps directly inside it keep their entries; the root's
-    // place is kept for it, so a map inside takes one only while two are left.
+    // The root (depth 1) and the maps directly inside it keep their entries (only the
+    // root passes `indexed` on); the root's place is kept for it, so a map inside takes
+    // one only while two are left.
     let keep = indexed
         .as_deref()
-        .is_some_and(|i| depth == 1 || (depth == 2 && i.remaining_capacity() > 1));
+        .is_some_and(|i| depth == 1 || i.remaining_capacity() > 1);
     let mut entries = keep.then(Entries::new);
     let start = *rest;
     for _ in 0..len {
-        let key = read(rest, depth + 1, indexed.as_deref_mut())?;
-        let value = read(rest, depth + 1, indexed.as_deref_mut())?;
+        let mut inner = indexed.as_deref_mut().filter(|_| depth == 1);
+        let key = read(rest, depth + 1, inner.as_deref_mut())?;
+        let value = read(rest, depth + 1, inner)?;
         if let (Some(kept), Value::Str(key)) = (&mut entries, key)
             && kept.try_push((key, value)).is_err()
         {

@@ -64,6 +64,14 @@ fn str(out: &mut Vec<u8>, s: &str) {
     mp::write_str(out, s).expect("a Vec takes any write");
 }
 
+/// A string, or nil for none.
+fn str_or_nil(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => str(out, s),
+        None => mp::write_nil(out).expect("a Vec takes any write"),
+    }
+}
+
 fn uint(out: &mut Vec<u8>, n: u64) {
     mp::write_uint(out, n).expect("a Vec takes any write");
 }
@@ -118,15 +126,9 @@ fn write_entry_array(entry: &DeltaEntry, out: &mut Vec<u8>) {
 /// A change as format 3 writes it: `[player_id, field, key, before, after]`.
 fn write_change_array(change: &Change, out: &mut Vec<u8>) {
     mp::write_array_len(out, 5).expect("a Vec takes any write");
-    match &change.player_id {
-        Some(id) => str(out, id.as_str()),
-        None => mp::write_nil(out).expect("a Vec takes any write"),
-    }
+    str_or_nil(out, change.player_id.as_ref().map(|id| id.as_str()));
     str(out, change.field.name());
-    match &change.key {
-        Some(key) => str(out, key.as_str()),
-        None => mp::write_nil(out).expect("a Vec takes any write"),
-    }
+    str_or_nil(out, change.key.as_ref().map(|key| key.as_str()));
     write_value(&change.before, out);
     write_value(&change.after, out);
 }
@@ -134,10 +136,7 @@ fn write_change_array(change: &Change, out: &mut Vec<u8>) {
 fn write_change(change: &Change, out: &mut Vec<u8>) {
     map_len(out, 4 + u32::from(change.key.is_some()));
     key!(out, "player_id");
-    match &change.player_id {
-        Some(id) => str(out, id.as_str()),
-        None => mp::write_nil(out).expect("a Vec takes any write"),
-    }
+    str_or_nil(out, change.player_id.as_ref().map(|id| id.as_str()));
     key!(out, "field");
     str(out, change.field.name());
     if let Some(key) = &change.key {
