@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A catch-up timed on its own, for comparing variants of the service run by run
+# (BENCHMARKS.md, "The hot path (issue 14)"). Starts a nats-server (GOGC=400, as the load
+# test) and a redis-server on free loopback ports in a temporary directory, pre-publishes
+# EVENTS with `match-stats loadgen --no-freshness` (1,000 matches x 64 players), then
+# starts the service with the given settings and times it until every event is decided
+# and the read model holds every delta. Prints events/s (and for the command side alone),
+# the CPU seconds of the service and of nats-server, and the service's RSS.
+#
+#   benches/scripts/catchup.sh EVENTS [VAR=VALUE ...]
+#
+# The settings go to the load generator and the service alike (e.g. PARTITIONS=8,
+# DELTA_FORMAT=3). Environment: BIN (the service binary; default the release build),
+# MATCHES, PLAYERS, NOREDIS=1 (no Redis), THREADS=1 (CPU seconds per thread name),
+# TRACE=FILE (both processes' CPU and the deltas published and projected, every second),
+# PERF=svc|nats with PERFOPT (a `perf record` of either process into PERF_OUT).
+# Needs `make deps` (nats-server) and `cargo build --release`. Run it alone: anything
+# else on the 2 cores shows in its figures.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+EVENTS=${1:?usage: benches/scripts/catchup.sh EVENTS [VAR=VALUE ...]}
+shift
+SETTINGS="$*"
+for setting in "$@"; do export "${setting?}"; done
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/match-stats}
+NATS_SERVER=${NATS_SERVER_BIN:-.tools/bin/nats-server}
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+nats_port=$(free_port); http_port=$(free_port); redis_port=$(free_port)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+GOGC=400 "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" -l "$dir/nats.log" &
+nats_pid=$!; pids+=("$nats_pid")
+redis_addr=""
+if [ -z "${NOREDIS:-}" ]; then
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$dir" >/dev/null &
+  pids+=($!); redis_addr=127.0.0.1:$redis_port
+fi
+export NATS_URL=nats://127.0.0.1:$nats_port
+sleep 0.5
+"$BIN" loadgen --matches "${MATCHES:-1000}" --players "${PLAYERS:-64}" --events "$EVENTS" --no-freshness >"$dir/loadgen.txt" 2>&1 \
+  || { cat "$dir/loadgen.txt"; exit 1; }
+nats_cpu_before=$(cpu "$nats_pid")
+start=$(date +%s.%N)
+HTTP_ADDR=127.0.0.1:$http_port LOG_LEVEL=warn REDIS_ADDR=$redis_addr "$BIN" >"$dir/service.log" 2>&1 &
+service_pid=$!; pids+=("$service_pid")
+http=http://127.0.0.1:$http_port
+metric() { awk -v name="$1" '$1 ~ "^"name {s += $2} END {printf "%d", s}'; }
+if [ -n "${PERF:-}" ]; then
+  target=$service_pid; [ "$PERF" = nats ] && target=$nats_pid
+  perf record ${PERFOPT:--F 199 -g} -o "${PERF_OUT:-perf.$PERF.data}" -p "$target" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
+if [ -n "${TRACE:-}" ]; then
+  (while kill -0 "$service_pid" 2>/dev/null; do
+    m=$(curl -s "$http/metrics" || true)
+    echo "$(date +%s.%N) $(cpu "$service_pid") $(cpu "$nats_pid") $(echo "$m" | metric match_stats_deltas_published_total) $(echo "$m" | metric match_stats_deltas_projected_total)"
+    sleep 1
+  done >"$TRACE" 2>/dev/null) &
+fi
+until curl -sf "$http/health" >/dev/null; do
+  kill -0 "$service_pid" 2>/dev/null || { tail -3 "$dir/service.log"; exit 1; }
+  sleep 0.05
+done
+decided_at=""
+while true; do
+  ready=$(curl -s "$http/ready")
+  received=$(echo "$ready" | grep -o '"received":[0-9]*' | head -1 | cut -d: -f2)
+  if [ "${received:-0}" -ge "$EVENTS" ]; then
+    [ -n "$decided_at" ] || decided_at=$(date +%s.%N)
+    m=$(curl -s "$http/metrics" || true)
+    if [ "$(echo "$m" | metric match_stats_deltas_projected_total)" -ge "$(echo "$m" | metric match_stats_deltas_published_total)" ] \
+      && echo "$ready" | grep -q '"read_model_caught_up":true'; then
+      break
+    fi
+  fi
+  sleep 0.1
+done
+end=$(date +%s.%N)
+service_cpu=$(cpu "$service_pid"); nats_cpu=$(( $(cpu "$nats_pid") - nats_cpu_before ))
+rss=$(awk '/VmRSS/{print int($2/1024)}' "/proc/$service_pid/status")
+peak=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$service_pid/status")
+if [ -n "${THREADS:-}" ]; then
+  for task in /proc/"$service_pid"/task/*; do echo "$(cat "$task/comm") $(awk '{print $14+$15}' "$task/stat")"; done \
+    | awk '{c[$1] += $2} END {for (k in c) printf "%s %.2f s  ", k, c[k] / 100; print ""}'
+fi
+if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
+awk -v n="$EVENTS" -v s="$start" -v d="$decided_at" -v e="$end" -v sc="$service_cpu" -v nc="$nats_cpu" \
+  -v rss="$rss" -v peak="$peak" -v settings="$SETTINGS" 'BEGIN {
+  printf "catch-up %d events/s in %.2f s (command side %d/s); CPU: service %.2f s, nats-server %.2f s; RSS %d MiB (peak %d) [%s]\n",
+    n / (e - s), e - s, n / (d - s), sc / 100, nc / 100, rss, peak, settings }'
