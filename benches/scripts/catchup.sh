@@ -13,10 +13,15 @@
 # DELTA_FORMAT=3). Environment: BIN (the service binary; default the release build),
 # MATCHES, PLAYERS, NOREDIS=1 (no Redis), THREADS=1 (CPU seconds per thread name),
 # TRACE=FILE (both processes' CPU and the deltas published and projected, every second),
-# PERF=svc|nats with PERFOPT (a `perf record` of either process into PERF_OUT).
+# PERF=svc|nats with PERFOPT (a `perf record` of either process into PERF_OUT, by default
+# $TMPDIR/match-stats-perf.<svc|nats>.data).
 # Needs `make deps` (nats-server) and `cargo build --release`. Run it alone: anything
 # else on the 2 cores shows in its figures.
 set -euo pipefail
+# Paths given relative to where it is run from stay so after the cd below.
+[ -z "${TRACE:-}" ] || TRACE=$(realpath -m "$TRACE")
+PERF_OUT=$(realpath -m "${PERF_OUT:-${TMPDIR:-/tmp}/match-stats-perf.${PERF:-none}.data}")
+[ -z "${BIN:-}" ] || BIN=$(realpath -m "$BIN")
 cd "$(dirname "$0")/../.."
 EVENTS=${1:?usage: benches/scripts/catchup.sh EVENTS [VAR=VALUE ...]}
 shift
@@ -50,7 +55,7 @@ http=http://127.0.0.1:$http_port
 metric() { awk -v name="$1" '$1 ~ "^"name {s += $2} END {printf "%d", s}'; }
 if [ -n "${PERF:-}" ]; then
   target=$service_pid; [ "$PERF" = nats ] && target=$nats_pid
-  perf record ${PERFOPT:--F 199 -g} -o "${PERF_OUT:-perf.$PERF.data}" -p "$target" >/dev/null 2>&1 &
+  perf record ${PERFOPT:--F 199 -g} -o "$PERF_OUT" -p "$target" >/dev/null 2>&1 &
   perf_pid=$!
 fi
 if [ -n "${TRACE:-}" ]; then
@@ -86,7 +91,10 @@ if [ -n "${THREADS:-}" ]; then
   for task in /proc/"$service_pid"/task/*; do echo "$(cat "$task/comm") $(awk '{print $14+$15}' "$task/stat")"; done \
     | awk '{c[$1] += $2} END {for (k in c) printf "%s %.2f s  ", k, c[k] / 100; print ""}'
 fi
-if [ -n "${perf_pid:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
+if [ -n "${perf_pid:-}" ]; then
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  echo "perf: $PERF_OUT"
+fi
 awk -v n="$EVENTS" -v s="$start" -v d="$decided_at" -v e="$end" -v sc="$service_cpu" -v nc="$nats_cpu" \
   -v rss="$rss" -v peak="$peak" -v settings="$SETTINGS" 'BEGIN {
   printf "catch-up %d events/s in %.2f s (command side %d/s); CPU: service %.2f s, nats-server %.2f s; RSS %d MiB (peak %d) [%s]\n",
