@@ -611,7 +611,7 @@ fn delta_effect(
         part: (!last.is_whole()).then_some((last.part, last.parts)),
     };
     let mut headers = headers.clone();
-    headers.insert(FORMAT_HEADER, format.version().to_string().as_str());
+    headers.insert(FORMAT_HEADER, format.version().to_string());
     Effect {
         subject: format!("{}.{}", names.deltas_subject, delta.match_id),
         msg_id: delta.msg_id(),
