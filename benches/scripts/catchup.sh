@@ -44,7 +44,10 @@ if [ -z "${NOREDIS:-}" ]; then
   pids+=($!); redis_addr=127.0.0.1:$redis_port
 fi
 export NATS_URL=nats://127.0.0.1:$nats_port
-sleep 0.5
+until (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; do
+  kill -0 "$nats_pid" 2>/dev/null || { cat "$dir/nats.log"; exit 1; }
+  sleep 0.1
+done
 "$BIN" loadgen --matches "${MATCHES:-1000}" --players "${PLAYERS:-64}" --events "$EVENTS" --no-freshness >"$dir/loadgen.txt" 2>&1 \
   || { cat "$dir/loadgen.txt"; exit 1; }
 nats_cpu_before=$(cpu "$nats_pid")
