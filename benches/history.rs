@@ -67,22 +67,20 @@ async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// p50, p99 (ms) and requests/s of GETs of `path()` from CONNECTIONS connections, and the
-/// requests that failed.
+/// GETs of `path()` from CONNECTIONS connections for `seconds`.
 async fn hammer(
     base: &str,
     seconds: u64,
     path: impl Fn(&mut rand::rngs::ThreadRng) -> String + Send + Sync + Clone + 'static,
-) -> (f64, f64, f64, u64) {
+) -> rest::RestResult {
     let base = base.to_owned();
-    let r = rest::load(
+    rest::load(
         CONNECTIONS,
         seconds,
         move |client, _| client.get(format!("{base}{}", path(&mut rand::rng()))),
         |status| status.is_success(),
     )
-    .await;
-    (r.p50_ms, r.p99_ms, r.requests_per_second, r.errors)
+    .await
 }
 
 /// Fills the tables with `matches` matches of 64 of `players` players over 90 days.
@@ -321,10 +319,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
 
-    let route = |name: &str, r: (f64, f64, f64, u64)| {
+    let route = |name: &str, r: rest::RestResult| {
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.0} | {} |",
-            r.0, r.1, r.2, r.3
+            r.p50_ms, r.p99_ms, r.requests_per_second, r.errors
         )
     };
     println!();
