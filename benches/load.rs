@@ -17,7 +17,9 @@
 //!    publish to visible over REST; the relay's publish to copy at the same rates, and the
 //!    bare pipeline's (`support/pipeline.rs`, live: the service's NATS work per live
 //!    event, partition consumers, batches, one fenced message per match per batch, read
-//!    back).
+//!    back). Each run's CPU per event: nats-server's and the clients' (the service's and
+//!    the load generator's; for a baseline, this process: the baseline and the load
+//!    generator together).
 //!    Meanwhile, Redis's own counters (commands processed, bytes received) give the
 //!    write-through's traffic, and the service's `match_stats_redis_errors_total` its
 //!    failed writes.
@@ -239,20 +241,48 @@ fn visible(report: &loadgen::Report) -> String {
 
 /// Publish to copy at each live rate, the copies (carrying the events' message ids) watched
 /// on `copies`.
+/// A baseline running in this process, live at each rate: the load generator's report
+/// and the CPU per event of nats-server and of this process (the baseline and the load
+/// generator together).
 async fn live_runs(
     config: &Config,
     sizes: &Sizes,
+    nats_pid: u32,
     what: &str,
     copies: &str,
-) -> anyhow::Result<Vec<loadgen::Report>> {
+) -> anyhow::Result<Vec<(loadgen::Report, CpuPerEvent)>> {
     let mut reports = Vec::new();
     for &rate in &sizes.rates {
         eprintln!("load-test: {what} live at {rate} events/s...");
         let args = load(0, rate, Some(sizes.live_seconds), true);
         let watch = Watch::MessageIds(copies.into());
-        reports.push(loadgen::run_watching(config, &args, watch).await?);
+        let cpu = CpuMeter::start(nats_pid, std::process::id());
+        let report = loadgen::run_watching(config, &args, watch).await?;
+        let cpu = cpu.per_event(report.published);
+        reports.push((report, cpu));
     }
     Ok(reports)
+}
+
+/// A live run's CPU per event: nats-server's, the client's and, for the service (a
+/// process of its own), the load generator's (`load_generator`; a baseline's client is
+/// itself and the load generator together).
+fn live_cpu(cpu: &CpuPerEvent, load_generator: Option<&CpuPerEvent>) -> String {
+    match load_generator {
+        Some(g) => format!(
+            "{:.1} µs an event: nats-server {:.1}, the service {:.1}, the load generator {:.1}",
+            cpu.nats_us + cpu.client_us + g.client_us,
+            cpu.nats_us,
+            cpu.client_us,
+            g.client_us
+        ),
+        None => format!(
+            "{:.1} µs an event: nats-server {:.1}, baseline and load generator {:.1}",
+            cpu.nats_us + cpu.client_us,
+            cpu.nats_us,
+            cpu.client_us
+        ),
+    }
 }
 
 fn p99_ratio(service: &loadgen::Report, relay: &loadgen::Report) -> f64 {
@@ -360,14 +390,20 @@ async fn main() -> anyhow::Result<()> {
             Some(service.http.clone()),
         );
         let before = redis_counters(&redis).await?;
+        let cpu = CpuMeter::start(nats_pid, service.pid());
+        let generator_cpu = CpuMeter::start(nats_pid, std::process::id());
         let report = loadgen::run(&config, &args).await?;
+        let cpu = (
+            cpu.per_event(report.published),
+            generator_cpu.per_event(report.published),
+        );
         let after = redis_counters(&redis).await?;
         redis_traffic.push((
             rate,
             (after.0 - before.0) as f64 / report.seconds,
             (after.1 - before.1) as f64 / report.seconds,
         ));
-        service_live.push(report);
+        service_live.push((report, cpu));
     }
     let redis_errors = metric_total(&service.http, "match_stats_redis_errors_total").await?;
 
@@ -479,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let relay_live = live_runs(&config, &sizes, "relay", relay::COPIES).await?;
+    let relay_live = live_runs(&config, &sizes, nats_pid, "relay", relay::COPIES).await?;
     stop.store(true, Ordering::Relaxed);
     task.await??;
 
@@ -493,7 +529,14 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pipeline_live = live_runs(&config, &sizes, "bare pipeline", pipeline::LIVE_COPIES).await?;
+    let pipeline_live = live_runs(
+        &config,
+        &sizes,
+        nats_pid,
+        "bare pipeline",
+        pipeline::LIVE_COPIES,
+    )
+    .await?;
     running.stop().await?;
 
     // The table.
@@ -533,13 +576,22 @@ async fn main() -> anyhow::Result<()> {
             bare_pipeline.cpu
         ),
     ));
-    for (((rate, service), relay), bare) in sizes
+    for (((rate, (service, service_cpu)), (relay, relay_cpu)), (bare, bare_cpu)) in sizes
         .rates
         .iter()
         .zip(&service_live)
         .zip(&relay_live)
         .zip(&pipeline_live)
     {
+        rows.push((
+            format!("live at {rate} events/s: CPU per event, nats-server and the clients together (the load generator's included)"),
+            live_cpu(&service_cpu.0, Some(&service_cpu.1)),
+            format!(
+                "relay {}; bare pipeline {}",
+                live_cpu(relay_cpu, None),
+                live_cpu(bare_cpu, None)
+            ),
+        ));
         rows.push((
             format!("live at {rate} events/s: publish to delta (to visible over REST) / to copy"),
             format!("{} ({})", fresh(service), visible(service)),

@@ -106,10 +106,7 @@ async fn process_batch(
             Decision::Applied(delta) => {
                 // Its first event, delivered for the first time: no writer has published
                 // anything of this match (a replay or a redelivery may have).
-                if mode == Mode::Live
-                    && info.delivered == 1
-                    && delta.entries.first().is_some_and(|e| e.version == 1)
-                {
+                if mode == Mode::Live && info.delivered == 1 && delta.entry.version == 1 {
                     fresh.push(delta.match_id);
                 }
                 let headers = span.as_ref().map(|span| {

@@ -11,8 +11,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use match_stats_commands::delta::{FORMAT_HEADER, Format, Position};
 use match_stats_commands::{
-    Change, DeltaEntry, Match, MatchId, MatchStatus, Outcome, Reason, Rejection, StatDelta,
-    StatDeltaRef, decode,
+    Change, DeltaEntry, Match, MatchId, MatchStatus, MatchView, Outcome, Reason, Rejection,
+    StatDelta, StatDeltaRef, decode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +70,7 @@ pub enum Verdict {
 #[derive(Debug)]
 pub enum Decision {
     /// Applied; what it changed.
-    Applied(StatDelta),
+    Applied(Applied),
     /// A duplicate `event_id`.
     Duplicate,
     /// Rejected: the reason and the dead letter to publish.
@@ -89,6 +89,18 @@ impl Decision {
             Decision::AlreadyApplied => Verdict::AlreadyApplied,
         }
     }
+}
+
+/// An applied event's part of its match's delta (its entry: a list of one per event
+/// was an allocation per event).
+#[derive(Debug)]
+pub struct Applied {
+    /// The match.
+    pub match_id: MatchId,
+    /// What the event changed.
+    pub entry: DeltaEntry,
+    /// The match object, when the match is completed (its delta message carries it).
+    pub match_view: Option<Box<MatchView>>,
 }
 
 /// What an [`Effect`] is, for counting it and for the checks specific to it.
@@ -432,9 +444,9 @@ impl PartitionMatches {
                 self.changed.insert(event.match_id);
                 let completed = record.is_completed();
                 self.completed += usize::from(completed && !was_completed);
-                Decision::Applied(StatDelta {
+                Decision::Applied(Applied {
                     match_id: event.match_id,
-                    entries: vec![entry],
+                    entry,
                     match_view: completed.then(|| Box::new(record.aggregate.summary())),
                 })
             }
@@ -465,20 +477,30 @@ pub struct DeltaBatch {
 
 impl DeltaBatch {
     /// Adds an applied event's delta (`headers`: its trace context, if any).
-    pub fn push(&mut self, delta: StatDelta, headers: Option<HeaderMap>) {
-        let id = delta.match_id;
-        match (headers, self.open.get(&id)) {
-            (None, Some(&i)) => {
-                let (open, _) = &mut self.segments[i];
-                open.entries.extend(delta.entries);
-                open.match_view = delta.match_view;
-            }
-            (None, None) => {
-                self.open.insert(id, self.segments.len());
+    pub fn push(&mut self, applied: Applied, headers: Option<HeaderMap>) {
+        let Applied {
+            match_id,
+            entry,
+            match_view,
+        } = applied;
+        if let (None, Some(&i)) = (&headers, self.open.get(&match_id)) {
+            let (open, _) = &mut self.segments[i];
+            open.entries.push(entry);
+            open.match_view = match_view;
+            return;
+        }
+        let delta = StatDelta {
+            match_id,
+            entries: vec![entry],
+            match_view,
+        };
+        match headers {
+            None => {
+                self.open.insert(match_id, self.segments.len());
                 self.segments.push((delta, HeaderMap::new()));
             }
-            (Some(headers), _) => {
-                self.open.remove(&id);
+            Some(headers) => {
+                self.open.remove(&match_id);
                 self.segments.push((delta, headers));
             }
         }
@@ -542,14 +564,15 @@ impl DeltaBatch {
             let mut open_changes = 0;
             let mut messages: Vec<Vec<Cow<'_, DeltaEntry>>> = Vec::new();
             for entry in &delta.entries {
-                // A whole entry is published as it is kept; only a split one is copied.
-                let parts: Vec<Cow<'_, DeltaEntry>> =
-                    if DeltaEntry::parts_of(entry.changes.len(), MAX_CHANGES_PER_MESSAGE) == 1 {
-                        vec![Cow::Borrowed(entry)]
-                    } else {
-                        let split = entry.clone().split(MAX_CHANGES_PER_MESSAGE);
-                        split.into_iter().map(Cow::Owned).collect()
-                    };
+                // A whole entry is published as it is kept (with no list of one part: an
+                // allocation per event); only a split one is copied.
+                let whole = DeltaEntry::parts_of(entry.changes.len(), MAX_CHANGES_PER_MESSAGE) == 1;
+                let (kept, split) = if whole {
+                    (Some(Cow::Borrowed(entry)), Vec::new())
+                } else {
+                    (None, entry.clone().split(MAX_CHANGES_PER_MESSAGE))
+                };
+                let parts = kept.into_iter().chain(split.into_iter().map(Cow::Owned));
                 for part in parts {
                     let at = (!part.is_whole()).then_some(part.part);
                     if stored.position.covers(part.version, at) {
