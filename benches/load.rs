@@ -239,11 +239,9 @@ fn visible(report: &loadgen::Report) -> String {
     }
 }
 
-/// Publish to copy at each live rate, the copies (carrying the events' message ids) watched
-/// on `copies`.
-/// A baseline running in this process, live at each rate: the load generator's report
-/// and the CPU per event of nats-server and of this process (the baseline and the load
-/// generator together).
+/// A baseline running in this process, live at each rate: publish to copy (the copies,
+/// carrying the events' message ids, watched on `copies`) and the CPU per event of
+/// nats-server and of this process (the baseline and the load generator together).
 async fn live_runs(
     config: &Config,
     sizes: &Sizes,

@@ -103,18 +103,18 @@ async fn process_batch(
         };
         verdicts.push((info.stream_sequence, decision.verdict()));
         match decision {
-            Decision::Applied(delta) => {
+            Decision::Applied(applied) => {
                 // Its first event, delivered for the first time: no writer has published
                 // anything of this match (a replay or a redelivery may have).
-                if mode == Mode::Live && info.delivered == 1 && delta.entry.version == 1 {
-                    fresh.push(delta.match_id);
+                if mode == Mode::Live && info.delivered == 1 && applied.entry.version == 1 {
+                    fresh.push(applied.match_id);
                 }
                 let headers = span.as_ref().map(|span| {
                     let mut headers = async_nats::HeaderMap::new();
                     crate::telemetry::inject(span, &mut headers);
                     headers
                 });
-                deltas.push(delta, headers);
+                deltas.push(applied, headers);
             }
             Decision::Rejected(_, dead_letter) => effects.push(dead_letter),
             Decision::Duplicate | Decision::AlreadyApplied => {}

@@ -26,8 +26,8 @@ fn each_delta_messages_copy_equals_its_decoded_payload() {
                 subject: &subject,
             };
             let payload = Bytes::from(m.payload.clone());
-            if let Decision::Applied(delta) = matches.process(&payload, source, &names) {
-                deltas.push(delta, None);
+            if let Decision::Applied(applied) = matches.process(&payload, source, &names) {
+                deltas.push(applied, None);
             }
         }
         let named = deltas
