@@ -28,26 +28,8 @@ shift
 SETTINGS="$*"
 for setting in "$@"; do export "${setting?}"; done
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/match-stats}
-NATS_SERVER=${NATS_SERVER_BIN:-.tools/bin/nats-server}
-dir=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-nats_port=$(free_port); http_port=$(free_port); redis_port=$(free_port)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-GOGC=400 "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" -l "$dir/nats.log" &
-nats_pid=$!; pids+=("$nats_pid")
-redis_addr=""
-if [ -z "${NOREDIS:-}" ]; then
-  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$dir" >/dev/null &
-  pids+=($!); redis_addr=127.0.0.1:$redis_port
-fi
-export NATS_URL=nats://127.0.0.1:$nats_port
-until (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; do
-  kill -0 "$nats_pid" 2>/dev/null || { cat "$dir/nats.log"; exit 1; }
-  sleep 0.1
-done
+# shellcheck source=benches/scripts/servers.sh
+. benches/scripts/servers.sh
 "$BIN" loadgen --matches "${MATCHES:-1000}" --players "${PLAYERS:-64}" --events "$EVENTS" --no-freshness >"$dir/loadgen.txt" 2>&1 \
   || { cat "$dir/loadgen.txt"; exit 1; }
 nats_cpu_before=$(cpu "$nats_pid")
