@@ -9,8 +9,9 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
+use super::delta_batch::DeltaBatch;
 use super::held::HeldPartition;
-use super::matches::{Decision, DeltaBatch, Source, Verdict};
+use super::matches::{Decision, Source, Verdict};
 use super::{completed, publisher};
 use crate::metrics as m;
 use crate::nats::Partition;

@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::context::Context;
-use super::matches::{PartitionMatches, Published, Verdict};
+use super::delta_batch::Published;
+use super::matches::{PartitionMatches, Verdict};
 use super::snapshot_writes::{Covered, RECORDS_PER_SLICE, SnapshotWrites, Written};
 use super::snapshots::{Encoded, Marker, SnapshotError, SnapshotStore};
 use super::stats::{Counters, Figures, FiguresSource};

@@ -27,7 +27,8 @@ use match_stats_commands::{MatchId, StatDelta};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::matches::{DeltaBatch, Effect, EffectKind, Published, Stored};
+use super::delta_batch::{DeltaBatch, Published, Stored};
+use super::matches::{Effect, EffectKind};
 use crate::metrics as m;
 use crate::nats::{ACKS_IN_FLIGHT_PER_WRITER, Partition};
 use crate::retry::{Cancelled, Retry};

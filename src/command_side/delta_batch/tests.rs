@@ -1,7 +1,11 @@
 //! The delta messages a batch publishes, against what decoding them gives and what
 //! `rmp_serde` writes for them.
 
+use bytes::Bytes;
+use match_stats_commands::decode;
+
 use super::*;
+use crate::command_side::matches::{Decision, PartitionMatches, Source};
 
 /// What a publisher hands its projector is what the projector would decode from the
 /// message: every delta message of the small scenario, coalesced per batch of 64.
