@@ -34,9 +34,7 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/match-stats}
   || { cat "$dir/loadgen.txt"; exit 1; }
 nats_cpu_before=$(cpu "$nats_pid")
 start=$(date +%s.%N)
-HTTP_ADDR=127.0.0.1:$http_port LOG_LEVEL=warn REDIS_ADDR=$redis_addr "$BIN" >"$dir/service.log" 2>&1 &
-service_pid=$!; pids+=("$service_pid")
-http=http://127.0.0.1:$http_port
+start_service "$BIN" /health
 metric() { awk -v name="$1" '$1 ~ "^"name {s += $2} END {printf "%d", s}'; }
 if [ -n "${PERF:-}" ]; then
   target=$service_pid; [ "$PERF" = nats ] && target=$nats_pid
@@ -50,10 +48,6 @@ if [ -n "${TRACE:-}" ]; then
     sleep 1
   done >"$TRACE" 2>/dev/null) &
 fi
-until curl -sf "$http/health" >/dev/null; do
-  kill -0 "$service_pid" 2>/dev/null || { tail -3 "$dir/service.log"; exit 1; }
-  sleep 0.05
-done
 decided_at=""
 while true; do
   ready=$(curl -s "$http/ready")
@@ -76,10 +70,7 @@ if [ -n "${THREADS:-}" ]; then
   for task in /proc/"$service_pid"/task/*; do echo "$(cat "$task/comm") $(awk '{print $14+$15}' "$task/stat")"; done \
     | awk '{c[$1] += $2} END {for (k in c) printf "%s %.2f s  ", k, c[k] / 100; print ""}'
 fi
-if [ -n "${perf_pid:-}" ]; then
-  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-  echo "perf: $PERF_OUT"
-fi
+stop_perf
 awk -v n="$EVENTS" -v s="$start" -v d="$decided_at" -v e="$end" -v sc="$service_cpu" -v nc="$nats_cpu" \
   -v rss="$rss" -v peak="$peak" -v settings="$SETTINGS" 'BEGIN {
   printf "catch-up %d events/s in %.2f s (command side %d/s); CPU: service %.2f s, nats-server %.2f s; RSS %d MiB (peak %d) [%s]\n",

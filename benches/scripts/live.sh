@@ -29,27 +29,20 @@ for setting in "$@"; do export "${setting?}"; done
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/match-stats}
 # shellcheck source=benches/scripts/servers.sh
 . benches/scripts/servers.sh
-HTTP_ADDR=127.0.0.1:$http_port LOG_LEVEL=warn REDIS_ADDR=$redis_addr "${SERVICE_BIN:-$BIN}" >"$dir/service.log" 2>&1 &
-service_pid=$!; pids+=("$service_pid")
-until curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null; do
-  kill -0 "$service_pid" 2>/dev/null || { tail -3 "$dir/service.log"; exit 1; }
-  sleep 0.1
-done
+start_service "${SERVICE_BIN:-$BIN}" /ready
 load() { "$BIN" loadgen --matches "${MATCHES:-1000}" --players "${PLAYERS:-64}" --rate "$RATE" --events 0 "$@"; }
 load --duration 5s --no-freshness >/dev/null 2>&1
-service_before=$(cpu "$service_pid"); nats_before=$(cpu "$nats_pid")
+service_before=$(cpu "$service_pid"); nats_before=$(cpu "$nats_pid"); start=$(date +%s.%N)
 if [ -n "${PERF:-}" ]; then
   perf record ${PERFOPT:--F 149 --call-graph dwarf,16384} -o "$PERF_OUT" -p "$service_pid" >/dev/null 2>&1 &
   perf_pid=$!
 fi
 load --duration "${SECONDS_LIVE}s" >"$dir/loadgen.txt" 2>&1 || { cat "$dir/loadgen.txt"; exit 1; }
 service_cpu=$(( $(cpu "$service_pid") - service_before )); nats_cpu=$(( $(cpu "$nats_pid") - nats_before ))
-if [ -n "${perf_pid:-}" ]; then
-  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-  echo "perf: $PERF_OUT"
-fi
+end=$(date +%s.%N)
+stop_perf
 grep -E "^loadgen: (published .* events in|publish to delta:)" "$dir/loadgen.txt"
 published=$(grep -oE "published [0-9]+ events in" "$dir/loadgen.txt" | grep -oE "[0-9]+")
-awk -v n="$published" -v sc="$service_cpu" -v nc="$nats_cpu" -v s="$SECONDS_LIVE" -v settings="$SETTINGS" 'BEGIN {
+awk -v n="$published" -v sc="$service_cpu" -v nc="$nats_cpu" -v s="$start" -v e="$end" -v settings="$SETTINGS" 'BEGIN {
   printf "live: CPU per event: service %.1f µs, nats-server %.1f µs (%.2f and %.2f cores) [%s]\n",
-    sc * 1e4 / n, nc * 1e4 / n, sc / 100 / s, nc / 100 / s, settings }'
+    sc * 1e4 / n, nc * 1e4 / n, sc / 100 / (e - s), nc / 100 / (e - s), settings }'

@@ -3,7 +3,10 @@
 # redis-server on free loopback ports in a temporary directory, stopped with everything
 # the script started (`pids`) when it exits. Sets `dir`, `nats_pid`, `http_port` (free,
 # for the service), `redis_addr` (empty without Redis) and exports NATS_URL; defines
-# `cpu PID` (a process's CPU so far, in hundredths of a second).
+# `cpu PID` (a process's CPU so far, in hundredths of a second), `start_service BINARY
+# PATH` (the service on `http_port` against these servers, waited for until PATH answers;
+# sets `service_pid` and `http`) and `stop_perf` (ends a `perf record` started as
+# `perf_pid`, if any, and says where its data is).
 NATS_SERVER=${NATS_SERVER_BIN:-.tools/bin/nats-server}
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -24,3 +27,17 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; do
   kill -0 "$nats_pid" 2>/dev/null || { cat "$dir/nats.log"; exit 1; }
   sleep 0.1
 done
+start_service() {
+  HTTP_ADDR=127.0.0.1:$http_port LOG_LEVEL=warn REDIS_ADDR=$redis_addr "$1" >"$dir/service.log" 2>&1 &
+  service_pid=$!; pids+=("$service_pid")
+  http=http://127.0.0.1:$http_port
+  until curl -sf "$http$2" >/dev/null; do
+    kill -0 "$service_pid" 2>/dev/null || { tail -3 "$dir/service.log"; exit 1; }
+    sleep 0.05
+  done
+}
+stop_perf() {
+  [ -n "${perf_pid:-}" ] || return 0
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  echo "perf: $PERF_OUT"
+}
