@@ -13,6 +13,7 @@ mod history;
 mod http_edge;
 mod lifecycle;
 mod limits;
+mod message_headers;
 mod monitoring;
 mod operations;
 mod permissions;
