@@ -49,6 +49,8 @@ pub const PARTITION_ACQUISITIONS: &str = "match_stats_partition_acquisitions_tot
 pub const PARTITION_RELEASES: &str = "match_stats_partition_releases_total";
 /// Failed attempts to restore or catch up on a partition.
 pub const PARTITION_RESTORE_RETRIES: &str = "match_stats_partition_restore_retries_total";
+/// Deliveries to this replica that never arrived, replayed past.
+pub const DELIVERIES_LOST: &str = "match_stats_deliveries_lost_total";
 /// Per partition written here: seconds since a batch was last confirmed.
 pub const PARTITION_SECONDS_SINCE_PROGRESS: &str = "match_stats_partition_seconds_since_progress";
 /// Per partition written here: failed attempts in a row of its current publish or
@@ -292,6 +294,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         PARTITION_RESTORE_RETRIES,
         Kind::Counter,
         "Failed attempts to restore or catch up on a partition, retried with back-off.",
+    ),
+    (
+        DELIVERIES_LOST,
+        Kind::Counter,
+        "Events the partitions' consumers delivered here that never arrived (a connection dropped with them in flight); each time, the partition was replayed past them instead of acknowledging them unseen.",
     ),
     (
         PARTITION_SECONDS_SINCE_PROGRESS,

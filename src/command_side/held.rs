@@ -36,6 +36,9 @@ pub struct HeldPartition {
     /// Another client NATS showed pinned at the last check (see
     /// [`super::housekeeping::pin_check`]).
     pub foreign_pin: Option<String>,
+    /// The consumer sequence the next delivery should carry (unknown after a new pin):
+    /// see [`super::deliveries::skipped`].
+    pub next_delivery: Option<u64>,
     /// Events processed since the last snapshot.
     pub events_since_snapshot: u64,
     /// When the last snapshot was written (or the partition restored).
@@ -57,6 +60,7 @@ impl HeldPartition {
             published: Published::new(),
             pin: None,
             foreign_pin: None,
+            next_delivery: None,
             events_since_snapshot: 0,
             last_snapshot: Instant::now(),
         }

@@ -26,6 +26,7 @@ mod balance;
 mod batch;
 mod completed;
 mod context;
+mod deliveries;
 mod delta_batch;
 mod held;
 mod housekeeping;

@@ -86,9 +86,75 @@ pub async fn acquire(
     first: u64,
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
+    catch_up_to_delivered(
+        ctx,
+        partition,
+        consumer,
+        held,
+        first,
+        token,
+        "catching up on a partition",
+    )
+    .await?;
+    let h = held.as_mut().expect("acquired");
+    h.foreign_pin = None;
+    h.pin = pin;
+    h.next_delivery = None;
+    ctx.stats
+        .partition(partition)
+        .writing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.record_acquisition();
+    tracing::info!(
+        %partition,
+        applied_sequence = h.matches.applied_sequence(),
+        "writing partition"
+    );
+    Ok(())
+}
+
+/// Deliveries to this replica, the writer under `pin`, never arrived (see
+/// [`super::deliveries`]); the pull's first message is at sequence `first`: decides them,
+/// and whatever else the consumer has delivered, by replaying the partition as
+/// [`acquire`] does, and stays the writer. Retries until it succeeds.
+pub async fn recover_lost(
+    ctx: &Context,
+    partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    held: &mut Option<HeldPartition>,
+    pin: Option<String>,
+    first: u64,
+    token: &CancellationToken,
+) -> Result<(), Cancelled> {
+    catch_up_to_delivered(
+        ctx,
+        partition,
+        consumer,
+        held,
+        first,
+        token,
+        "replaying past lost deliveries",
+    )
+    .await?;
+    // Restored from a snapshot (not this replica's latest) if it had to be: the writer
+    // all the same.
+    held.as_mut().expect("caught up").pin = pin;
+    Ok(())
+}
+
+/// [`try_acquire`] until it succeeds, the partition marked busy meanwhile.
+async fn catch_up_to_delivered(
+    ctx: &Context,
+    partition: Partition,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    held: &mut Option<HeldPartition>,
+    first: u64,
+    token: &CancellationToken,
+    what: &'static str,
+) -> Result<(), Cancelled> {
     let slot = ctx.stats.partition(partition);
     slot.busy(true);
-    let mut retry = Retry::new(token, "catching up on a partition")
+    let mut retry = Retry::new(token, what)
         .counted(m::PARTITION_RESTORE_RETRIES)
         .streak(&slot.retry_streak);
     loop {
@@ -102,19 +168,6 @@ pub async fn acquire(
     }
     retry.succeeded();
     slot.busy(false);
-    let h = held.as_mut().expect("acquired");
-    h.foreign_pin = None;
-    h.pin = pin;
-    ctx.stats
-        .partition(partition)
-        .writing
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    ctx.stats.record_acquisition();
-    tracing::info!(
-        %partition,
-        applied_sequence = h.matches.applied_sequence(),
-        "writing partition"
-    );
     Ok(())
 }
 

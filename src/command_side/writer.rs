@@ -17,7 +17,8 @@ use super::held::{
     HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
     try_start_snapshot,
 };
-use super::{balance, housekeeping, recovery};
+use super::{balance, deliveries, housekeeping, recovery};
+use crate::metrics as m;
 use crate::nats::Partition;
 use crate::nats::batches::{Backlog, Batches};
 
@@ -143,27 +144,48 @@ impl PartitionWriter {
         let Some(pin) = chunk.first().map(pin_of) else {
             return Turn::Continue;
         };
-        if self.held.as_ref().is_none_or(|h| h.pin != pin) {
-            let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
-            let consumer = &self.consumer;
-            if recovery::acquire(
+        let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
+        let span = deliveries::span(&chunk);
+        let lost = match (&self.held, span) {
+            (Some(h), Some(span)) if h.pin == pin => {
+                deliveries::skipped(h.next_delivery, span, chunk.len())
+            }
+            _ => 0,
+        };
+        let caught_up = if self.held.as_ref().is_none_or(|h| h.pin != pin) {
+            recovery::acquire(
                 &ctx,
                 partition,
-                consumer,
+                &self.consumer,
                 &mut self.held,
                 pin,
                 first,
                 &self.token,
             )
             .await
-            .is_err()
-            {
-                // Caught up part of the way when stopped: nothing to snapshot.
-                release(&ctx, partition, &mut self.held, Release::Shutdown);
-                return Turn::Stopped;
-            }
+        } else if lost > 0 {
+            metrics::counter!(m::DELIVERIES_LOST).increment(lost);
+            tracing::warn!(%partition, lost, "deliveries never arrived (a connection dropped with them in flight): replaying the partition past them");
+            recovery::recover_lost(
+                &ctx,
+                partition,
+                &self.consumer,
+                &mut self.held,
+                pin,
+                first,
+                &self.token,
+            )
+            .await
+        } else {
+            Ok(())
+        };
+        if caught_up.is_err() {
+            // Caught up part of the way when stopped: nothing to snapshot.
+            release(&ctx, partition, &mut self.held, Release::Shutdown);
+            return Turn::Stopped;
         }
         let h = self.held.as_mut().expect("acquired");
+        h.next_delivery = span.map(|(_, last)| last + 1);
         if batch::process(&ctx, partition, h, &chunk, Mode::Live, &self.token)
             .await
             .is_err()

@@ -5,6 +5,7 @@
 
 mod browser;
 mod cluster;
+mod connection_cuts;
 mod conservation;
 mod exact_counts;
 mod history_faults;

@@ -4,6 +4,7 @@
 pub mod deltas;
 pub mod events;
 pub mod process;
+pub mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,48 @@
+//! Deliveries that never arrived. The partition's consumer numbers each delivery (its
+//! consumer sequence), and while this replica holds the pin every delivery is made to it,
+//! one number after the other. A jump means messages were delivered and lost on the way:
+//! a connection dropped with them in flight. The consumer would send them again once
+//! their ack wait expires, but acknowledging a later message first (`AckPolicy::All`)
+//! would acknowledge them unseen. So the writer replays the partition past them before it
+//! processes what arrived ([`super::recovery::recover_lost`]).
+
+use async_nats::jetstream;
+
+/// The consumer sequences of a pull's first and last messages.
+pub fn span(chunk: &[jetstream::Message]) -> Option<(u64, u64)> {
+    let sequence = |m: &jetstream::Message| m.info().ok().map(|i| i.consumer_sequence);
+    Some((sequence(chunk.first()?)?, sequence(chunk.last()?)?))
+}
+
+/// How many deliveries are missing before or among `len` messages numbered `first` to
+/// `last`, the next expected being `next` (`None`: not known, nothing before counts).
+/// A number lower than expected (a consumer recreated) is no loss.
+pub fn skipped(next: Option<u64>, (first, last): (u64, u64), len: usize) -> u64 {
+    let before = next.map_or(0, |next| first.saturating_sub(next));
+    let among = (last.saturating_sub(first) + 1).saturating_sub(len as u64);
+    before + among
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skipped;
+
+    #[test]
+    fn contiguous_deliveries_skip_nothing() {
+        assert_eq!(skipped(Some(11), (11, 20), 10), 0);
+        assert_eq!(skipped(None, (11, 20), 10), 0);
+    }
+
+    #[test]
+    fn a_jump_before_or_inside_a_pull_counts_the_missing_deliveries() {
+        assert_eq!(skipped(Some(8), (11, 20), 10), 3);
+        assert_eq!(skipped(Some(11), (11, 22), 10), 2);
+        assert_eq!(skipped(Some(9), (11, 22), 10), 4);
+    }
+
+    #[test]
+    fn a_restart_of_the_numbering_is_no_loss() {
+        assert_eq!(skipped(Some(500), (1, 10), 10), 0);
+        assert_eq!(skipped(None, (1, 1), 1), 0);
+    }
+}
