@@ -49,7 +49,8 @@ pub const PARTITION_ACQUISITIONS: &str = "match_stats_partition_acquisitions_tot
 pub const PARTITION_RELEASES: &str = "match_stats_partition_releases_total";
 /// Failed attempts to restore or catch up on a partition.
 pub const PARTITION_RESTORE_RETRIES: &str = "match_stats_partition_restore_retries_total";
-/// Deliveries to this replica that never arrived, replayed past.
+/// Deliveries to this replica that never arrived, read again, by consumer (`events`,
+/// `history`).
 pub const DELIVERIES_LOST: &str = "match_stats_deliveries_lost_total";
 /// Per partition written here: seconds since a batch was last confirmed.
 pub const PARTITION_SECONDS_SINCE_PROGRESS: &str = "match_stats_partition_seconds_since_progress";
@@ -298,7 +299,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         DELIVERIES_LOST,
         Kind::Counter,
-        "Events the partitions' consumers delivered here that never arrived (a connection dropped with them in flight); each time, the partition was replayed past them instead of acknowledging them unseen.",
+        "Messages a consumer delivered here that never arrived (a connection dropped with them in flight), by consumer: events (the partition was replayed past them) or history (the deltas were read from the stream); never acknowledged unseen.",
     ),
     (
         PARTITION_SECONDS_SINCE_PROGRESS,

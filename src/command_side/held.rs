@@ -37,7 +37,7 @@ pub struct HeldPartition {
     /// [`super::housekeeping::pin_check`]).
     pub foreign_pin: Option<String>,
     /// The consumer sequence the next delivery should carry (unknown after a new pin):
-    /// see [`super::deliveries::skipped`].
+    /// see [`crate::nats::deliveries`].
     pub next_delivery: Option<u64>,
     /// Events processed since the last snapshot.
     pub events_since_snapshot: u64,

@@ -26,7 +26,6 @@ mod balance;
 mod batch;
 mod completed;
 mod context;
-mod deliveries;
 mod delta_batch;
 mod held;
 mod housekeeping;

@@ -114,7 +114,7 @@ pub async fn acquire(
 }
 
 /// Deliveries to this replica, the writer under `pin`, never arrived (see
-/// [`super::deliveries`]); the pull's first message is at sequence `first`: decides them,
+/// [`crate::nats::deliveries`]); the pull's first message is at sequence `first`: decides them,
 /// and whatever else the consumer has delivered, by replaying the partition as
 /// [`acquire`] does, and stays the writer. Retries until it succeeds.
 pub async fn recover_lost(

@@ -17,10 +17,10 @@ use super::held::{
     HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
     try_start_snapshot,
 };
-use super::{balance, deliveries, housekeeping, recovery};
+use super::{balance, housekeeping, recovery};
 use crate::metrics as m;
-use crate::nats::Partition;
 use crate::nats::batches::{Backlog, Batches};
+use crate::nats::{Partition, deliveries};
 
 type Messages = Batches<consumer::pull::Stream>;
 type Pulled = <consumer::pull::Stream as futures::Stream>::Item;
@@ -145,7 +145,7 @@ impl PartitionWriter {
             return Turn::Continue;
         };
         let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
-        let span = deliveries::span(&chunk);
+        let span = deliveries::consumer_span(&chunk);
         let lost = match (&self.held, span) {
             (Some(h), Some(span)) if h.pin == pin => {
                 deliveries::skipped(h.next_delivery, span, chunk.len())
@@ -164,7 +164,7 @@ impl PartitionWriter {
             )
             .await
         } else if lost > 0 {
-            metrics::counter!(m::DELIVERIES_LOST).increment(lost);
+            metrics::counter!(m::DELIVERIES_LOST, "consumer" => "events").increment(lost);
             tracing::warn!(%partition, lost, "deliveries never arrived (a connection dropped with them in flight): replaying the partition past them");
             recovery::recover_lost(
                 &ctx,

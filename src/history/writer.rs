@@ -27,6 +27,7 @@ use super::record::MatchRecord;
 use super::store;
 use crate::config::Config;
 use crate::metrics as m;
+use crate::nats::deliveries;
 use crate::retry::{Cancelled, Retry};
 
 /// Deltas read per chunk (at most).
@@ -45,6 +46,16 @@ pub const LAG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Completions(BTreeMap<MatchId, (u64, Option<&'static str>)>);
 
 impl Completions {
+    /// Notes a delta message. Only a completed match's deltas carry the match object; the
+    /// rest are not decoded at all.
+    pub fn note_message(&mut self, payload: &[u8]) {
+        if StatDelta::carries_match(payload) != Some(false)
+            && let Ok(delta) = StatDelta::from_msgpack(payload)
+        {
+            self.note(&delta);
+        }
+    }
+
     /// Notes a delta: a delta of a completed match carries its summary.
     pub fn note(&mut self, delta: &StatDelta) {
         let Some(view) = &delta.match_view else {
@@ -143,7 +154,10 @@ impl HistoryWriter {
         let expires = (self.config.streams.pin_timeout / 3).max(Duration::from_millis(300));
         let mut lag_check = tokio::time::interval(LAG_INTERVAL);
         let mut consumer = consumer;
+        // The stream sequence of the next delta expected (unknown when a pull starts).
+        let mut next: Option<u64>;
         'pulling: loop {
+            next = None;
             let pull = consumer
                 .stream()
                 .group(crate::nats::streams::WRITER_GROUP)
@@ -180,7 +194,7 @@ impl HistoryWriter {
                     },
                 };
                 let mut completions = Completions::default();
-                let mut last = None;
+                let (mut last, mut first, mut count) = (None, None, 0u64);
                 for message in chunk {
                     let message = match message {
                         Ok(message) => message,
@@ -189,16 +203,49 @@ impl HistoryWriter {
                             continue;
                         }
                     };
-                    // Only a completed match's deltas carry the match object; the rest
-                    // are not decoded at all.
-                    if StatDelta::carries_match(&message.payload) != Some(false)
-                        && let Ok(delta) = StatDelta::from_msgpack(&message.payload)
-                    {
-                        completions.note(&delta);
-                    }
+                    completions.note_message(&message.payload);
+                    first = first.or_else(|| sequence_of(&message));
+                    count += 1;
                     last = Some(message);
                 }
                 let Some(last) = last else { continue };
+                // A hole before or inside the chunk is deltas delivered (here, or to the
+                // replica pinned before) and never received (`nats::deliveries`): they
+                // are read from the stream before the chunk is acknowledged.
+                let (first, to) = (first.unwrap_or(0), sequence_of(&last).unwrap_or(0));
+                let from = match next {
+                    Some(next) => next,
+                    None => match self.first_unacknowledged(&consumer, token).await {
+                        Ok(sequence) => sequence,
+                        Err(Cancelled) => return Ok(()),
+                    },
+                };
+                let lost = deliveries::skipped(Some(from), (first, to), count as usize);
+                if lost > 0 {
+                    metrics::counter!(m::DELIVERIES_LOST, "consumer" => "history").increment(lost);
+                    tracing::warn!(
+                        from,
+                        to,
+                        lost,
+                        "history consumer: deltas delivered but never received; reading them from the stream"
+                    );
+                    let mut retry =
+                        Retry::new(token, "reading the deltas the history consumer lost");
+                    loop {
+                        let read = self.read_range(from.min(first), to, &mut completions);
+                        match retry.attempt(read).await {
+                            Ok(Ok(())) => break,
+                            Ok(Err(error)) => {
+                                if retry.failed(&format!("{error:#}")).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            Err(Cancelled) => return Ok(()),
+                        }
+                    }
+                    retry.succeeded();
+                }
+                next = Some(to + 1);
                 if !completions.is_empty() {
                     let sequence = last.info().map_or(u64::MAX, |i| i.stream_sequence);
                     if self.write(completions, sequence, token).await.is_err() {
@@ -212,6 +259,55 @@ impl HistoryWriter {
                 self.read_lag(&mut consumer).await;
             }
         }
+    }
+
+    /// The first delta the consumer has not had acknowledged and the stream still holds
+    /// (its stream sequence), asked until NATS answers.
+    async fn first_unacknowledged(
+        &self,
+        consumer: &PullConsumer,
+        token: &CancellationToken,
+    ) -> Result<u64, Cancelled> {
+        Retry::new(token, "reading the history consumer's position")
+            .run(|| async {
+                let floor = consumer.get_info().await?.ack_floor.stream_sequence;
+                let mut stream = self
+                    .js
+                    .get_stream(&self.config.streams.deltas_stream)
+                    .await?;
+                let first = stream.info().await?.state.first_sequence;
+                anyhow::Ok((floor + 1).max(first))
+            })
+            .await
+    }
+
+    /// Notes what the deltas stored from sequence `from` to `to` complete, read from the
+    /// stream directly.
+    async fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        completions: &mut Completions,
+    ) -> anyhow::Result<()> {
+        let stream = self
+            .js
+            .get_stream(&self.config.streams.deltas_stream)
+            .await?;
+        let (mut left, mut chunks) =
+            crate::nats::streams::read_from(&stream, from, CHUNK, None).await?;
+        while left > 0
+            && let Some(chunk) = chunks.next().await
+        {
+            for message in chunk {
+                let message = message?;
+                left = left.saturating_sub(1);
+                if sequence_of(&message).is_none_or(|sequence| sequence > to) {
+                    return Ok(());
+                }
+                completions.note_message(&message.payload);
+            }
+        }
+        Ok(())
     }
 
     /// Reads the consumer's lag (bounded: NATS may be away).
@@ -293,4 +389,9 @@ impl HistoryWriter {
         let snapshot = rebuilt.snapshot();
         (snapshot.is_completed()).then(|| snapshot.to_view())
     }
+}
+
+/// A delivered delta's stream sequence.
+fn sequence_of(message: &jetstream::Message) -> Option<u64> {
+    message.info().ok().map(|info| info.stream_sequence)
 }

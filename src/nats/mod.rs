@@ -5,6 +5,7 @@
 //! ([`batches`]).
 
 pub mod batches;
+pub mod deliveries;
 pub mod partition;
 pub mod streams;
 

@@ -1,15 +1,16 @@
-//! Deliveries that never arrived. The partition's consumer numbers each delivery (its
-//! consumer sequence), and while this replica holds the pin every delivery is made to it,
-//! one number after the other. A jump means messages were delivered and lost on the way:
-//! a connection dropped with them in flight. The consumer would send them again once
-//! their ack wait expires, but acknowledging a later message first (`AckPolicy::All`)
-//! would acknowledge them unseen. So the writer replays the partition past them before it
-//! processes what arrived ([`super::recovery::recover_lost`]).
+//! Deliveries that never arrived. A consumer numbers what it delivers: each delivery
+//! gets the next consumer sequence, and a consumer of every subject of a stream delivers
+//! messages whose stream sequences follow one another. Where such numbers jump, messages
+//! were delivered and lost on the way (a connection dropped with them in flight). The
+//! consumer would send them again once their ack wait expires, but acknowledging a later
+//! message first (`AckPolicy::All`) acknowledges them unseen: so the partition writers
+//! ([`crate::command_side`], by consumer sequence) and the history writer (by stream
+//! sequence) read them from the stream before they acknowledge anything later.
 
 use async_nats::jetstream;
 
 /// The consumer sequences of a pull's first and last messages.
-pub fn span(chunk: &[jetstream::Message]) -> Option<(u64, u64)> {
+pub fn consumer_span(chunk: &[jetstream::Message]) -> Option<(u64, u64)> {
     let sequence = |m: &jetstream::Message| m.info().ok().map(|i| i.consumer_sequence);
     Some((sequence(chunk.first()?)?, sequence(chunk.last()?)?))
 }
