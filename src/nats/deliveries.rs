@@ -4,7 +4,7 @@
 //! were delivered and lost on the way (a connection dropped with them in flight). The
 //! consumer would send them again once their ack wait expires, but acknowledging a later
 //! message first (`AckPolicy::All`) acknowledges them unseen: so the partition writers
-//! ([`crate::command_side`], by consumer sequence) and the history writer (by stream
+//! (by consumer sequence) and the history writer (by stream
 //! sequence) read them from the stream before they acknowledge anything later.
 
 use async_nats::jetstream;
