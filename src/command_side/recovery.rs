@@ -73,10 +73,22 @@ pub async fn catch_up_settled(
     }
 }
 
-/// This replica became the partition's writer (messages with a new pin arrived, the
-/// first at sequence `first`): catches up on what another writer may have done, from its
-/// snapshot if it wrote one, then by replaying the partition up to what the consumer has
-/// delivered (see [`try_acquire`]). Retries until it succeeds.
+/// Why a writer catches up before processing a pull ([`acquire`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Acquire {
+    /// Messages with a new pin arrived: this replica became the partition's writer.
+    NewPin,
+    /// This many deliveries to this replica, the writer, never arrived (see
+    /// [`crate::nats::deliveries`]).
+    LostDeliveries(u64),
+}
+
+/// Catches up before processing a pull whose first message is at sequence `first` (see
+/// [`Acquire`]): on what another writer may have done, or on deliveries lost in flight,
+/// from its snapshot if another replica wrote one since, then by replaying the partition
+/// up to what the consumer has delivered (see [`try_acquire`]); the writer under `pin`
+/// after. Retries until it succeeds.
+#[allow(clippy::too_many_arguments)]
 pub async fn acquire(
     ctx: &Context,
     partition: Partition,
@@ -84,74 +96,17 @@ pub async fn acquire(
     held: &mut Option<HeldPartition>,
     pin: Option<String>,
     first: u64,
+    why: Acquire,
     token: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    catch_up_to_delivered(
-        ctx,
-        partition,
-        consumer,
-        held,
-        first,
-        token,
-        "catching up on a partition",
-    )
-    .await?;
-    let h = held.as_mut().expect("acquired");
-    h.foreign_pin = None;
-    h.pin = pin;
-    h.next_delivery = None;
-    ctx.stats
-        .partition(partition)
-        .writing
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    ctx.stats.record_acquisition();
-    tracing::info!(
-        %partition,
-        applied_sequence = h.matches.applied_sequence(),
-        "writing partition"
-    );
-    Ok(())
-}
-
-/// Deliveries to this replica, the writer under `pin`, never arrived (see
-/// [`crate::nats::deliveries`]); the pull's first message is at sequence `first`: decides them,
-/// and whatever else the consumer has delivered, by replaying the partition as
-/// [`acquire`] does, and stays the writer. Retries until it succeeds.
-pub async fn recover_lost(
-    ctx: &Context,
-    partition: Partition,
-    consumer: &consumer::Consumer<consumer::pull::Config>,
-    held: &mut Option<HeldPartition>,
-    pin: Option<String>,
-    first: u64,
-    token: &CancellationToken,
-) -> Result<(), Cancelled> {
-    catch_up_to_delivered(
-        ctx,
-        partition,
-        consumer,
-        held,
-        first,
-        token,
-        "replaying past lost deliveries",
-    )
-    .await?;
-    // Restored from a snapshot (not this replica's latest) if it had to be: the writer
-    // all the same.
-    held.as_mut().expect("caught up").pin = pin;
-    Ok(())
-}
-
-/// [`try_acquire`] until it succeeds, the partition marked busy meanwhile.
-async fn catch_up_to_delivered(
-    ctx: &Context,
-    partition: Partition,
-    consumer: &consumer::Consumer<consumer::pull::Config>,
-    held: &mut Option<HeldPartition>,
-    first: u64,
-    token: &CancellationToken,
-    what: &'static str,
-) -> Result<(), Cancelled> {
+    let what = match why {
+        Acquire::NewPin => "catching up on a partition",
+        Acquire::LostDeliveries(lost) => {
+            metrics::counter!(m::DELIVERIES_LOST, "consumer" => "events").increment(lost);
+            tracing::warn!(%partition, lost, "deliveries never arrived (a connection dropped with them in flight): replaying the partition past them");
+            "replaying past lost deliveries"
+        }
+    };
     let slot = ctx.stats.partition(partition);
     slot.busy(true);
     let mut retry = Retry::new(token, what)
@@ -168,6 +123,24 @@ async fn catch_up_to_delivered(
     }
     retry.succeeded();
     slot.busy(false);
+    let h = held.as_mut().expect("acquired");
+    // (Restored from a snapshot if another replica wrote one since: the writer all the
+    // same.)
+    h.pin = pin;
+    ctx.stats
+        .partition(partition)
+        .writing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Acquire::NewPin = why {
+        h.foreign_pin = None;
+        h.next_delivery = None;
+        ctx.stats.record_acquisition();
+        tracing::info!(
+            %partition,
+            applied_sequence = h.matches.applied_sequence(),
+            "writing partition"
+        );
+    }
     Ok(())
 }
 
@@ -349,7 +322,13 @@ async fn replay(
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut done = 0u64;
-    while let Some(chunk) = messages.next().await {
+    loop {
+        let Some(chunk) = tokio::time::timeout(crate::nats::streams::READ_STALL, messages.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("the replay's reader stalled at {done} of {total}"))?
+        else {
+            break;
+        };
         let mut chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
         // Up to `last` (the end of the stream when the replay started, or `until`).
         let within = chunk

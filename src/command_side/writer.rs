@@ -17,8 +17,8 @@ use super::held::{
     HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
     try_start_snapshot,
 };
-use super::{balance, housekeeping, recovery};
-use crate::metrics as m;
+use super::recovery::{self, Acquire};
+use super::{balance, housekeeping};
 use crate::nats::batches::{Backlog, Batches};
 use crate::nats::{Partition, deliveries};
 
@@ -146,38 +146,29 @@ impl PartitionWriter {
         };
         let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
         let span = deliveries::consumer_span(&chunk);
-        let lost = match (&self.held, span) {
-            (Some(h), Some(span)) if h.pin == pin => {
-                deliveries::skipped(h.next_delivery, span, chunk.len())
-            }
-            _ => 0,
+        // A new pin, or deliveries that never arrived: catch up first.
+        let why = match &self.held {
+            Some(h) if h.pin == pin => span
+                .map(|span| deliveries::skipped(h.next_delivery, span, chunk.len()))
+                .filter(|&lost| lost > 0)
+                .map(Acquire::LostDeliveries),
+            _ => Some(Acquire::NewPin),
         };
-        let caught_up = if self.held.as_ref().is_none_or(|h| h.pin != pin) {
-            recovery::acquire(
-                &ctx,
-                partition,
-                &self.consumer,
-                &mut self.held,
-                pin,
-                first,
-                &self.token,
-            )
-            .await
-        } else if lost > 0 {
-            metrics::counter!(m::DELIVERIES_LOST, "consumer" => "events").increment(lost);
-            tracing::warn!(%partition, lost, "deliveries never arrived (a connection dropped with them in flight): replaying the partition past them");
-            recovery::recover_lost(
-                &ctx,
-                partition,
-                &self.consumer,
-                &mut self.held,
-                pin,
-                first,
-                &self.token,
-            )
-            .await
-        } else {
-            Ok(())
+        let caught_up = match why {
+            Some(why) => {
+                recovery::acquire(
+                    &ctx,
+                    partition,
+                    &self.consumer,
+                    &mut self.held,
+                    pin,
+                    first,
+                    why,
+                    &self.token,
+                )
+                .await
+            }
+            None => Ok(()),
         };
         if caught_up.is_err() {
             // Caught up part of the way when stopped: nothing to snapshot.

@@ -295,9 +295,14 @@ impl HistoryWriter {
             .await?;
         let (mut left, mut chunks) =
             crate::nats::streams::read_from(&stream, from, CHUNK, None).await?;
-        while left > 0
-            && let Some(chunk) = chunks.next().await
-        {
+        while left > 0 {
+            let wait = crate::nats::streams::READ_STALL;
+            let Some(chunk) = tokio::time::timeout(wait, chunks.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("the deltas reader stalled"))?
+            else {
+                break;
+            };
             for message in chunk {
                 let message = message?;
                 left = left.saturating_sub(1);

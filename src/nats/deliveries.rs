@@ -4,8 +4,8 @@
 //! were delivered and lost on the way (a connection dropped with them in flight). The
 //! consumer would send them again once their ack wait expires, but acknowledging a later
 //! message first (`AckPolicy::All`) acknowledges them unseen: so the partition writers
-//! (by consumer sequence) and the history writer (by stream
-//! sequence) read them from the stream before they acknowledge anything later.
+//! (by consumer sequence) and the history writer (by stream sequence) read them from the
+//! stream before they acknowledge anything later.
 
 use async_nats::jetstream;
 

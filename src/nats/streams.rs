@@ -379,6 +379,11 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
     })
 }
 
+/// How long a reader of [`read_from`] may go without its next messages, while it has
+/// more to read, before its caller gives the attempt up and tries again with a new one:
+/// a reader whose connection dropped under it could otherwise wait for good.
+pub const READ_STALL: Duration = Duration::from_secs(10);
+
 /// Reads a stream (the subjects matching `filter`, or all) from sequence `from` (its
 /// first message when 0 or 1), in order, in chunks of up to `batch_size` of the messages
 /// that have arrived (an ordered consumer: recreated by the client if a message goes
