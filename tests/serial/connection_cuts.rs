@@ -24,6 +24,17 @@ const COPIES: usize = 6;
 const CUTS: usize = 40;
 const EVERY: Duration = Duration::from_millis(75);
 
+/// Cuts the relay's connections [`CUTS`] times, [`EVERY`] apart, in the background.
+fn cut_repeatedly(relay: &Relay) -> tokio::task::JoinHandle<()> {
+    let cutter = relay.cutter();
+    tokio::spawn(async move {
+        for _ in 0..CUTS {
+            tokio::time::sleep(EVERY).await;
+            cutter.cut();
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_flight_when_a_connection_drops_are_decided_not_acknowledged_unseen() {
     let _heavy = crate::support::one_heavy_test_at_a_time().await;
@@ -34,15 +45,7 @@ async fn events_in_flight_when_a_connection_drops_are_decided_not_acknowledged_u
     // The default ack wait (30 s): a lost delivery is not sent again before the writer
     // acknowledges later ones.
     let service = ServiceProcess::start_with(&nats, &[("NATS_URL", relay.nats_url())]).await;
-    let cutting = {
-        let cutter = relay.cutter();
-        tokio::spawn(async move {
-            for _ in 0..CUTS {
-                tokio::time::sleep(EVERY).await;
-                cutter.cut();
-            }
-        })
-    };
+    let cutting = cut_repeatedly(&relay);
     publish_lines(&js, &workload.lines).await;
     cutting.await.unwrap();
     let events = assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
@@ -127,15 +130,7 @@ async fn history_holds_every_completed_match_when_connections_drop() {
         ],
     )
     .await;
-    let cutting = {
-        let cutter = relay.cutter();
-        tokio::spawn(async move {
-            for _ in 0..CUTS {
-                tokio::time::sleep(EVERY).await;
-                cutter.cut();
-            }
-        })
-    };
+    let cutting = cut_repeatedly(&relay);
     publish_lines(&js, &lines).await;
     cutting.await.unwrap();
     let events = assert_conservation(service.http(), &js, "MATCH_EVENTS").await;
