@@ -133,7 +133,6 @@ pub async fn acquire(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     if let Acquire::NewPin = why {
         h.foreign_pin = None;
-        h.next_delivery = None;
         ctx.stats.record_acquisition();
         tracing::info!(
             %partition,

@@ -144,8 +144,15 @@ impl PartitionWriter {
         let Some(pin) = chunk.first().map(pin_of) else {
             return Turn::Continue;
         };
-        let first = chunk[0].info().map_or(0, |i| i.stream_sequence);
-        let span = deliveries::consumer_span(&chunk);
+        // The first message's place in the stream and, with the last's, in the
+        // consumer's numbering (one parse of each reply subject).
+        let first_info = chunk[0].info().ok();
+        let first = first_info.as_ref().map_or(0, |i| i.stream_sequence);
+        let last_delivery = chunk
+            .last()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.consumer_sequence);
+        let span = first_info.map(|i| i.consumer_sequence).zip(last_delivery);
         // A new pin, or deliveries that never arrived: catch up first.
         let why = match &self.held {
             Some(h) if h.pin == pin => span

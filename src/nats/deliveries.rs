@@ -7,14 +7,6 @@
 //! (by consumer sequence) and the history writer (by stream sequence) read them from the
 //! stream before they acknowledge anything later.
 
-use async_nats::jetstream;
-
-/// The consumer sequences of a pull's first and last messages.
-pub fn consumer_span(chunk: &[jetstream::Message]) -> Option<(u64, u64)> {
-    let sequence = |m: &jetstream::Message| m.info().ok().map(|i| i.consumer_sequence);
-    Some((sequence(chunk.first()?)?, sequence(chunk.last()?)?))
-}
-
 /// How many deliveries are missing before or among `len` messages numbered `first` to
 /// `last`, the next expected being `next` (`None`: not known, nothing before counts).
 /// A number lower than expected (a consumer recreated) is no loss.
