@@ -173,15 +173,20 @@ fn note_stored(published: &mut Published, effect: &Effect, sequence: u64) {
     }
 }
 
+/// How long a window's acknowledgements may take, all together ([`send_all`]).
+const WINDOW_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sends the effects in windows of [`ACKS_IN_FLIGHT_PER_WRITER`], awaiting each window's
 /// acknowledgements before the next (the context admits that many per writer: see
 /// [`crate::nats::writers_context`]): one result per effect, in order.
 ///
-/// A window's acknowledgements are awaited together: each waits at most the context's
-/// timeout from when it is first polled, so when a dropped connection loses a whole
-/// window's acknowledgements, awaiting them one after another would hold the partition
-/// for that timeout once per message (65 s for 13 of them, measured; 21 minutes for a
-/// full window), with its pull unread: together, they cost one timeout.
+/// A window's acknowledgements are all due within [`WINDOW_ACK_WAIT`] of its last send.
+/// The client bounds each acknowledgement by its own timeout (also 5 s), counted from
+/// when it is awaited: when a dropped connection lost a whole window's acknowledgements,
+/// awaiting them one after another held the partition 5 s per message (65 s for 13 of
+/// them, measured; 21 minutes for a full window), its pull unread. One deadline for the
+/// window makes that one wait, then the retry; acknowledgements that have arrived are
+/// taken in order without setting a timer each.
 async fn send_all(
     js: &jetstream::Context,
     effects: &[&Effect],
@@ -199,8 +204,15 @@ async fn send_all(
             }
             pending.push(js.send_publish(e.subject.clone(), message).await);
         }
-        let acks = pending.into_iter().map(|sent| async move { sent?.await });
-        results.extend(futures::future::join_all(acks).await);
+        let due = tokio::time::Instant::now() + WINDOW_ACK_WAIT;
+        for sent in pending {
+            results.push(match sent {
+                Ok(ack) => tokio::time::timeout_at(due, ack)
+                    .await
+                    .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
+                Err(error) => Err(error),
+            });
+        }
     }
     results
 }
