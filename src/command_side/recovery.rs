@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -127,9 +128,7 @@ pub async fn acquire(
     // (Restored from a snapshot if another replica wrote one since: the writer all the
     // same.)
     h.pin = pin;
-    ctx.stats
-        .partition(partition)
-        .writing
+    slot.writing
         .store(true, std::sync::atomic::Ordering::Relaxed);
     if let Acquire::NewPin = why {
         h.foreign_pin = None;
@@ -322,9 +321,9 @@ async fn replay(
     let mut last_log = Instant::now();
     let mut done = 0u64;
     loop {
-        let Some(chunk) = tokio::time::timeout(crate::nats::streams::READ_STALL, messages.next())
+        let Some(chunk) = crate::nats::streams::next_or_stall(&mut messages, "the replay's reader")
             .await
-            .map_err(|_| anyhow::anyhow!("the replay's reader stalled at {done} of {total}"))?
+            .with_context(|| format!("replayed {done} of {total}"))?
         else {
             break;
         };

@@ -296,10 +296,8 @@ impl HistoryWriter {
         let (mut left, mut chunks) =
             crate::nats::streams::read_from(&stream, from, CHUNK, None).await?;
         while left > 0 {
-            let wait = crate::nats::streams::READ_STALL;
-            let Some(chunk) = tokio::time::timeout(wait, chunks.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("the deltas reader stalled"))?
+            let Some(chunk) =
+                crate::nats::streams::next_or_stall(&mut chunks, "the deltas reader").await?
             else {
                 break;
             };

@@ -384,6 +384,19 @@ pub async fn ensure(js: &jetstream::Context, config: &Config) -> anyhow::Result<
 /// a reader whose connection dropped under it could otherwise wait for good.
 pub const READ_STALL: Duration = Duration::from_secs(10);
 
+/// The next chunk of a [`read_from`] reader that has more to read: an error when none
+/// comes within [`READ_STALL`] (`what` names the reader in it). Not for a reader that
+/// follows the stream's end, which waits legitimately while nothing is published.
+pub async fn next_or_stall<S: futures::Stream + Unpin>(
+    chunks: &mut S,
+    what: &str,
+) -> anyhow::Result<Option<S::Item>> {
+    use futures::StreamExt;
+    tokio::time::timeout(READ_STALL, chunks.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} stalled: nothing for {READ_STALL:?}"))
+}
+
 /// Reads a stream (the subjects matching `filter`, or all) from sequence `from` (its
 /// first message when 0 or 1), in order, in chunks of up to `batch_size` of the messages
 /// that have arrived (an ordered consumer: recreated by the client if a message goes
