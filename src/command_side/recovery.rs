@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, Mode};
@@ -231,6 +230,7 @@ async fn restore(
 /// Rebuilds a match whose record was unreadable (set aside) by replaying its events up to
 /// `upto` (the marker's sequence: its counts, and the effects of these events, are
 /// already done), so the partition goes on from the marker with the match whole again.
+/// A read that stalls is an error (the acquisition is retried), not a wait for good.
 async fn rebuild(
     ctx: &Context,
     partition: Partition,
@@ -247,7 +247,9 @@ async fn rebuild(
         crate::nats::streams::read_from(&stream, 0, ctx.batch_size, Some(subject)).await?;
     let mut read = 0;
     'read: while read < total {
-        let Some(chunk) = messages.next().await else {
+        let Some(chunk) =
+            crate::nats::streams::next_or_stall(&mut messages, "the match's events reader").await?
+        else {
             break;
         };
         for message in chunk {

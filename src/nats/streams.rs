@@ -426,3 +426,36 @@ pub async fn read_from(
     let pending = reader.cached_info().num_pending;
     Ok((pending, reader.messages().await?.ready_chunks(batch_size)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_with_nothing_coming_is_an_error_after_the_stall_bound_not_a_wait() {
+        // given a reader that has more to read but whose next chunk never comes
+        let mut silent = futures::stream::pending::<Vec<u64>>();
+        // when its next chunk is awaited
+        let started = tokio::time::Instant::now();
+        let outcome = next_or_stall(&mut silent, "the test's reader").await;
+        // then it fails once READ_STALL has passed, naming the reader
+        let error = outcome.expect_err("a stall is an error");
+        assert_eq!(started.elapsed(), READ_STALL);
+        assert!(
+            error.to_string().contains("the test's reader stalled"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_gets_its_chunks_and_its_end() {
+        // given a reader with one chunk left
+        let mut chunks = futures::stream::iter([vec![1_u64, 2]]);
+        // then it gets that chunk, then the end
+        assert_eq!(
+            next_or_stall(&mut chunks, "r").await.unwrap(),
+            Some(vec![1, 2])
+        );
+        assert_eq!(next_or_stall(&mut chunks, "r").await.unwrap(), None);
+    }
+}

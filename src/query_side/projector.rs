@@ -24,7 +24,10 @@ pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A match built again from its deltas, up to the stream sequence `upto`, applying what
 /// can be applied (a missing version is jumped, a value that does not fit its field is
-/// left out: both counted).
+/// left out: both counted). A read that stalls is an error ([`next_or_stall`]): the
+/// projector (and the history writer) must not wait on it for good.
+///
+/// [`next_or_stall`]: crate::nats::streams::next_or_stall
 pub(crate) async fn resync(
     stream: &jetstream::stream::Stream,
     subject: String,
@@ -37,7 +40,9 @@ pub(crate) async fn resync(
         crate::nats::streams::read_from(stream, 0, batch_size, Some(subject)).await?;
     let (mut read, mut skipped, mut bad) = (0u64, 0, 0);
     'read: while read < total {
-        let Some(chunk) = messages.next().await else {
+        let Some(chunk) =
+            crate::nats::streams::next_or_stall(&mut messages, "the match's deltas reader").await?
+        else {
             break;
         };
         for message in chunk {

@@ -17,6 +17,7 @@ mod message_headers;
 mod monitoring;
 mod operations;
 mod permissions;
+mod projector_gaps;
 mod query_side;
 mod security;
 mod shutdown;
