@@ -248,7 +248,6 @@ async fn streams_are_created_idempotently_and_a_missing_nats_is_a_clear_error() 
 /// instead: the subject holds the earlier delta alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_matchs_first_delta_is_not_stored_twice_when_another_writer_stored_it() {
-    use match_stats_commands::delta::{FORMAT_HEADER, Format};
     use match_stats_commands::{Match, MatchId, Outcome, StatDelta};
 
     let nats = NatsServer::start();
@@ -286,22 +285,8 @@ async fn a_new_matchs_first_delta_is_not_stored_twice_when_another_writer_stored
         entries,
         match_view: None,
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(FORMAT_HEADER, Format::Named.version().to_string().as_str());
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        earlier.msg_id().as_str(),
-    );
     let subject = format!("{}.{id}", config.streams.deltas_subject);
-    js.publish_with_headers(
-        subject.clone(),
-        headers,
-        rmp_serde::to_vec_named(&earlier).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    crate::support::deltas::publish_delta(&js, subject.clone(), &earlier).await;
 
     // A first match on the same partition makes its writer live (a writer's first
     // message is replayed, and a replay always looks matches up).

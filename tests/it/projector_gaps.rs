@@ -5,10 +5,11 @@
 //! replay or a damaged stream could leave them.
 
 use async_nats::jetstream;
-use match_stats_commands::delta::{Change, DeltaEntry, FORMAT_HEADER, Field, FieldValue, Format};
+use match_stats_commands::delta::{Change, DeltaEntry, Field, FieldValue};
 use match_stats_commands::{EventId, MatchId, PlayerId, StatDelta};
 use match_stats_harness::NatsServer;
 
+use crate::support::deltas::publish_delta;
 use crate::support::{ServiceProcess, wait_for_json};
 
 const MATCH: &str = "6f1c2d3e-0000-4000-8000-00000000a001";
@@ -39,26 +40,14 @@ fn entry(version: u64) -> DeltaEntry {
     }
 }
 
-/// Publishes one delta message holding `versions`, as the service's writers do (format 2,
-/// a message id).
+/// Publishes one delta message holding `versions`.
 async fn publish(js: &jetstream::Context, versions: &[u64]) {
     let delta = StatDelta {
         match_id: MatchId::parse(MATCH).unwrap(),
         entries: versions.iter().map(|&v| entry(v)).collect(),
         match_view: None,
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(FORMAT_HEADER, Format::Named.version().to_string().as_str());
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, delta.msg_id().as_str());
-    js.publish_with_headers(
-        format!("{DELTAS_SUBJECT}.{MATCH}"),
-        headers,
-        rmp_serde::to_vec_named(&delta).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_delta(js, format!("{DELTAS_SUBJECT}.{MATCH}"), &delta).await;
 }
 
 /// Waits until the match is served with `version` events and the player's kills at

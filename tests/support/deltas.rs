@@ -1,5 +1,6 @@
 //! The deltas stream folded independently of the service (through the query side's
-//! projection), and checks of what it says against the contract's expected results.
+//! projection), and checks of what it says against the contract's expected results; and
+//! a delta published by hand, as an earlier writer (or a damaged stream) leaves one.
 
 use std::collections::BTreeMap;
 
@@ -116,4 +117,22 @@ pub fn assert_counts(service: &Service, expected: &Value, times: u64) {
             .unwrap_or(0);
         assert_eq!(*n, times * want, "rejected as {reason}");
     }
+}
+
+/// Publishes `delta` on `subject` as the service's writers do (format 2, its message id),
+/// and waits for the stream's acknowledgement.
+pub async fn publish_delta(js: &jetstream::Context, subject: String, delta: &StatDelta) {
+    use match_stats_commands::delta::{FORMAT_HEADER, Format};
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(FORMAT_HEADER, Format::Named.version().to_string().as_str());
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, delta.msg_id().as_str());
+    js.publish_with_headers(
+        subject,
+        headers,
+        rmp_serde::to_vec_named(delta).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 }
