@@ -1,8 +1,8 @@
 //! A delta the read model cannot apply (a version missing before it) does not freeze its
 //! match: the projector rebuilds the match from its deltas on the stream, jumping the
 //! missing version, counts it, and then follows the stream again. The deltas here are
-//! written by hand (one player's kills, each version's value known), as a downstream
-//! replay or a damaged stream could leave them.
+//! written by hand (one player's kills, each version's value known), as a stream that
+//! lost a message (purged by an operator, a writer's fault) would leave them.
 
 use async_nats::jetstream;
 use match_stats_commands::delta::{Change, DeltaEntry, Field, FieldValue};
@@ -10,11 +10,10 @@ use match_stats_commands::{EventId, MatchId, PlayerId, StatDelta};
 use match_stats_harness::NatsServer;
 
 use crate::support::deltas::publish_delta;
-use crate::support::{ServiceProcess, wait_for_json};
+use crate::support::{ServiceProcess, config, wait_for_json};
 
 const MATCH: &str = "6f1c2d3e-0000-4000-8000-00000000a001";
 const PLAYER: &str = "p-gap-1";
-const DELTAS_SUBJECT: &str = "match_stats.deltas";
 
 /// Version `version` of the match: its event count and the player's kills go to
 /// `version`.
@@ -40,14 +39,14 @@ fn entry(version: u64) -> DeltaEntry {
     }
 }
 
-/// Publishes one delta message holding `versions`.
-async fn publish(js: &jetstream::Context, versions: &[u64]) {
+/// Publishes one delta message holding `versions` on the match's deltas subject.
+async fn publish(js: &jetstream::Context, subject: &str, versions: &[u64]) {
     let delta = StatDelta {
         match_id: MatchId::parse(MATCH).unwrap(),
         entries: versions.iter().map(|&v| entry(v)).collect(),
         match_view: None,
     };
-    publish_delta(js, format!("{DELTAS_SUBJECT}.{MATCH}"), &delta).await;
+    publish_delta(js, subject.to_owned(), &delta).await;
 }
 
 /// Waits until the match is served with `version` events and the player's kills at
@@ -71,11 +70,12 @@ async fn a_missing_version_rebuilds_the_match_from_its_deltas_and_the_projection
     let nats = NatsServer::start();
     let service = ServiceProcess::start(&nats).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    publish(&js, &[1, 2]).await;
+    let subject = format!("{}.{MATCH}", config(&nats, None).streams.deltas_subject);
+    publish(&js, &subject, &[1, 2]).await;
     wait_served(&service, 2, 2).await;
 
     // when the next delta on the stream is version 4 (version 3 never written)
-    publish(&js, &[4]).await;
+    publish(&js, &subject, &[4]).await;
 
     // then the match is rebuilt from its deltas, the gap jumped: at version 4, with the
     // kills version 4 set, and the gap and the rebuild are counted
@@ -92,7 +92,7 @@ async fn a_missing_version_rebuilds_the_match_from_its_deltas_and_the_projection
     );
 
     // and the projection follows the stream again: version 5 applies as usual
-    publish(&js, &[5]).await;
+    publish(&js, &subject, &[5]).await;
     wait_served(&service, 5, 5).await;
     assert_eq!(
         service.metric("match_stats_delta_gaps_total", "").await,
