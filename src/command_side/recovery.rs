@@ -230,7 +230,7 @@ async fn restore(
 /// Rebuilds a match whose record was unreadable (set aside) by replaying its events up to
 /// `upto` (the marker's sequence: its counts, and the effects of these events, are
 /// already done), so the partition goes on from the marker with the match whole again.
-/// A read that stalls is an error (the acquisition is retried), not a wait for good.
+/// A read that stalls is an error (the acquisition is retried).
 async fn rebuild(
     ctx: &Context,
     partition: Partition,
@@ -243,32 +243,22 @@ async fn rebuild(
         "{}.{}.{}.{id}",
         ctx.names.events_subject, partition.of, partition.n
     );
-    let (total, mut messages) =
-        crate::nats::streams::read_from(&stream, 0, ctx.batch_size, Some(subject)).await?;
-    let mut read = 0;
-    'read: while read < total {
-        let Some(chunk) =
-            crate::nats::streams::next_or_stall(&mut messages, "the match's events reader").await?
-        else {
-            break;
-        };
-        for message in chunk {
-            let message = message?;
-            read += 1;
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-            if info.stream_sequence > upto {
-                break 'read;
-            }
+    let read = crate::nats::streams::read_subject_upto(
+        &stream,
+        subject,
+        upto,
+        ctx.batch_size,
+        "the match's events reader",
+        |message, info| {
             let source = super::matches::Source {
                 sequence: info.stream_sequence,
-                stored_at_ms: batch::stored_at_ms(&info),
+                stored_at_ms: batch::stored_at_ms(info),
                 subject: message.subject.as_str(),
             };
             matches.process(&message.payload, source, &ctx.names);
-        }
-    }
+        },
+    )
+    .await?;
     matches.mark_changed([id]);
     tracing::warn!(%partition, match_id = %id, events = read, "rebuilt a match whose snapshot record was unreadable");
     Ok(())

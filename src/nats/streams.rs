@@ -427,6 +427,39 @@ pub async fn read_from(
     Ok((pending, reader.messages().await?.ready_chunks(batch_size)))
 }
 
+/// Reads the messages on `subject` from the stream's first up to stream sequence `upto`
+/// (inclusive), in order, handing each to `each` with its metadata: a match read again
+/// from a stream. A read that stalls is an error ([`next_or_stall`]; `what` names the
+/// reader in it), not a wait for good. Returns how many messages it handed over.
+pub async fn read_subject_upto(
+    stream: &stream::Stream,
+    subject: String,
+    upto: u64,
+    batch_size: usize,
+    what: &str,
+    mut each: impl FnMut(&jetstream::Message, &jetstream::message::Info<'_>),
+) -> anyhow::Result<u64> {
+    let (total, mut chunks) = read_from(stream, 0, batch_size, Some(subject)).await?;
+    let mut read = 0;
+    while read < total {
+        let Some(chunk) = next_or_stall(&mut chunks, what).await? else {
+            break;
+        };
+        for message in chunk {
+            let message = message?;
+            let info = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+            if info.stream_sequence > upto {
+                return Ok(read);
+            }
+            read += 1;
+            each(&message, &info);
+        }
+    }
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,10 +24,8 @@ pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A match built again from its deltas, up to the stream sequence `upto`, applying what
 /// can be applied (a missing version is jumped, a value that does not fit its field is
-/// left out: both counted). A read that stalls is an error ([`next_or_stall`]): the
-/// projector (and the history writer) must not wait on it for good.
-///
-/// [`next_or_stall`]: crate::nats::streams::next_or_stall
+/// left out: both counted). A read that stalls is an error: the projector (and the
+/// history writer) must not wait on it for good.
 pub(crate) async fn resync(
     stream: &jetstream::stream::Stream,
     subject: String,
@@ -36,28 +34,22 @@ pub(crate) async fn resync(
     batch_size: usize,
 ) -> anyhow::Result<MatchBuilder> {
     let mut builder = MatchBuilder::new(id);
-    let (total, mut messages) =
-        crate::nats::streams::read_from(stream, 0, batch_size, Some(subject)).await?;
-    let (mut read, mut skipped, mut bad) = (0u64, 0, 0);
-    'read: while read < total {
-        let Some(chunk) =
-            crate::nats::streams::next_or_stall(&mut messages, "the match's deltas reader").await?
-        else {
-            break;
-        };
-        for message in chunk {
-            let message = message?;
-            read += 1;
+    let (mut skipped, mut bad) = (0, 0);
+    crate::nats::streams::read_subject_upto(
+        stream,
+        subject,
+        upto,
+        batch_size,
+        "the match's deltas reader",
+        |message, _| {
             if let Ok(delta) = StatDelta::from_msgpack(&message.payload) {
                 let outcome = builder.apply_lenient(&delta);
                 skipped += outcome.skipped_versions;
                 bad += outcome.bad_changes;
             }
-            if message.info().is_ok_and(|i| i.stream_sequence >= upto) {
-                break 'read;
-            }
-        }
-    }
+        },
+    )
+    .await?;
     metrics::counter!(m::PROJECTION_RESYNCS).increment(1);
     tracing::warn!(match_id = %id, versions_missing = skipped, changes_left_out = bad, "match rebuilt from its deltas");
     Ok(builder)
