@@ -5,13 +5,14 @@
 # EVENTS with `match-stats loadgen --no-freshness` (1,000 matches x 64 players), then
 # starts the service with the given settings and times it until every event is decided
 # and the read model holds every delta. Prints events/s (and for the command side alone),
-# the CPU seconds of the service and of nats-server, and the service's RSS.
+# the CPU seconds of the service and of nats-server, the service's RSS and both peaks.
 #
 #   benches/scripts/catchup.sh EVENTS [VAR=VALUE ...]
 #
 # The settings go to the load generator and the service alike (e.g. PARTITIONS=8,
 # DELTA_FORMAT=3). Environment: BIN (the service binary; default the release build),
-# MATCHES, PLAYERS, NOREDIS=1 (no Redis), THREADS=1 (CPU seconds per thread name),
+# MATCHES, PLAYERS, NOREDIS=1 (no Redis), NATS_GOGC and NATS_GOMEMLIMIT (nats-server's
+# collector: GOGC 400 unless set), THREADS=1 (CPU seconds per thread name),
 # TRACE=FILE (both processes' CPU and the deltas published and projected, every second),
 # PERF=svc|nats with PERFOPT (a `perf record` of either process into PERF_OUT, by default
 # $TMPDIR/match-stats-perf.<svc|nats>.data).
@@ -66,12 +67,13 @@ end=$(date +%s.%N)
 service_cpu=$(cpu "$service_pid"); nats_cpu=$(( $(cpu "$nats_pid") - nats_cpu_before ))
 rss=$(awk '/VmRSS/{print int($2/1024)}' "/proc/$service_pid/status")
 peak=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$service_pid/status")
+nats_peak=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$nats_pid/status")
 if [ -n "${THREADS:-}" ]; then
   for task in /proc/"$service_pid"/task/*; do echo "$(cat "$task/comm") $(awk '{print $14+$15}' "$task/stat")"; done \
     | awk '{c[$1] += $2} END {for (k in c) printf "%s %.2f s  ", k, c[k] / 100; print ""}'
 fi
 stop_perf
 awk -v n="$EVENTS" -v s="$start" -v d="$decided_at" -v e="$end" -v sc="$service_cpu" -v nc="$nats_cpu" \
-  -v rss="$rss" -v peak="$peak" -v settings="$SETTINGS" 'BEGIN {
-  printf "catch-up %d events/s in %.2f s (command side %d/s); CPU: service %.2f s, nats-server %.2f s; RSS %d MiB (peak %d) [%s]\n",
-    n / (e - s), e - s, n / (d - s), sc / 100, nc / 100, rss, peak, settings }'
+  -v rss="$rss" -v peak="$peak" -v nats_peak="$nats_peak" -v settings="$SETTINGS" 'BEGIN {
+  printf "catch-up %d events/s in %.2f s (command side %d/s); CPU: service %.2f s, nats-server %.2f s; RSS %d MiB (peak %d; nats-server peak %d) [%s]\n",
+    n / (e - s), e - s, n / (d - s), sc / 100, nc / 100, rss, peak, nats_peak, settings }'

@@ -12,7 +12,8 @@
 # Environment: BIN (the binary of both; default the release build), SERVICE_BIN (another
 # binary for the service only, e.g. one built with `--features heap-profile`, whose
 # `dhat-heap.json` lands in the repository's root on exit: move it away), MATCHES,
-# PLAYERS, NOREDIS=1, PERF=1 with PERFOPT (a `perf record` of the service over the run
+# PLAYERS, NOREDIS=1, NATS_GOGC and NATS_GOMEMLIMIT (nats-server's collector: GOGC 400
+# unless set), PERF=1 with PERFOPT (a `perf record` of the service over the run
 # into PERF_OUT, by default $TMPDIR/match-stats-perf.live.data).
 # Needs `make deps` (nats-server) and `cargo build --release`. Run it alone.
 set -euo pipefail

@@ -1,5 +1,6 @@
 # Sourced by the scripts beside it (from the repository's root, after their settings are
-# exported): a nats-server (GOGC=400, as the load test) and, unless NOREDIS is set, a
+# exported): a nats-server (GOGC=400 as the load test, or NATS_GOGC; NATS_GOMEMLIMIT, if
+# set, becomes its GOMEMLIMIT) and, unless NOREDIS is set, a
 # redis-server on free loopback ports in a temporary directory, stopped with everything
 # the script started (`pids`) when it exits. Sets `dir`, `nats_pid`, `http_port` (free,
 # for the service), `redis_addr` (empty without Redis) and exports NATS_URL; defines
@@ -15,7 +16,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-GOGC=400 "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" -l "$dir/nats.log" &
+GOGC=${NATS_GOGC:-400} GOMEMLIMIT=${NATS_GOMEMLIMIT:-} "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" -l "$dir/nats.log" &
 nats_pid=$!; pids+=("$nats_pid")
 redis_addr=""
 if [ -z "${NOREDIS:-}" ]; then
