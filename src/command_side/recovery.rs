@@ -239,13 +239,9 @@ async fn rebuild(
     upto: u64,
 ) -> anyhow::Result<()> {
     let stream = ctx.js.get_stream(&ctx.names.events_stream).await?;
-    let subject = format!(
-        "{}.{}.{}.{id}",
-        ctx.names.events_subject, partition.of, partition.n
-    );
     let read = crate::nats::streams::read_subject_upto(
         &stream,
-        subject,
+        partition.subject_of(&ctx.names, id),
         upto,
         ctx.batch_size,
         "the match's events reader",

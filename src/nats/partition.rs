@@ -75,7 +75,13 @@ impl Partitioning {
 impl Partition {
     /// Where the stream stores this partition's events: `<prefix>.<P>.<n>.*`.
     pub fn filter(self, names: &StreamNames) -> String {
-        format!("{}.{}.{}.*", names.events_subject, self.of, self.n)
+        self.subject_of(names, "*")
+    }
+
+    /// Where the stream stores the events of one of its matches (or, given `*`, of all):
+    /// `<prefix>.<P>.<n>.<match_id>`.
+    pub fn subject_of(self, names: &StreamNames, match_id: impl std::fmt::Display) -> String {
+        format!("{}.{}.{}.{match_id}", names.events_subject, self.of, self.n)
     }
 
     /// Its durable consumer: `<name>-<n>-of-<P>`.

@@ -337,7 +337,7 @@ impl ConnectOptions {
     /// let key_pair = std::sync::Arc::new(nkeys::KeyPair::from_seed(seed).unwrap());
     /// // load jwt from creds file or other secure source
     /// async fn load_jwt() -> std::io::Result<String> {
-    ///     todo!();
+    ///     std::fs::read_to_string("user.jwt")
     /// }
     /// let jwt = load_jwt().await?;
     /// let nc = async_nats::ConnectOptions::with_jwt(jwt, move |nonce| {
@@ -372,7 +372,7 @@ impl ConnectOptions {
     /// let key_pair = std::sync::Arc::new(nkeys::KeyPair::from_seed(seed).unwrap());
     /// // load jwt from creds file or other secure source
     /// async fn load_jwt() -> std::io::Result<String> {
-    ///     todo!();
+    ///     std::fs::read_to_string("user.jwt")
     /// }
     /// let jwt = load_jwt().await?;
     /// let nc = async_nats::ConnectOptions::new()
