@@ -112,8 +112,9 @@ run: nats-server build ## Start local NATS, Redis and PostgreSQL under .run/, th
 test: deps ## Run every test (unit, property, contract, integration against real servers)
 	cargo test --workspace --all-targets --no-fail-fast
 
-bench: ## Criterion benchmarks of decode and apply, and heap allocations per event
+bench: ## Criterion benchmarks of decode and apply, one match against 1,000 interleaved, and heap allocations per event
 	cargo bench -p match-stats-commands --bench hot_path
+	cargo bench --bench aggregates
 	cargo test --release -p match-stats-commands --test allocations -- --nocapture
 
 bench-cluster: nats-server ## Publish rate of a 3-node loopback cluster with and without sync_interval always

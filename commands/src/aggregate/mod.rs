@@ -12,14 +12,12 @@
 //! - `dedup`: the last [`DEDUP_WINDOW`] applied event ids.
 
 mod dedup;
+mod players;
 mod recorder;
 mod rules;
 #[cfg(test)]
 mod tests;
 mod wire;
-
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 
 use crate::delta::{Change, DeltaEntry, Field};
 use crate::event::{Event, EventKind, TimestampMs};
@@ -29,6 +27,7 @@ use crate::stats::{MatchStats, MatchStatus, PlayerStats};
 use crate::view::MatchView;
 
 use dedup::DedupWindow;
+use players::Players;
 use recorder::Recorder;
 
 /// How many recent applied `event_id`s of a match are remembered to drop duplicates.
@@ -69,15 +68,9 @@ pub struct Match {
     match_id: MatchId,
     stats: MatchStats,
     players: Players,
-    /// Every player by [`PlayerState::slot`]: the order the match first named them.
-    roster: Vec<PlayerId>,
     started_by_match_start: bool,
     recent: DedupWindow,
 }
-
-/// A match's players by id. Each player's state is boxed: a tree node then holds eleven
-/// ids and pointers instead of eleven whole states, most of them empty in a small match.
-type Players = BTreeMap<PlayerId, Box<PlayerState>>;
 
 /// A player's statistics and the rule state that is not published.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +93,6 @@ struct Fold<'a> {
     rec: Recorder,
     stats: &'a mut MatchStats,
     players: &'a mut Players,
-    roster: &'a mut Vec<PlayerId>,
     started_by_match_start: &'a mut bool,
     /// The event's timestamp.
     t: TimestampMs,
@@ -114,8 +106,7 @@ impl Match {
         Match {
             match_id,
             stats: MatchStats::default(),
-            players: BTreeMap::new(),
-            roster: Vec::new(),
+            players: Players::default(),
             started_by_match_start: false,
             recent: DedupWindow::default(),
         }
@@ -133,7 +124,7 @@ impl Match {
 
     /// Players in `player_id` order.
     pub fn players(&self) -> impl Iterator<Item = (&PlayerId, &PlayerStats)> {
-        self.players.iter().map(|(id, p)| (id, &p.stats))
+        self.players.by_id().map(|(id, p)| (id, &p.stats))
     }
 
     /// The match object as REST returns it.
@@ -217,7 +208,7 @@ impl Match {
         let mut seen = [None; 3];
         let mut new = 0;
         for (i, id) in named_players(event).enumerate() {
-            if !self.players.contains_key(&id) && !seen.contains(&Some(id)) {
+            if !self.players.contains(&id) && !seen.contains(&Some(id)) {
                 new += 1;
             }
             seen[i] = Some(id);
@@ -233,7 +224,6 @@ impl Match {
             rec: Recorder::new(buffer),
             stats: &mut self.stats,
             players: &mut self.players,
-            roster: &mut self.roster,
             started_by_match_start: &mut self.started_by_match_start,
             t: event.timestamp_ms,
             late,
@@ -251,12 +241,8 @@ impl Match {
                 .set(None, Field::LastUpdate, &mut f.stats.last_update, t);
         }
         for id in named_players(event) {
-            if let Entry::Vacant(vacant) = f.players.entry(id) {
-                let player = vacant.insert(Box::new(PlayerState {
-                    slot: f.roster.len() as u32,
-                    ..PlayerState::default()
-                }));
-                f.roster.push(id);
+            if !f.players.contains(&id) {
+                let player = f.players.push(id);
                 f.rec
                     .set(Some(id), Field::Online, &mut player.stats.online, !late);
                 if !late {

@@ -50,9 +50,12 @@ pub(super) fn match_end(f: &mut Fold<'_>) {
         MatchStatus::Completed,
     );
     rec.set(None, Field::EndTime, &mut stats.end_time, Some(t));
-    for (id, p) in f.players.iter_mut() {
+    // In id order, as the changes have always been recorded (a replay's deltas are the
+    // same bytes).
+    for slot in f.players.slots_by_id() {
+        let (id, p) = f.players.at_mut(slot);
         if p.stats.online {
-            go_offline(rec, stats, *id, &mut p.stats, t);
+            go_offline(rec, stats, id, &mut p.stats, t);
         }
     }
 }
@@ -154,7 +157,7 @@ pub(super) fn kill(
 
     let hits = std::mem::take(&mut player(players, v).hits_taken);
     for &(slot, hit_at) in &hits {
-        let a = f.roster[slot as usize];
+        let a = players.id(slot);
         if a != k && a != v && hit_at >= t - ASSIST_WINDOW_MS {
             let assister = &mut player(players, a).stats;
             rec.add(Some(a), Field::Assists, &mut assister.assists, 1);

@@ -58,7 +58,7 @@ fn given_when(given: Vec<Event>, when: Event) -> (Outcome, Match) {
 }
 
 fn stats<'a>(m: &'a Match, id: &str) -> &'a PlayerStats {
-    &m.players[&p(id)].stats
+    &m.players.get(&p(id)).expect("a player of the match").stats
 }
 
 #[test]

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{DedupWindow, Match, PlayerState};
+use super::players::Players;
+use super::{DedupWindow, Match};
 use crate::event::TimestampMs;
 use crate::id::{MatchId, PlayerId};
 use crate::stats::{MatchStats, PlayerStats};
@@ -32,14 +33,14 @@ impl Serialize for PlayersOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let m = self.0;
         let mut map = serializer.serialize_map(Some(m.players.len()))?;
-        for (id, p) in &m.players {
+        for (id, p) in m.players.by_id() {
             let out = PlayerOut {
                 stats: &p.stats,
                 last_kill: p.last_kill,
                 chain: p.chain,
                 hits_taken: HitsOut {
                     hits: &p.hits_taken,
-                    roster: &m.roster,
+                    roster: m.players.roster(),
                 },
             };
             map.serialize_entry(id, &out)?;
@@ -104,8 +105,8 @@ impl<'de> Deserialize<'de> for Match {
                     ))
                 })
         };
-        let mut players = BTreeMap::new();
-        for (slot, (id, p)) in wire.players.into_iter().enumerate() {
+        let mut players = Players::default();
+        for (id, p) in wire.players {
             let PlayerIn {
                 stats,
                 last_kill,
@@ -116,20 +117,16 @@ impl<'de> Deserialize<'de> for Match {
                 .iter()
                 .map(|(by, at)| Ok((slot_of(by)?, *at)))
                 .collect::<Result<Vec<_>, D::Error>>()?;
-            let state = PlayerState {
-                slot: slot as u32,
-                stats,
-                last_kill,
-                chain,
-                hits_taken,
-            };
-            players.insert(id, Box::new(state));
+            let state = players.push(id);
+            state.stats = stats;
+            state.last_kill = last_kill;
+            state.chain = chain;
+            state.hits_taken = hits_taken;
         }
         Ok(Match {
             match_id: wire.match_id,
             stats: wire.stats,
             players,
-            roster,
             started_by_match_start: wire.started_by_match_start,
             recent: wire.recent,
         })
@@ -200,7 +197,7 @@ mod tests {
             distance: None,
         };
         read.handle(&event(4, 3, kill), 4);
-        let assists = |id: &str| read.players[&p(id)].stats.assists;
+        let assists = |id: &str| read.players.get(&p(id)).unwrap().stats.assists;
         assert_eq!((assists("z"), assists("a"), assists("k")), (1, 1, 0));
     }
 
