@@ -5,7 +5,8 @@
 //! `cargo bench --bench aggregates` (part of `make bench`). The load generator's events
 //! (`PLAYERS`, default 64, players a match), 1,000,000 in all, round-robin over the
 //! matches; each match an aggregate of its own, one change list handed from event to
-//! event as the service does. Prints nanoseconds an event; in-process, no NATS.
+//! event as the service does. Prints nanoseconds an event; in-process, no NATS. Run by
+//! `cargo test` (no `--bench` argument), it checks itself on 10,000 events.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -17,21 +18,25 @@ use rand::SeedableRng;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const EVENTS: u32 = 1_000_000;
-
 fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (total, spreads): (u32, &[u32]) = if bench {
+        (1_000_000, &[1, 16, 62, 250, 1000])
+    } else {
+        (10_000, &[1, 16])
+    };
     let players: u32 = std::env::var("PLAYERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     println!("| matches interleaved | events | decode + validate | apply |");
     println!("|---|---|---|---|");
-    for matches in [1u32, 16, 62, 250, 1000] {
+    for &matches in spreads {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut sims: Vec<SimMatch> = (0..matches)
-            .map(|n| SimMatch::new("bench", n, players, EVENTS / matches))
+            .map(|n| SimMatch::new("bench", n, players, total / matches))
             .collect();
-        let mut payloads = Vec::with_capacity(EVENTS as usize);
+        let mut payloads = Vec::with_capacity(total as usize);
         loop {
             let before = payloads.len();
             payloads.extend(
