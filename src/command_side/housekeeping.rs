@@ -6,6 +6,7 @@
 //! The decisions are plain functions ([`pin_check`], [`may_end`]) tested below as
 //! given/when/then.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
@@ -18,7 +19,7 @@ use super::held::{
 };
 use super::publisher;
 use super::recovery;
-use super::snapshots::SnapshotStore;
+use super::snapshots::{Marker, SnapshotStore};
 use super::stats::{ConsumerLag, Figures, FiguresSource};
 use crate::metrics as m;
 use crate::nats::Partition;
@@ -79,19 +80,48 @@ pub fn may_end(own: Option<&str>, pinned: &Pinned, settled_at: Option<u64>, appl
     }
 }
 
-/// Reads the consumer, then does the held partition's time-based work.
+/// What one round of housekeeping reads from NATS: the partition's consumer and its
+/// marker. Read while the partition goes on deciding batches ([`observe`] owns what it
+/// needs), so that the two round trips never hold up its events: every partition waiting
+/// on them at once, each second, was the live p99 (BENCHMARKS.md, twenty-eighth round).
+pub struct Observed {
+    info: Option<consumer::Info>,
+    marker: Option<Marker>,
+}
+
+/// Reads the partition's consumer and its marker, each within [`HOUSEKEEPING_INTERVAL`].
+pub async fn observe(
+    ctx: Arc<Context>,
+    partition: Partition,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+) -> Observed {
+    let info = tokio::time::timeout(HOUSEKEEPING_INTERVAL, consumer.get_info()).await;
+    let read = SnapshotStore::read_marker(&ctx.snapshots, partition);
+    let marker = tokio::time::timeout(HOUSEKEEPING_INTERVAL, read).await;
+    Observed {
+        info: match info {
+            Ok(Ok(info)) => Some(info),
+            _ => None,
+        },
+        marker: marker.ok().and_then(Result::ok).flatten(),
+    }
+}
+
+/// The held partition's time-based work, on what [`observe`] read. Decisions that
+/// compare with the partition's progress stay right when it moved on meanwhile: a
+/// marker ahead of the state held now was ahead of it then too, and a partition that
+/// applied more since it was seen settled is not taken as settled.
 pub async fn run(
     ctx: &Context,
     partition: Partition,
-    consumer: &consumer::Consumer<consumer::pull::Config>,
+    observed: Observed,
     held: &mut Option<HeldPartition>,
     token: &CancellationToken,
 ) {
-    let info = tokio::time::timeout(HOUSEKEEPING_INTERVAL, consumer.get_info()).await;
     // Settled: nothing waits in the consumer and nothing is in flight.
     let mut settled_at = None;
-    let pinned = match info {
-        Ok(Ok(info)) => {
+    let pinned = match observed.info {
+        Some(info) => {
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 settled_at = Some(info.ack_floor.stream_sequence);
             }
@@ -107,7 +137,7 @@ pub async fn run(
                 .and_then(|g| g.pinned_client_id)
                 .map_or(Pinned::Nobody, Pinned::Client)
         }
-        _ => {
+        None => {
             ctx.stats.record_consumer(partition, None);
             Pinned::Unknown
         }
@@ -116,11 +146,7 @@ pub async fn run(
     // fence: a marker ahead of the state this replica holds was written by a writer that
     // processed more since, so this replica's state (and its belief that it writes the
     // partition) is stale.
-    let read = SnapshotStore::read_marker(&ctx.snapshots, partition);
-    let marked = match tokio::time::timeout(HOUSEKEEPING_INTERVAL, read).await {
-        Ok(Ok(marker)) => marker,
-        _ => None,
-    };
+    let marked = observed.marker;
     if let Some(marker) = &marked
         && held
             .as_ref()

@@ -3,6 +3,7 @@
 //! housekeeping every second, hand the partition over when the balancer asks, and on the
 //! way out write a final snapshot and release the pin.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,14 +12,15 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::balance;
 use super::batch::{self, Mode};
 use super::context::Context;
 use super::held::{
     HeldPartition, Release, Snapshot, release, settle_finished, snapshot, snapshot_cadence,
     try_start_snapshot,
 };
+use super::housekeeping::{self, Observed};
 use super::recovery::{self, Acquire};
-use super::{balance, housekeeping};
 use crate::nats::batches::{Backlog, Batches};
 use crate::nats::{Partition, deliveries};
 
@@ -103,14 +105,29 @@ impl PartitionWriter {
         // Pull while writing the partition, or on standby while this replica writes less
         // than its share; not for a pin timeout after giving the partition up.
         self.messages = Some(self.pull().await?);
-        let mut ticks = tokio::time::interval(housekeeping::HOUSEKEEPING_INTERVAL);
+        // Housekeeping reads NATS beside the batches ([`housekeeping::observe`]); each
+        // partition's round at its own point of the second, so that they do not all ask
+        // nats-server at once.
+        let period = housekeeping::HOUSEKEEPING_INTERVAL;
+        let offset = period * u32::from(partition.n) / u32::from(partition.of.max(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut observing: Option<Pin<Box<dyn Future<Output = Observed> + Send>>> = None;
         let result = loop {
             let chunk = tokio::select! {
                 _ = self.token.cancelled() => break Ok(Turn::Continue),
-                _ = ticks.tick() => match self.tick().await {
-                    Ok(()) => continue,
-                    Err(e) => break Err(e),
-                },
+                _ = ticks.tick(), if observing.is_none() => {
+                    let consumer = self.consumer.clone();
+                    observing = Some(Box::pin(housekeeping::observe(ctx.clone(), partition, consumer)));
+                    continue;
+                }
+                observed = async { observing.as_mut().expect("only while observing").await }, if observing.is_some() => {
+                    observing = None;
+                    match self.tick(observed).await {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
                 chunk = next_chunk(&mut self.messages) => match chunk {
                     Some(chunk) => chunk,
                     None => break Err(anyhow::anyhow!(
@@ -240,10 +257,10 @@ impl PartitionWriter {
     }
 
     /// Housekeeping, a requested hand-over, and whether to pull.
-    async fn tick(&mut self) -> anyhow::Result<()> {
+    async fn tick(&mut self, observed: Observed) -> anyhow::Result<()> {
         let (ctx, partition) = (self.ctx.clone(), self.partition);
         let was_writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
-        housekeeping::run(&ctx, partition, &self.consumer, &mut self.held, &self.token).await;
+        housekeeping::run(&ctx, partition, observed, &mut self.held, &self.token).await;
         let writing = self.held.as_ref().is_some_and(HeldPartition::is_writer);
         if was_writing && !writing {
             self.let_the_pin_lapse();
