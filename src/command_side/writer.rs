@@ -105,20 +105,21 @@ impl PartitionWriter {
         // Pull while writing the partition, or on standby while this replica writes less
         // than its share; not for a pin timeout after giving the partition up.
         self.messages = Some(self.pull().await?);
-        // Housekeeping reads NATS beside the batches ([`housekeeping::observe`]); each
-        // partition's round at its own point of the second, so that they do not all ask
-        // nats-server at once.
+        // Housekeeping reads NATS beside the batches ([`housekeeping::observe`]): the
+        // first round at once, the next ones at the partition's own point of the second,
+        // so that the partitions do not all ask nats-server at the same moment.
         let period = housekeeping::HOUSEKEEPING_INTERVAL;
         let offset = period * u32::from(partition.n) / u32::from(partition.of.max(1));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut observing: Option<Pin<Box<dyn Future<Output = Observed> + Send>>> = None;
+        let observe = |consumer| housekeeping::observe(ctx.clone(), partition, consumer);
+        let mut observing: Option<Pin<Box<dyn Future<Output = Observed> + Send>>> =
+            Some(Box::pin(observe(self.consumer.clone())));
         let result = loop {
             let chunk = tokio::select! {
                 _ = self.token.cancelled() => break Ok(Turn::Continue),
                 _ = ticks.tick(), if observing.is_none() => {
-                    let consumer = self.consumer.clone();
-                    observing = Some(Box::pin(housekeeping::observe(ctx.clone(), partition, consumer)));
+                    observing = Some(Box::pin(observe(self.consumer.clone())));
                     continue;
                 }
                 observed = async { observing.as_mut().expect("only while observing").await }, if observing.is_some() => {
