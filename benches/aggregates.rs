@@ -1,6 +1,6 @@
 //! Decode and apply per event on one match against many matches interleaved, as a
 //! partition writer sees them in a catch-up: what the aggregates cost once they no
-//! longer sit in the CPU's caches (BENCHMARKS.md, "Decode and apply per event").
+//! longer sit in the CPU's caches (BENCHMARKS.md, "Decode and apply over many matches").
 //!
 //! `cargo bench --bench aggregates` (part of `make bench`). The load generator's events
 //! (`PLAYERS`, default 64, players a match), 1,000,000 in all, round-robin over the

@@ -83,7 +83,8 @@ pub fn may_end(own: Option<&str>, pinned: &Pinned, settled_at: Option<u64>, appl
 /// What one round of housekeeping reads from NATS: the partition's consumer and its
 /// marker. Read while the partition goes on deciding batches ([`observe`] owns what it
 /// needs), so that the two round trips never hold up its events: every partition waiting
-/// on them at once, each second, was the live p99 (BENCHMARKS.md, twenty-eighth round).
+/// on them at the same point of each second showed as a stall in the live latencies
+/// (BENCHMARKS.md, twenty-eighth round).
 pub struct Observed {
     info: Option<consumer::Info>,
     marker: Option<Marker>,

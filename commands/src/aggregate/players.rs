@@ -3,8 +3,9 @@
 //! shows (snapshots, views, the changes of a `match_end`).
 //!
 //! A rule looks up one to three players per event: a hash of the id and one comparison,
-//! where an ordered map of 64 players compared 68-byte ids a dozen times (BENCHMARKS.md,
-//! twenty-eighth round).
+//! where an ordered map of 64 players compared 68-byte ids a dozen times. Applying costs a
+//! quarter less on a few matches, the same over 1,000, where waiting on memory is the
+//! cost (BENCHMARKS.md, "Decode and apply over many matches").
 
 use std::hash::BuildHasher;
 
