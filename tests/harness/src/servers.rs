@@ -6,6 +6,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -13,12 +14,41 @@ use tempfile::TempDir;
 /// How long a server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// Where [`free_port`] looks: from here up to the kernel's ephemeral range.
+const PORTS_FROM: u16 = 10_000;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take), below the
+/// kernel's ephemeral range when there is room: `bind(0)` and every outgoing connection
+/// take their ports from that range, so a port picked there could be some client's
+/// before the server binds it (a 3-node cluster's node once failed to start so).
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = ephemeral_start();
+    if below > PORTS_FROM {
+        let span = u32::from(below - PORTS_FROM);
+        // Each test process starts at its own point of the range.
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = PORTS_FROM + offset as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free loopback port")
         .port()
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default where it cannot be
+/// read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The repository root (for the project-local `.tools/` folder).
