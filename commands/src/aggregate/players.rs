@@ -39,6 +39,11 @@ impl Players {
             .map(|&slot| slot as usize)
     }
 
+    /// A player's slot.
+    pub(super) fn slot(&self, id: &PlayerId) -> Option<u32> {
+        self.slot_of(id).map(|slot| slot as u32)
+    }
+
     /// Whether the match holds `id`.
     pub(super) fn contains(&self, id: &PlayerId) -> bool {
         self.slot_of(id).is_some()

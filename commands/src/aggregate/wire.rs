@@ -93,20 +93,13 @@ struct PlayerIn {
 impl<'de> Deserialize<'de> for Match {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = MatchIn::deserialize(deserializer)?;
-        // Slots in id order; a hit by a player the match does not hold is junk.
-        let roster: Vec<PlayerId> = wire.players.keys().copied().collect();
-        let slot_of = |id: &PlayerId| {
-            roster
-                .binary_search(id)
-                .map(|slot| slot as u32)
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "a hit by {id}, who is not a player of the match"
-                    ))
-                })
-        };
+        // Slots in id order, every player placed before any hit names one; a hit by a
+        // player the match does not hold is junk.
         let mut players = Players::default();
-        for (id, p) in wire.players {
+        for id in wire.players.keys() {
+            players.push(*id);
+        }
+        for (slot, p) in wire.players.into_values().enumerate() {
             let PlayerIn {
                 stats,
                 last_kill,
@@ -115,9 +108,16 @@ impl<'de> Deserialize<'de> for Match {
             } = *p;
             let hits_taken = hits_taken
                 .iter()
-                .map(|(by, at)| Ok((slot_of(by)?, *at)))
+                .map(|(by, at)| {
+                    let slot = players.slot(by).ok_or_else(|| {
+                        serde::de::Error::custom(format!(
+                            "a hit by {by}, who is not a player of the match"
+                        ))
+                    })?;
+                    Ok((slot, *at))
+                })
                 .collect::<Result<Vec<_>, D::Error>>()?;
-            let state = players.push(id);
+            let (_, state) = players.at_mut(slot as u32);
             state.stats = stats;
             state.last_kill = last_kill;
             state.chain = chain;
