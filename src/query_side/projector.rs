@@ -19,13 +19,6 @@ use crate::runtimes::Yielding;
 /// While catching up, how often the projector builds and publishes snapshots.
 pub const CATCH_UP_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Once caught up, the shortest time between two publishes of the read model: the
-/// chunks of a busy deltas stream come a few deltas at a time, and each publish copies
-/// the model's changed paths and builds a snapshot per changed match. What arrives in
-/// between is applied at once and published together (visible over REST that much
-/// later, at most).
-pub const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(10);
-
 /// How often the projector drops completed matches past their retention.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -135,15 +128,10 @@ impl Projector {
         };
         let mut eviction = tokio::time::interval(EVICTION_INTERVAL);
         loop {
-            let due = projection.publish_due();
             let chunk = tokio::select! {
                 _ = token.cancelled() => break,
                 _ = eviction.tick() => {
                     projection.evict(retention);
-                    continue;
-                }
-                _ = sleep_until(due) => {
-                    projection.publish();
                     continue;
                 }
                 chunk = messages.next() => match chunk {
@@ -154,14 +142,6 @@ impl Projector {
             projection = yielding.run(projection.take(chunk)).await?;
         }
         Ok(())
-    }
-}
-
-/// Waits until `due`, or for ever without one.
-async fn sleep_until(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -186,8 +166,9 @@ struct Projection {
     pending: BTreeSet<MatchId>,
     /// What changed in watched matches since their last published snapshot.
     watched: HashMap<MatchId, Pending>,
-    /// Once caught up, the deltas applied since the last publish: whether their match is
-    /// watched is decided after the model takes them, not as each is applied. A client that subscribes in between reads the model before or
+    /// Once caught up, the deltas applied since the last publish (one chunk): whether
+    /// their match is watched is decided after the model takes the chunk, not as each
+    /// is applied. A client that subscribes in between reads the model before or
     /// after that point; either way its first update follows on from what it read.
     applied: Vec<(Arc<StatDelta>, u64)>,
     /// Whether each of those matches is watched, asked once per match and publish.
@@ -213,17 +194,8 @@ impl Projection {
         metrics::counter!(m::READ_MODEL_EVICTED).increment(expired.len() as u64);
     }
 
-    /// When what was applied and not yet published is due: [`LIVE_PUBLISH_INTERVAL`]
-    /// after the last publish once caught up; never while catching up (each chunk then
-    /// says when) or with nothing pending.
-    fn publish_due(&self) -> Option<tokio::time::Instant> {
-        (self.model.is_caught_up() && !self.pending.is_empty())
-            .then(|| (self.last_publish + LIVE_PUBLISH_INTERVAL).into())
-    }
-
     /// Applies one chunk of the deltas stream and publishes what it changed (at most
-    /// every [`LIVE_PUBLISH_INTERVAL`] once caught up, every
-    /// [`CATCH_UP_PUBLISH_INTERVAL`] before); itself back after.
+    /// every [`CATCH_UP_PUBLISH_INTERVAL`] while catching up); itself back after.
     async fn take<E: std::fmt::Display>(
         mut self,
         chunk: Vec<Result<jetstream::Message, E>>,
@@ -232,12 +204,10 @@ impl Projection {
         // While catching up, nobody reads the snapshots yet: build them at most every
         // CATCH_UP_PUBLISH_INTERVAL (and once caught up), not per chunk.
         let reached = last_sequence >= self.target;
-        let interval = if self.model.is_caught_up() {
-            LIVE_PUBLISH_INTERVAL
-        } else {
-            CATCH_UP_PUBLISH_INTERVAL
-        };
-        if (reached && !self.model.is_caught_up()) || self.last_publish.elapsed() >= interval {
+        if self.model.is_caught_up()
+            || reached
+            || self.last_publish.elapsed() >= CATCH_UP_PUBLISH_INTERVAL
+        {
             self.publish();
         }
         metrics::gauge!(m::READ_MODEL_MATCHES).set(self.builders.len() as f64);
