@@ -1,9 +1,9 @@
 //! `make bench-live-baselines`: how far down the live publish-to-delta latency can go on
 //! this machine with the NATS work alone, before the service does anything of its own.
 //!
-//! Three baselines take turns on one nats-server, each in turn at every rate (5,000 and
-//! 20,000 events/s of 1,000 matches x 64 players, 10 s each), LIVE_ROUNDS (3) times, so
-//! that the machine's drift falls on all of them alike:
+//! Three baselines take turns on one nats-server, each in turn at every rate (LIVE_RATES,
+//! by default 5,000 and 20,000 events/s, of 1,000 matches x 64 players, 10 s each),
+//! LIVE_ROUNDS (3) times, so that the machine's drift falls on all of them alike:
 //!
 //! - **relay**: the load test's bare relay (`support/relay.rs`): one unfiltered pull
 //!   consumer, one copy per event to one subject, the acks awaited, one ack-all.
@@ -59,7 +59,19 @@ fn settings() -> Settings {
     };
     if std::env::args().any(|a| a == "--bench") {
         Settings {
-            rates: vec![5_000, 20_000],
+            rates: std::env::var("LIVE_RATES")
+                .ok()
+                .map(|rates| {
+                    rates
+                        .split(',')
+                        .map(|r| {
+                            r.trim()
+                                .parse()
+                                .expect("LIVE_RATES: events/s, comma-separated")
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![5_000, 20_000]),
             rounds: env("LIVE_ROUNDS", 3) as u32,
             seconds: 10,
             lingers_ms: vec![0, 1, 3, 6],
