@@ -1,7 +1,7 @@
 //! `make bench-live-baselines`: how far down the live publish-to-delta latency can go on
 //! this machine with the NATS work alone, before the service does anything of its own.
 //!
-//! Three baselines take turns on one nats-server, each in turn at every rate (LIVE_RATES,
+//! Four baselines take turns on one nats-server, each in turn at every rate (LIVE_RATES,
 //! by default 5,000 and 20,000 events/s, of 1,000 matches x 64 players, 10 s each),
 //! LIVE_ROUNDS (3) times, so that the machine's drift falls on all of them alike:
 //!
@@ -14,6 +14,10 @@
 //!   0, the default 1 ms, 3 and 6 ms), one message per match per batch to the match's own
 //!   subject, fenced with `Nats-Expected-Last-Subject-Sequence` as a delta is, and every
 //!   message read back by an ordered consumer as the query side reads the deltas.
+//!   LIVE_LINGERS (comma-separated milliseconds) replaces the four lingers.
+//! - **bare pipeline, nothing read back** (at the service's linger): the same without the
+//!   ordered consumer, the NATS work of a layout whose query side took this replica's
+//!   own deltas from memory alone: what reading every delta back adds.
 //!
 //! Each run prints publish to copy (p50, p99, p99.9, measured by the load generator as in
 //! the load test) and the CPU seconds of nats-server and of this process (the load
@@ -50,6 +54,21 @@ struct Settings {
     preload: u64,
 }
 
+/// A comma-separated list of numbers from the environment variable `name`, if set.
+fn list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: comma-separated numbers, not {value:?}"))
+            })
+            .collect(),
+    )
+}
+
 fn settings() -> Settings {
     let env = |name: &str, default: u64| {
         std::env::var(name)
@@ -59,22 +78,10 @@ fn settings() -> Settings {
     };
     if std::env::args().any(|a| a == "--bench") {
         Settings {
-            rates: std::env::var("LIVE_RATES")
-                .ok()
-                .map(|rates| {
-                    rates
-                        .split(',')
-                        .map(|r| {
-                            r.trim()
-                                .parse()
-                                .expect("LIVE_RATES: events/s, comma-separated")
-                        })
-                        .collect()
-                })
-                .unwrap_or_else(|| vec![5_000, 20_000]),
+            rates: list("LIVE_RATES").unwrap_or_else(|| vec![5_000, 20_000]),
             rounds: env("LIVE_ROUNDS", 3) as u32,
             seconds: 10,
-            lingers_ms: vec![0, 1, 3, 6],
+            lingers_ms: list("LIVE_LINGERS").unwrap_or_else(|| vec![0, 1, 3, 6]),
             preload: env("LIVE_PRELOAD", 0),
         }
     } else {
@@ -93,7 +100,7 @@ fn settings() -> Settings {
 enum Baseline {
     Relay,
     PartitionedRelay,
-    Pipeline { linger_ms: u64 },
+    Pipeline { linger_ms: u64, read_back: bool },
 }
 
 impl std::fmt::Display for Baseline {
@@ -101,7 +108,14 @@ impl std::fmt::Display for Baseline {
         match self {
             Baseline::Relay => write!(f, "relay"),
             Baseline::PartitionedRelay => write!(f, "partitioned relay"),
-            Baseline::Pipeline { linger_ms } => write!(f, "bare pipeline, linger {linger_ms} ms"),
+            Baseline::Pipeline {
+                linger_ms,
+                read_back: true,
+            } => write!(f, "bare pipeline, linger {linger_ms} ms"),
+            Baseline::Pipeline {
+                linger_ms,
+                read_back: false,
+            } => write!(f, "bare pipeline, nothing read back, linger {linger_ms} ms"),
         }
     }
 }
@@ -149,10 +163,14 @@ async fn measure(
             }
             relay::COPIES
         }
-        Baseline::Pipeline { linger_ms } => {
+        Baseline::Pipeline {
+            linger_ms,
+            read_back,
+        } => {
             let linger = Duration::from_millis(linger_ms);
             let batch = config.batch_size as usize;
-            pipeline = Some(pipeline::live(js, &events, filters, batch, linger).await?);
+            pipeline =
+                Some(pipeline::live(js, &events, filters, (batch, linger), read_back).await?);
             pipeline::LIVE_COPIES
         }
     };
@@ -238,8 +256,17 @@ async fn main() -> anyhow::Result<()> {
         settings
             .lingers_ms
             .iter()
-            .map(|&linger_ms| Baseline::Pipeline { linger_ms }),
+            .map(|&linger_ms| Baseline::Pipeline {
+                linger_ms,
+                read_back: true,
+            }),
     );
+    // The same at the service's linger with nothing read back: what the query side
+    // reading every delta from the stream adds to a live event.
+    baselines.push(Baseline::Pipeline {
+        linger_ms: config.batch_linger.as_millis() as u64,
+        read_back: false,
+    });
     let mut runs = Vec::new();
     for round in 0..settings.rounds {
         for &baseline in &baselines {

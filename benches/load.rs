@@ -522,8 +522,8 @@ async fn main() -> anyhow::Result<()> {
         &js,
         &events,
         filters,
-        config.batch_size as usize,
-        config.batch_linger,
+        (config.batch_size as usize, config.batch_linger),
+        true,
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -70,7 +70,14 @@ pub async fn catch_up(
     let stored = crate::support::stored_messages(js, events_stream).await?;
     let cpu = crate::support::CpuMeter::start(nats_pid, std::process::id());
     let started = Instant::now();
-    let running = start(js, events_stream, filters, (batch, linger), out, false);
+    let running = start(
+        js,
+        events_stream,
+        filters,
+        (batch, linger),
+        Some(out),
+        false,
+    );
     let counts = running.counts.clone();
     while counts.consumed.load(Ordering::Relaxed) < stored
         || counts.read.load(Ordering::Relaxed) < counts.published.load(Ordering::Relaxed)
@@ -106,15 +113,18 @@ async fn output(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
 }
 
 /// The live pipeline, started on new events of `events_stream`; stops (and removes its
-/// consumers) when its `stop` is called.
+/// consumers) when its `stop` is called. Without `read_back` nothing reads the copies
+/// back: the NATS work of a layout whose query side took this replica's own deltas from
+/// memory alone.
 pub async fn live(
     js: &jetstream::Context,
     events_stream: &str,
     filters: Vec<String>,
-    batch: usize,
-    linger: Duration,
+    (batch, linger): (usize, Duration),
+    read_back: bool,
 ) -> anyhow::Result<Running> {
     let out = output(js).await?;
+    let out = read_back.then_some(out);
     Ok(start(
         js,
         events_stream,
@@ -126,13 +136,13 @@ pub async fn live(
 }
 
 /// One task per filter (live: new events only, one fenced message per match) and the
-/// read-back of `out`, sharing their counts.
+/// read-back of `out` (if given), sharing their counts.
 fn start(
     js: &jetstream::Context,
     events_stream: &str,
     filters: Vec<String>,
     (batch, linger): (usize, Duration),
-    out: stream::Stream,
+    out: Option<stream::Stream>,
     live: bool,
 ) -> Running {
     let counts = Arc::new(Counts::default());
@@ -145,7 +155,9 @@ fn start(
             tokio::spawn(partition(js, events, filter, (batch, linger), counts))
         });
     }
-    tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
+    if let Some(out) = out {
+        tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
+    }
     Running { counts, tasks }
 }
 
