@@ -3,7 +3,6 @@
 //! housekeeping every second, hand the partition over when the balancer asks, and on the
 //! way out write a final snapshot and release the pin.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -113,8 +112,7 @@ impl PartitionWriter {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let observe = |consumer| housekeeping::observe(ctx.clone(), partition, consumer);
-        let mut observing: Option<Pin<Box<dyn Future<Output = Observed> + Send>>> =
-            Some(Box::pin(observe(self.consumer.clone())));
+        let mut observing = Some(Box::pin(observe(self.consumer.clone())));
         let result = loop {
             let chunk = tokio::select! {
                 _ = self.token.cancelled() => break Ok(Turn::Continue),

@@ -32,16 +32,16 @@ impl Players {
         self.roster.len()
     }
 
-    fn slot_of(&self, id: &PlayerId) -> Option<usize> {
+    /// A player's slot.
+    pub(super) fn slot(&self, id: &PlayerId) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
         self.index
             .find(hash, |&slot| self.roster[slot as usize] == *id)
-            .map(|&slot| slot as usize)
+            .copied()
     }
 
-    /// A player's slot.
-    pub(super) fn slot(&self, id: &PlayerId) -> Option<u32> {
-        self.slot_of(id).map(|slot| slot as u32)
+    fn slot_of(&self, id: &PlayerId) -> Option<usize> {
+        self.slot(id).map(|slot| slot as usize)
     }
 
     /// Whether the match holds `id`.
