@@ -13,7 +13,7 @@ COPY tests/harness/Cargo.toml tests/harness/
 # async-nats with one fix of ours (vendor/README.md), a dependency like the others.
 COPY vendor/ vendor/
 RUN mkdir -p src benches commands/src commands/benches queries/src tests/harness/src tests/it tests/serial \
- && for f in src/main.rs benches/recovery.rs benches/load.rs benches/live_baselines.rs benches/aggregates.rs benches/sync_cost.rs benches/streams.rs benches/history.rs commands/benches/hot_path.rs tests/it/main.rs tests/serial/main.rs; do echo 'fn main() {}' > "$f"; done \
+ && for f in src/main.rs benches/recovery.rs benches/load.rs benches/live_baselines.rs benches/catchup_baselines.rs benches/aggregates.rs benches/sync_cost.rs benches/streams.rs benches/history.rs commands/benches/hot_path.rs tests/it/main.rs tests/serial/main.rs; do echo 'fn main() {}' > "$f"; done \
  && touch src/lib.rs commands/src/lib.rs queries/src/lib.rs tests/harness/src/lib.rs \
  && cargo build --release --locked --bin match-stats
 COPY . .

@@ -16,7 +16,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 NATS_GOGC ?= 400
 BIN := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/match-stats
 
-.PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-live-baselines bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
+.PHONY: help deps nats-server redis-server chromium postgresql promtool build run test bench bench-recovery load-test bench-live-baselines bench-catchup-baselines bench-cluster bench-streams bench-history lint lint-tools lint-deploy docker-build docker-run format ci clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -134,6 +134,9 @@ load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next
 
 bench-live-baselines: nats-server ## Live publish to copy of the relay, a partitioned relay and the bare pipeline at 5k and 20k events/s, alternated (release)
 	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench live_baselines
+
+bench-catchup-baselines: nats-server ## The service's catch-up of 1,000,000 events next to the bare consumer and the bare pipeline (plain, fenced, as heavy as the deltas), alternated (release)
+	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench catchup_baselines
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
 	cargo fmt --all -- --check

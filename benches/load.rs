@@ -39,7 +39,10 @@ use async_nats::jetstream::{self, consumer};
 // Shared by the benchmarks; not every helper is used in each.
 #[path = "support/bare_http.rs"]
 mod bare_http;
+#[path = "support/catch_up.rs"]
+mod catch_up;
 #[path = "support/pipeline.rs"]
+#[allow(dead_code)]
 mod pipeline;
 #[path = "support/relay.rs"]
 mod relay;
@@ -90,11 +93,6 @@ async fn start_service(nats: &NatsServer, redis: Option<&RedisServer>) -> Servic
     Service::start(&[("NATS_URL", nats.url()), ("REDIS_ADDR", redis_addr(redis))]).await
 }
 
-/// The service's `/ready` body.
-async fn ready(http: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(reqwest::get(format!("{http}/ready")).await?.json().await?)
-}
-
 /// `hammer` on `urls` for `seconds` while REST_RATE events/s are published (for a second
 /// longer): each REST measurement runs under the same ingest.
 async fn hammer_under_ingest(
@@ -128,98 +126,6 @@ async fn redis_counters(redis: &RedisServer) -> anyhow::Result<(u64, u64)> {
         field("total_commands_processed"),
         field("total_net_input_bytes"),
     ))
-}
-
-/// The sum of a counter's series on the service's `/metrics`.
-async fn metric_total(http: &str, name: &str) -> anyhow::Result<f64> {
-    Ok(total(&metrics_text(http).await?, name))
-}
-
-/// The service's `/metrics` page.
-async fn metrics_text(http: &str) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("{http}/metrics"))
-        .await?
-        .text()
-        .await?)
-}
-
-/// The sum of a counter's series in a `/metrics` page.
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Events waiting or unacknowledged in the service's partition consumers.
-async fn backlog(js: &jetstream::Context, config: &Config) -> u64 {
-    let Ok(stream) = js.get_stream(&config.streams.events_stream).await else {
-        return u64::MAX;
-    };
-    let mut waiting = 0;
-    for partition in match_stats::nats::Partitioning::of(&config.streams).all() {
-        match stream
-            .consumer_info(partition.consumer_name(&config.streams))
-            .await
-        {
-            Ok(info) => waiting += info.num_pending + info.num_ack_pending as u64,
-            Err(_) => return u64::MAX,
-        }
-    }
-    waiting
-}
-
-/// Catch-up of a relay (or, without `republish`, a bare consumer) on the whole events
-/// stream: events/s. With `filters`, one consumer per filter (the service's partitions),
-/// all at once. With the CPU nats-server (`nats_pid`) and this process used for it.
-async fn baseline_catch_up(
-    js: &jetstream::Context,
-    nats_pid: u32,
-    events_stream: &str,
-    republish: bool,
-    filters: Vec<Option<String>>,
-) -> anyhow::Result<(f64, CpuPerEvent)> {
-    let relayed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    // A fresh RELAY stream each relay run: a second run inside its duplicate window would
-    // find every message id stored and store nothing (a cheaper run).
-    if republish && js.get_stream(relay::STREAM).await.is_ok() {
-        js.delete_stream(relay::STREAM).await?;
-    }
-    let stored = support::stored_messages(js, events_stream).await?;
-    let cpu = CpuMeter::start(nats_pid, std::process::id());
-    let started = Instant::now();
-    let tasks: Vec<_> = filters
-        .into_iter()
-        .map(|filter| {
-            tokio::spawn(relay::run(
-                js.clone(),
-                events_stream.to_owned(),
-                consumer::DeliverPolicy::All,
-                republish,
-                filter,
-                relayed.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    while relayed.load(Ordering::Relaxed) < stored {
-        anyhow::ensure!(
-            !tasks.iter().any(|t| t.is_finished()),
-            "the baseline stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rate = stored as f64 / started.elapsed().as_secs_f64();
-    let used = cpu.per_event(stored);
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
-    Ok((rate, used))
 }
 
 fn fresh(report: &loadgen::Report) -> String {
@@ -317,56 +223,21 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("load-test: bare relay and bare consumer catching up, before the service...");
     let nats_pid = nats.pid().expect("nats-server runs");
     let (relay_before, relay_cpu_before) =
-        baseline_catch_up(&js, nats_pid, &events, true, vec![None]).await?;
+        catch_up::baseline(&js, nats_pid, &events, true, vec![None]).await?;
     let (consumer_before, consumer_cpu_before) =
-        baseline_catch_up(&js, nats_pid, &events, false, vec![None]).await?;
+        catch_up::baseline(&js, nats_pid, &events, false, vec![None]).await?;
     eprintln!(
         "load-test: before the service: relay {relay_before:.0} events/s, bare consumer {consumer_before:.0} events/s"
     );
     let started = Instant::now();
     let service = start_service(&nats, Some(&redis)).await;
-    let service_cpu = CpuMeter::start(nats_pid, service.pid());
-    let mut last = Instant::now();
-    loop {
-        // The service's own count of events decided (cheap: `/ready` reads counters);
-        // the partition consumers' backlog, a consumer info request to nats-server per
-        // partition, only once every event is decided. Asked every 50 ms throughout,
-        // those requests took a share of nats-server's CPU from the catch-up they timed.
-        let decided = ready(&service.http).await?["counts"]["received"]
-            .as_u64()
-            .unwrap_or(0);
-        if decided >= sizes.events && backlog(&js, &config).await == 0 {
-            break;
-        }
-        if last.elapsed() > Duration::from_secs(5) {
-            last = Instant::now();
-            eprintln!(
-                "load-test: catch-up: {} events left after {:.0} s",
-                sizes.events.saturating_sub(decided),
-                started.elapsed().as_secs_f64()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The command side is done: every event decided and acknowledged, every delta
-    // stored. The read model's projection may still trail it (it gives way to ingest
-    // while partitions catch up); the catch-up counts until it holds every delta too,
-    // as the bare pipeline's counts until its copies are read back.
-    let command_side = sizes.events as f64 / started.elapsed().as_secs_f64();
-    loop {
-        let text = metrics_text(&service.http).await?;
-        let projected = total(&text, "match_stats_deltas_projected_total");
-        if projected >= total(&text, "match_stats_deltas_published_total")
-            && ready(&service.http).await?["read_model_caught_up"] == true
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let catch_up = sizes.events as f64 / started.elapsed().as_secs_f64();
-    // (counted from when the service first answered `/health`: its start-up, inside the
-    // timed window, is left out of its CPU)
-    let service_cpu = service_cpu.per_event(sizes.events);
+    let caught_up =
+        catch_up::service(&js, &config, (&service, nats_pid), (sizes.events, started)).await?;
+    let (catch_up, command_side, service_cpu) = (
+        caught_up.events_per_second,
+        caught_up.command_side,
+        caught_up.cpu,
+    );
     eprintln!(
         "load-test: catch-up {catch_up:.0} events/s with the read model, {command_side:.0} events/s for the command side"
     );
@@ -403,7 +274,8 @@ async fn main() -> anyhow::Result<()> {
         ));
         service_live.push((report, cpu));
     }
-    let redis_errors = metric_total(&service.http, "match_stats_redis_errors_total").await?;
+    let redis_errors =
+        catch_up::metric_total(&service.http, "match_stats_redis_errors_total").await?;
 
     // 4. REST while ingesting 10k events/s.
     let active: serde_json::Value = reqwest::get(format!(
@@ -475,10 +347,10 @@ async fn main() -> anyhow::Result<()> {
     // second runs; the first ran just before the service).
     eprintln!("load-test: bare relay catching up on the same stream...");
     let (relay_after, relay_cpu_after) =
-        baseline_catch_up(&js, nats_pid, &events, true, vec![None]).await?;
+        catch_up::baseline(&js, nats_pid, &events, true, vec![None]).await?;
     eprintln!("load-test: bare consumer catching up on the same stream...");
     let (consumer_after, consumer_cpu_after) =
-        baseline_catch_up(&js, nats_pid, &events, false, vec![None]).await?;
+        catch_up::baseline(&js, nats_pid, &events, false, vec![None]).await?;
     let relay_catch_up = (relay_before + relay_after) / 2.0;
     let consumer_catch_up = (consumer_before + consumer_after) / 2.0;
     eprintln!("load-test: bare consumers, one per partition, catching up on the same stream...");
@@ -488,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|p| Some(p.filter(&config.streams)))
             .collect();
     let (partitioned_catch_up, partitioned_cpu) =
-        baseline_catch_up(&js, nats_pid, &events, false, partition_filters.clone()).await?;
+        catch_up::baseline(&js, nats_pid, &events, false, partition_filters.clone()).await?;
     eprintln!("load-test: the bare pipeline (the service's NATS work, no domain work)...");
     let filters: Vec<String> = partition_filters.into_iter().flatten().collect();
     let bare_pipeline = pipeline::catch_up(
@@ -496,8 +368,8 @@ async fn main() -> anyhow::Result<()> {
         nats_pid,
         &events,
         filters.clone(),
-        config.batch_size as usize,
-        config.batch_linger,
+        (config.batch_size as usize, config.batch_linger),
+        pipeline::Copies::OneSubject,
     )
     .await?;
 

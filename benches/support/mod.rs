@@ -107,7 +107,16 @@ pub async fn stored_messages(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> anyhow::Result<u64> {
-    Ok(js.get_stream(stream).await?.info().await?.state.messages)
+    Ok(stored(js, stream).await?.messages)
+}
+
+/// What `stream` stores (messages, bytes).
+pub async fn stored(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::State> {
+    let mut stream = js.get_stream(stream).await?;
+    Ok(stream.info().await?.state.clone())
 }
 
 /// The CPU that nats-server and one client process use over a run, per event.

@@ -1,21 +1,24 @@
 //! The bare pipeline: the NATS work of the service's own design with no domain work, as a
-//! baseline for its catch-up. One pull consumer per partition filter (the service's
-//! layout); each batch's events are grouped by match and each group republished as one
-//! message (its events' payloads concatenated, with the first event's `Nats-Msg-Id`), as
-//! the service publishes one coalesced delta per match per batch; the publish acks are
-//! awaited, then the batch is acknowledged with one ack-all; and an ordered consumer
-//! reads every republished message back, as the query side reads the deltas. Decoding,
-//! rules, read model, snapshots and Redis are left out: whatever the service does on top
-//! of this costs more.
+//! baseline. One pull consumer per partition filter (the service's layout), read in the
+//! service's batches (`match_stats::nats::batches::Batches`); each batch's events are
+//! grouped by match and each group republished as one message (its events' payloads
+//! concatenated, with the first event's `Nats-Msg-Id`), as the service publishes one
+//! coalesced delta per match per batch; the publish acks are awaited, then the batch is
+//! acknowledged with one ack-all; and an ordered consumer reads every republished message
+//! back, as the query side reads the deltas. Decoding, rules, read model, snapshots and
+//! Redis are left out: whatever the service does on top of this costs more.
 //!
-//! [`live`] is the same for live events (new ones only), in the service's batches
-//! (`match_stats::nats::batches::Batches`: a sparse event goes at once), each match's
-//! message to `pipeline.<match_id>` with `Nats-Expected-Last-Subject-Sequence` (the
-//! service's fence on each delta). Live batches rarely hold two events of a match, so
-//! about one message goes out per event, as one delta does from the service; a load
-//! generator watching `pipeline.>` measures publish to copy by message id, as for the
-//! relay.
+//! [`catch_up`] drains the whole events stream, its copies as [`Copies`] says: all to one
+//! subject (the load test's bare pipeline), or as the service publishes its deltas, each
+//! match's to its own subject, fenced, and as heavy as a delta.
+//!
+//! [`live`] is the same for live events (new ones only), each match's message to
+//! `pipeline.<match_id>` with `Nats-Expected-Last-Subject-Sequence` (the service's fence
+//! on each delta). Live batches rarely hold two events of a match, so about one message
+//! goes out per event, as one delta does from the service; a load generator watching
+//! `pipeline.>` measures publish to copy by message id, as for the relay.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::StreamExt;
+use match_stats_commands::delta::Format;
+use match_stats_commands::{Change, DeltaEntry, Match, MatchId, Outcome, StatDeltaRef};
 
 use crate::support::consume::{next_chunk, pull};
 
@@ -44,6 +49,24 @@ struct Counts {
     stop: AtomicBool,
 }
 
+/// How the pipeline publishes its copies.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Copies {
+    /// All to one subject, with no fence.
+    OneSubject,
+    /// As the service publishes its deltas: each match's copy to its own subject,
+    /// `pipeline.<match_id>`, fenced with `Nats-Expected-Last-Subject-Sequence` (the
+    /// subject's last sequence, from the acks), its payload `weight` times its events'
+    /// bytes (zeros added: a delta weighs more than the events it comes from).
+    Fenced { weight: f64 },
+    /// Fenced as above, each copy the match's real delta: the batch's events decoded,
+    /// applied to the partition's aggregates and their entries encoded in the delta
+    /// format DELTA_FORMAT names (as the service's setting; 2 by default), as the service
+    /// decides and publishes them (no dead letters, snapshots, projection or anything
+    /// else of the service's).
+    Deltas,
+}
+
 /// What one run of the pipeline measured.
 pub struct PipelineRun {
     /// Events per second, until every event was consumed and every republished message
@@ -57,26 +80,28 @@ pub struct PipelineRun {
 
 /// Catches up on the whole `events_stream` through the bare pipeline, one consumer per
 /// filter in `filters`, batches of up to `batch` messages closed after `linger` (the
-/// service's `BATCH_SIZE` and `BATCH_LINGER`); nats-server's CPU read from `nats_pid`.
+/// service's `BATCH_SIZE` and `BATCH_LINGER`), its copies as `copies` says;
+/// nats-server's CPU read from `nats_pid`.
 pub async fn catch_up(
     js: &jetstream::Context,
     nats_pid: u32,
     events_stream: &str,
     filters: Vec<String>,
-    batch: usize,
-    linger: Duration,
+    (batch, linger): (usize, Duration),
+    copies: Copies,
 ) -> anyhow::Result<PipelineRun> {
     let out = output(js).await?;
     let stored = crate::support::stored_messages(js, events_stream).await?;
     let cpu = crate::support::CpuMeter::start(nats_pid, std::process::id());
     let started = Instant::now();
+    let deliver = (consumer::DeliverPolicy::All, copies);
     let running = start(
         js,
         events_stream,
         filters,
         (batch, linger),
+        deliver,
         Some(out),
-        false,
     );
     let counts = running.counts.clone();
     while counts.consumed.load(Ordering::Relaxed) < stored
@@ -98,18 +123,20 @@ pub async fn catch_up(
     })
 }
 
-/// The pipeline's stream, empty.
+/// The pipeline's stream, new (a run inside an earlier one's duplicate window would find
+/// its message ids stored and store nothing: a cheaper run).
 async fn output(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
-    js.create_or_update_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec![format!("{SUBJECT}.>")],
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await?;
-    let out = js.get_stream(STREAM).await?;
-    out.purge().await?;
-    Ok(out)
+    if js.get_stream(STREAM).await.is_ok() {
+        js.delete_stream(STREAM).await?;
+    }
+    Ok(js
+        .create_stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await?)
 }
 
 /// The live pipeline, started on new events of `events_stream`; stops (and removes its
@@ -125,35 +152,39 @@ pub async fn live(
 ) -> anyhow::Result<Running> {
     let out = output(js).await?;
     let out = read_back.then_some(out);
+    let deliver = (consumer::DeliverPolicy::New, Copies::Fenced { weight: 1.0 });
     Ok(start(
         js,
         events_stream,
         filters,
         (batch, linger),
+        deliver,
         out,
-        true,
     ))
 }
 
-/// One task per filter (live: new events only, one fenced message per match) and the
-/// read-back of `out` (if given), sharing their counts.
+/// One task per filter (from where `deliver` says, copies as it says) and the read-back
+/// of `out` (if given), sharing their counts.
 fn start(
     js: &jetstream::Context,
     events_stream: &str,
     filters: Vec<String>,
     (batch, linger): (usize, Duration),
+    deliver: (consumer::DeliverPolicy, Copies),
     out: Option<stream::Stream>,
-    live: bool,
 ) -> Running {
     let counts = Arc::new(Counts::default());
     let mut tasks = Vec::new();
     for filter in filters {
         let (js, events, counts) = (js.clone(), events_stream.to_owned(), counts.clone());
-        tasks.push(if live {
-            tokio::spawn(live_partition(js, events, filter, (batch, linger), counts))
-        } else {
-            tokio::spawn(partition(js, events, filter, (batch, linger), counts))
-        });
+        let source = (events, filter);
+        tasks.push(tokio::spawn(partition(
+            js,
+            source,
+            (batch, linger),
+            deliver,
+            counts,
+        )));
     }
     if let Some(out) = out {
         tasks.push(tokio::spawn(read_back(out, batch, counts.clone())));
@@ -178,35 +209,49 @@ impl Running {
     }
 }
 
-/// One live partition: new events only, in the service's batches; each republished to
-/// its match's subject with its message id and the subject's last sequence expected.
-async fn live_partition(
+/// One partition: pull a batch (in the service's batches), republish one message per
+/// match as `copies` says, await the acks, ack all.
+async fn partition(
     js: jetstream::Context,
-    events_stream: String,
-    filter: String,
+    (events_stream, filter): (String, String),
     (batch, linger): (usize, Duration),
+    (deliver, copies): (consumer::DeliverPolicy, Copies),
     counts: Arc<Counts>,
 ) -> anyhow::Result<()> {
-    let name = format!("pipeline-live-{}", rand::random::<u32>());
-    let deliver = consumer::DeliverPolicy::New;
+    let name = format!("pipeline-{}", rand::random::<u32>());
     let (events, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
     let mut messages = match_stats::nats::batches::Batches::new(messages, batch, linger);
-    // Per match subject, the last sequence the pipeline stream holds.
+    // Per match subject, the last sequence the pipeline stream holds (fenced copies).
     let mut last: HashMap<String, u64> = HashMap::new();
+    let mut deltas = Deltas::default();
     while !counts.stop.load(Ordering::Relaxed) {
         let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
         // One message per match per batch, as the service publishes one delta per match
         // per batch (the fence allows no other).
-        let by_match = by_match(&chunk);
-        let mut acks = Vec::with_capacity(by_match.len());
-        for (match_id, (payload, id)) in by_match {
-            let subject = format!("{SUBJECT}.{match_id}");
-            let expected = last.get(&subject).copied().unwrap_or(0);
-            let mut copy = PublishMessage::build()
-                .payload(payload.into())
-                .expected_last_subject_sequence(expected);
+        let copied: Vec<(String, Vec<u8>, Option<String>)> = match copies {
+            Copies::Deltas => deltas.of(&chunk),
+            _ => by_match(&chunk)
+                .into_iter()
+                .map(|(m, (payload, id))| (m.to_owned(), payload, id.map(str::to_owned)))
+                .collect(),
+        };
+        let mut acks = Vec::with_capacity(copied.len());
+        for (match_id, mut payload, id) in copied {
+            let mut copy = PublishMessage::build();
+            let subject = if copies == Copies::OneSubject {
+                format!("{SUBJECT}.out")
+            } else {
+                let subject = format!("{SUBJECT}.{match_id}");
+                let expected = last.get(&subject).copied().unwrap_or(0);
+                copy = copy.expected_last_subject_sequence(expected);
+                if let Copies::Fenced { weight } = copies {
+                    payload.resize((payload.len() as f64 * weight).round() as usize, 0);
+                }
+                subject
+            };
+            copy = copy.payload(payload.into());
             if let Some(id) = id {
                 copy = copy.message_id(id);
             }
@@ -214,45 +259,10 @@ async fn live_partition(
         }
         let published = acks.len() as u64;
         for (subject, ack) in acks {
-            last.insert(subject, ack.await?.sequence);
-        }
-        done(&chunk, published, &counts).await?;
-    }
-    drop(messages);
-    events.delete_consumer(&name).await?;
-    Ok(())
-}
-
-/// One partition: pull a batch, republish one message per match, await the acks, ack all.
-async fn partition(
-    js: jetstream::Context,
-    events_stream: String,
-    filter: String,
-    (batch, linger): (usize, Duration),
-    counts: Arc<Counts>,
-) -> anyhow::Result<()> {
-    let name = format!("pipeline-{}", rand::random::<u32>());
-    let deliver = consumer::DeliverPolicy::All;
-    let (events, messages) = pull(&js, &events_stream, &name, filter, deliver, batch).await?;
-    let mut messages = Box::pin(tokio_stream::StreamExt::chunks_timeout(
-        messages, batch, linger,
-    ));
-    while !counts.stop.load(Ordering::Relaxed) {
-        let Some(chunk) = next_chunk(&mut messages).await? else {
-            continue;
-        };
-        let by_match = by_match(&chunk);
-        let mut acks = Vec::with_capacity(by_match.len());
-        for (payload, id) in by_match.into_values() {
-            let mut copy = PublishMessage::build().payload(payload.into());
-            if let Some(id) = id {
-                copy = copy.message_id(id);
+            let sequence = ack.await?.sequence;
+            if copies != Copies::OneSubject {
+                last.insert(subject, sequence);
             }
-            acks.push(js.send_publish(format!("{SUBJECT}.out"), copy).await?);
-        }
-        let published = acks.len() as u64;
-        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
-            ack?;
         }
         done(&chunk, published, &counts).await?;
     }
@@ -278,6 +288,66 @@ fn by_match(chunk: &[jetstream::Message]) -> HashMap<&str, (Vec<u8>, Option<&str
         *first_id = first_id.or(id);
     }
     by_match
+}
+
+/// A partition's aggregates, for [`Copies::Deltas`].
+struct Deltas {
+    matches: HashMap<MatchId, Match>,
+    /// Change lists of published deltas, reused (as the service reuses them).
+    lists: Vec<Vec<Change>>,
+    format: Format,
+}
+
+impl Default for Deltas {
+    fn default() -> Self {
+        let format = std::env::var("DELTA_FORMAT").map_or(Format::default(), |v| {
+            v.parse()
+                .ok()
+                .and_then(Format::from_version)
+                .unwrap_or_else(|| panic!("DELTA_FORMAT: 2 or 3, not {v:?}"))
+        });
+        Deltas {
+            matches: HashMap::new(),
+            lists: Vec::new(),
+            format,
+        }
+    }
+}
+
+impl Deltas {
+    /// The batch's events decided, and one encoded delta per match: (match id, payload,
+    /// message id). An event that does not decode or apply is skipped (the load
+    /// generator's all do).
+    fn of(&mut self, chunk: &[jetstream::Message]) -> Vec<(String, Vec<u8>, Option<String>)> {
+        let stored_at = chrono::Utc::now().timestamp_millis();
+        let mut entries: HashMap<MatchId, Vec<DeltaEntry>> = HashMap::new();
+        for message in chunk {
+            let Ok(event) = match_stats_commands::decode(&message.payload, stored_at) else {
+                continue;
+            };
+            let sequence = message.info().map_or(0, |i| i.stream_sequence);
+            let aggregate = self
+                .matches
+                .entry(event.match_id)
+                .or_insert_with(|| Match::new(event.match_id));
+            let list = self.lists.pop().unwrap_or_default();
+            if let Outcome::Applied(entry) = aggregate.handle_into(&event, sequence, list) {
+                entries.entry(event.match_id).or_default().push(entry);
+            }
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (match_id, entries) in entries {
+            let delta = StatDeltaRef {
+                match_id,
+                entries: entries.iter().map(Cow::Borrowed).collect(),
+                match_view: None,
+            };
+            let payload = delta.encode(self.format);
+            out.push((match_id.to_string(), payload, Some(delta.msg_id())));
+            self.lists.extend(entries.into_iter().map(|e| e.changes));
+        }
+        out
+    }
 }
 
 /// A batch whose copies are confirmed: acknowledged with one ack-all, and counted.
