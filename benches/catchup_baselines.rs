@@ -10,6 +10,8 @@
 //!   events' give the weight of the last baseline.
 //! - **bare consumer**: pull and ack-all of the same stream, no work (the issue's
 //!   baseline: the service's target is half its rate).
+//! - **relay**: the load test's bare relay (`support/relay.rs`): one copy per event (the
+//!   issue's other baseline: the service's target is 1.5 times its rate).
 //! - **bare pipeline**: the load test's (`support/pipeline.rs`): the service's partition
 //!   consumers and batches, one copy per match per batch, all to one subject, read back.
 //! - **bare pipeline, fenced**: the same, each copy published as the service publishes a
@@ -84,6 +86,7 @@ fn settings() -> Settings {
 enum Runner {
     Service,
     BareConsumer,
+    Relay,
     Pipeline(Copies),
 }
 
@@ -92,6 +95,7 @@ impl std::fmt::Display for Runner {
         match self {
             Runner::Service => write!(f, "service"),
             Runner::BareConsumer => write!(f, "bare consumer"),
+            Runner::Relay => write!(f, "relay"),
             Runner::Pipeline(Copies::OneSubject) => write!(f, "bare pipeline"),
             Runner::Pipeline(Copies::Fenced { weight }) if *weight == 1.0 => {
                 write!(f, "bare pipeline, fenced")
@@ -186,12 +190,14 @@ async fn measure(
             *weight = measured;
             caught
         }
-        Runner::BareConsumer => {
-            let (rate, cpu) = catch_up::baseline(js, nats_pid, stream, false, vec![None]).await?;
+        Runner::BareConsumer | Runner::Relay => {
+            let republish = runner == Runner::Relay;
+            let (rate, cpu) =
+                catch_up::baseline(js, nats_pid, stream, republish, vec![None]).await?;
             Caught {
                 events_per_second: rate,
                 cpu,
-                messages_per_event: 0.0,
+                messages_per_event: if republish { 1.0 } else { 0.0 },
             }
         }
         Runner::Pipeline(copies) => {
@@ -206,7 +212,7 @@ async fn measure(
 }
 
 /// Runners in a round.
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -235,9 +241,10 @@ async fn main() -> anyhow::Result<()> {
             let runner = match step {
                 0 => Runner::Service,
                 1 => Runner::BareConsumer,
-                2 => Runner::Pipeline(Copies::OneSubject),
-                3 => Runner::Pipeline(Copies::Fenced { weight: 1.0 }),
-                4 => Runner::Pipeline(Copies::Fenced { weight }),
+                2 => Runner::Relay,
+                3 => Runner::Pipeline(Copies::OneSubject),
+                4 => Runner::Pipeline(Copies::Fenced { weight: 1.0 }),
+                5 => Runner::Pipeline(Copies::Fenced { weight }),
                 _ => Runner::Pipeline(Copies::Deltas),
             };
             let perf = settings
@@ -291,29 +298,50 @@ impl Drop for Perf {
     }
 }
 
-/// Each run's rate as a share of its round's bare consumer, with its CPU per event.
+/// Each run's rate as a share of its round's bare consumer and relay, with its CPU per
+/// event; then the service's and the floors' shares of the bare consumer over the rounds.
 fn summary(runs: &[Run]) {
+    let rate_of = |round: u32, runner: Runner| {
+        runs.iter()
+            .find(|r| r.round == round && r.runner == runner)
+            .map_or(f64::NAN, |r| r.caught.events_per_second)
+    };
     println!();
     println!(
-        "| round | runner | events/s | x bare consumer | messages an event | CPU µs an event (nats-server + client) |"
+        "| round | runner | events/s | x bare consumer | x relay | messages an event | CPU µs an event (nats-server + client) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for run in runs {
-        let consumer = runs
-            .iter()
-            .find(|r| r.round == run.round && r.runner == Runner::BareConsumer)
-            .map_or(f64::NAN, |r| r.caught.events_per_second);
         let (caught, cpu) = (&run.caught, &run.caught.cpu);
+        let rate = caught.events_per_second;
         println!(
-            "| {} | {} | {:.0} | {:.2}x | {:.3} | {:.1} + {:.1} = {:.1} |",
+            "| {} | {} | {rate:.0} | {:.2}x | {:.2}x | {:.3} | {:.1} + {:.1} = {:.1} |",
             run.round,
             run.runner,
-            caught.events_per_second,
-            caught.events_per_second / consumer,
+            rate / rate_of(run.round, Runner::BareConsumer),
+            rate / rate_of(run.round, Runner::Relay),
             caught.messages_per_event,
             cpu.nats_us,
             cpu.client_us,
             cpu.nats_us + cpu.client_us
         );
+    }
+    println!();
+    let mut seen = Vec::new();
+    for run in runs.iter().filter(|r| r.runner != Runner::BareConsumer) {
+        let name = run.runner.to_string();
+        if seen.contains(&name) {
+            continue;
+        }
+        let shares: Vec<String> = runs
+            .iter()
+            .filter(|r| r.runner.to_string() == name)
+            .map(|r| {
+                let share = r.caught.events_per_second / rate_of(r.round, Runner::BareConsumer);
+                format!("{share:.2}x")
+            })
+            .collect();
+        println!("{name}: {} the bare consumer", shares.join(", "));
+        seen.push(name);
     }
 }
