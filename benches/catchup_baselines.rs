@@ -51,7 +51,7 @@ use match_stats::tools::loadgen;
 use match_stats_harness::NatsServer;
 use pipeline::Copies;
 use support::feed::{MATCHES, PLAYERS, config, load};
-use support::{CpuPerEvent, Service};
+use support::{CpuPerEvent, Service, env_number};
 
 struct Settings {
     events: u64,
@@ -60,16 +60,10 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let env = |name: &str, default: u64| {
-        std::env::var(name).map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: a number, not {v:?}"))
-        })
-    };
     if std::env::args().any(|a| a == "--bench") {
         Settings {
-            events: env("CATCHUP_EVENTS", 1_000_000),
-            rounds: env("CATCHUP_ROUNDS", 3) as u32,
+            events: env_number("CATCHUP_EVENTS", 1_000_000),
+            rounds: env_number("CATCHUP_ROUNDS", 3),
             perf: std::env::var_os("CATCHUP_PERF").map(Into::into),
         }
     } else {

@@ -39,10 +39,7 @@ struct Sizes {
 fn sizes() -> Sizes {
     if std::env::args().any(|a| a == "--bench") {
         Sizes {
-            matches: std::env::var("HISTORY_MATCHES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000),
+            matches: support::env_number("HISTORY_MATCHES", 1000),
             history_matches: 100_000,
             players: 50_000,
             seconds: 5,

@@ -45,6 +45,7 @@ use match_stats::Config;
 use match_stats::tools::loadgen::{self, Watch};
 use match_stats_harness::NatsServer;
 use support::feed::{config, load};
+use support::{env_list, env_number};
 
 struct Settings {
     rates: Vec<u32>,
@@ -54,35 +55,14 @@ struct Settings {
     preload: u64,
 }
 
-/// A comma-separated list of numbers from the environment variable `name`, if set.
-fn list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name}: comma-separated numbers, not {value:?}"))
-            })
-            .collect(),
-    )
-}
-
 fn settings() -> Settings {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     if std::env::args().any(|a| a == "--bench") {
         Settings {
-            rates: list("LIVE_RATES").unwrap_or_else(|| vec![5_000, 20_000]),
-            rounds: env("LIVE_ROUNDS", 3) as u32,
+            rates: env_list("LIVE_RATES").unwrap_or_else(|| vec![5_000, 20_000]),
+            rounds: env_number("LIVE_ROUNDS", 3),
             seconds: 10,
-            lingers_ms: list("LIVE_LINGERS").unwrap_or_else(|| vec![0, 1, 3, 6]),
-            preload: env("LIVE_PRELOAD", 0),
+            lingers_ms: env_list("LIVE_LINGERS").unwrap_or_else(|| vec![0, 1, 3, 6]),
+            preload: env_number("LIVE_PRELOAD", 0),
         }
     } else {
         Settings {

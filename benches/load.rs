@@ -68,10 +68,7 @@ struct Sizes {
 fn sizes() -> Sizes {
     if std::env::args().any(|a| a == "--bench") {
         Sizes {
-            events: std::env::var("LOAD_EVENTS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1_000_000),
+            events: support::env_number("LOAD_EVENTS", 1_000_000),
             rates: vec![5_000, 20_000, 40_000],
             live_seconds: 10,
             rest_seconds: 10,

@@ -102,6 +102,34 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A number from the environment variable `name`, `default` when it is unset; anything
+/// else stops the benchmark with a message (a typo does not run the defaults unnoticed).
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: a number, not {value:?}")),
+        Err(_) => default,
+    }
+}
+
+/// A comma-separated list of numbers from the environment variable `name`, if it is set;
+/// anything else stops the benchmark with a message.
+pub fn env_list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: comma-separated numbers, not {value:?}"))
+            })
+            .collect(),
+    )
+}
+
 /// How many messages `stream` stores.
 pub async fn stored_messages(
     js: &async_nats::jetstream::Context,
