@@ -223,16 +223,17 @@ async fn partition(
     let mut messages = match_stats::nats::batches::Batches::new(messages, batch, linger);
     // Per match subject, the last sequence the pipeline stream holds (fenced copies).
     let mut last: HashMap<String, u64> = HashMap::new();
-    let mut deltas = Deltas::default();
+    // The partition's aggregates, when its copies are the deltas themselves.
+    let mut deltas = (copies == Copies::Deltas).then(Deltas::default);
     while !counts.stop.load(Ordering::Relaxed) {
         let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
         // One message per match per batch, as the service publishes one delta per match
         // per batch (the fence allows no other).
-        let copied: Vec<(String, Vec<u8>, Option<String>)> = match copies {
-            Copies::Deltas => deltas.of(&chunk),
-            _ => by_match(&chunk)
+        let copied: Vec<(String, Vec<u8>, Option<String>)> = match deltas.as_mut() {
+            Some(deltas) => deltas.of(&chunk),
+            None => by_match(&chunk)
                 .into_iter()
                 .map(|(m, (payload, id))| (m.to_owned(), payload, id.map(str::to_owned)))
                 .collect(),
