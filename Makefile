@@ -135,7 +135,7 @@ load-test: nats-server redis-server ## Catch-up, freshness, REST and memory next
 bench-live-baselines: nats-server ## Live publish to copy of the relay, a partitioned relay and the bare pipeline at 5k and 20k events/s, alternated (release)
 	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench live_baselines
 
-bench-catchup-baselines: nats-server ## The service's catch-up of 1,000,000 events next to the bare consumer and the bare pipeline (plain, fenced, as heavy as the deltas), alternated (release)
+bench-catchup-baselines: nats-server ## The service's catch-up of 1,000,000 events taking turns with the bare consumer, the relay and the bare pipeline (plain, fenced, as heavy as the deltas, with the deltas decided), alternated (release)
 	GOGC=$${GOGC:-$(NATS_GOGC)} cargo bench --bench catchup_baselines
 
 lint: lint-deploy ## rustfmt check, clippy with warnings denied, deployment files validated
