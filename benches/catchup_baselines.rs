@@ -97,7 +97,7 @@ impl std::fmt::Display for Runner {
             Runner::Pipeline(Copies::Fenced { weight }) => {
                 write!(f, "bare pipeline, fenced, delta weight {weight:.2}")
             }
-            Runner::Pipeline(Copies::Deltas) => {
+            Runner::Pipeline(Copies::Deltas(_)) => {
                 write!(f, "bare pipeline, fenced, the deltas decided")
             }
         }
@@ -117,6 +117,8 @@ struct Caught {
     cpu: CpuPerEvent,
     /// Messages published (deltas, copies) per event.
     messages_per_event: f64,
+    /// The service's only: its deltas' stored bytes over the events'.
+    delta_weight: Option<f64>,
 }
 
 /// Everything on `js` but the events stream and its messages: what a service run leaves
@@ -136,30 +138,27 @@ async fn clear(js: &jetstream::Context, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The service's catch-up on a NATS holding the events only, and its deltas' bytes over
-/// the events' bytes.
+/// The service's catch-up on a NATS holding the events only.
 async fn service(
     js: &jetstream::Context,
     config: &Config,
-    nats: &NatsServer,
+    (nats, nats_pid): (&NatsServer, u32),
     events: u64,
-) -> anyhow::Result<(Caught, f64)> {
+) -> anyhow::Result<Caught> {
     clear(js, config).await?;
     let started = Instant::now();
     let service = Service::start(&[("NATS_URL", nats.url())]).await;
-    let nats_pid = nats.pid().expect("nats-server runs");
     let run = catch_up::service(js, config, (&service, nats_pid), (events, started)).await?;
     drop(service);
     let deltas = support::stored(js, &config.streams.deltas_stream).await?;
     let events_stored = support::stored(js, &config.streams.events_stream).await?;
-    let weight = deltas.bytes as f64 / events_stored.bytes as f64;
     clear(js, config).await?;
-    let caught = Caught {
+    Ok(Caught {
         events_per_second: run.events_per_second,
         cpu: run.cpu,
         messages_per_event: deltas.messages as f64 / events as f64,
-    };
-    Ok((caught, weight))
+        delta_weight: Some(deltas.bytes as f64 / events_stored.bytes as f64),
+    })
 }
 
 /// One catch-up of `runner` on the whole events stream.
@@ -167,7 +166,6 @@ async fn measure(
     runner: Runner,
     (js, config, nats): (&jetstream::Context, &Config, &NatsServer),
     events: u64,
-    weight: &mut f64,
 ) -> anyhow::Result<Caught> {
     let nats_pid = nats.pid().expect("nats-server runs");
     let stream = &config.streams.events_stream;
@@ -179,11 +177,7 @@ async fn measure(
     };
     let batches = (config.batch_size as usize, config.batch_linger);
     Ok(match runner {
-        Runner::Service => {
-            let (caught, measured) = service(js, config, nats, events).await?;
-            *weight = measured;
-            caught
-        }
+        Runner::Service => service(js, config, (nats, nats_pid), events).await?,
         Runner::BareConsumer | Runner::Relay => {
             let republish = runner == Runner::Relay;
             let (rate, cpu) =
@@ -192,6 +186,7 @@ async fn measure(
                 events_per_second: rate,
                 cpu,
                 messages_per_event: if republish { 1.0 } else { 0.0 },
+                delta_weight: None,
             }
         }
         Runner::Pipeline(copies) => {
@@ -200,6 +195,7 @@ async fn measure(
                 events_per_second: run.events_per_second,
                 cpu: run.cpu,
                 messages_per_event: run.messages_per_event,
+                delta_weight: None,
             }
         }
     })
@@ -239,15 +235,15 @@ async fn main() -> anyhow::Result<()> {
                 3 => Runner::Pipeline(Copies::OneSubject),
                 4 => Runner::Pipeline(Copies::Fenced { weight: 1.0 }),
                 5 => Runner::Pipeline(Copies::Fenced { weight }),
-                _ => Runner::Pipeline(Copies::Deltas),
+                _ => Runner::Pipeline(Copies::Deltas(config.delta_format)),
             };
             let perf = settings
                 .perf
                 .as_ref()
                 .map(|dir| Perf::start(&nats, &dir.join(format!("{round}-{}.data", step + 1))));
-            let caught =
-                measure(runner, (&js, &config, &nats), settings.events, &mut weight).await?;
+            let caught = measure(runner, (&js, &config, &nats), settings.events).await?;
             drop(perf);
+            weight = caught.delta_weight.unwrap_or(weight);
             println!(
                 "round {round}: {runner}: {:.0} events/s, {:.3} messages an event, {}",
                 caught.events_per_second, caught.messages_per_event, caught.cpu

@@ -130,7 +130,7 @@ pub async fn service(
 }
 
 /// The service's `/ready` body.
-pub async fn ready(http: &str) -> anyhow::Result<serde_json::Value> {
+async fn ready(http: &str) -> anyhow::Result<serde_json::Value> {
     Ok(reqwest::get(format!("{http}/ready")).await?.json().await?)
 }
 

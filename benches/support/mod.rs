@@ -143,8 +143,8 @@ pub async fn stored(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> anyhow::Result<async_nats::jetstream::stream::State> {
-    let mut stream = js.get_stream(stream).await?;
-    Ok(stream.info().await?.state.clone())
+    // (Getting the stream fetches its info: no second request.)
+    Ok(js.get_stream(stream).await?.cached_info().state.clone())
 }
 
 /// The CPU that nats-server and one client process use over a run, per event.

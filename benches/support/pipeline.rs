@@ -60,11 +60,10 @@ pub enum Copies {
     /// bytes (zeros added: a delta weighs more than the events it comes from).
     Fenced { weight: f64 },
     /// Fenced as above, each copy the match's real delta: the batch's events decoded,
-    /// applied to the partition's aggregates and their entries encoded in the delta
-    /// format DELTA_FORMAT names (as the service's setting; 2 by default), as the service
-    /// decides and publishes them (no dead letters, snapshots, projection or anything
-    /// else of the service's).
-    Deltas,
+    /// applied to the partition's aggregates and their entries encoded in this format
+    /// (the service's `DELTA_FORMAT`), as the service decides and publishes them (no
+    /// dead letters, snapshots, projection or anything else of the service's).
+    Deltas(Format),
 }
 
 /// What one run of the pipeline measured.
@@ -224,18 +223,21 @@ async fn partition(
     // Per match subject, the last sequence the pipeline stream holds (fenced copies).
     let mut last: HashMap<String, u64> = HashMap::new();
     // The partition's aggregates, when its copies are the deltas themselves.
-    let mut deltas = (copies == Copies::Deltas).then(Deltas::default);
+    let mut deltas = match copies {
+        Copies::Deltas(format) => Some(Deltas::new(format)),
+        _ => None,
+    };
     while !counts.stop.load(Ordering::Relaxed) {
         let Some(chunk) = next_chunk(&mut messages).await? else {
             continue;
         };
         // One message per match per batch, as the service publishes one delta per match
         // per batch (the fence allows no other).
-        let copied: Vec<(String, Vec<u8>, Option<String>)> = match deltas.as_mut() {
+        let copied: Vec<Outgoing<'_>> = match deltas.as_mut() {
             Some(deltas) => deltas.of(&chunk),
             None => by_match(&chunk)
                 .into_iter()
-                .map(|(m, (payload, id))| (m.to_owned(), payload, id.map(str::to_owned)))
+                .map(|(m, (payload, id))| (m.into(), payload, id.map(Cow::from)))
                 .collect(),
         };
         let mut acks = Vec::with_capacity(copied.len());
@@ -273,6 +275,9 @@ async fn partition(
     Ok(())
 }
 
+/// One copy to publish: its match's id, payload and message id.
+type Outgoing<'a> = (Cow<'a, str>, Vec<u8>, Option<Cow<'a, str>>);
+
 /// A batch's events by match (the subject's last token): their payloads concatenated, and
 /// the first event's `Nats-Msg-Id` (live batches rarely hold two events of a match).
 fn by_match(chunk: &[jetstream::Message]) -> HashMap<&str, (Vec<u8>, Option<&str>)> {
@@ -299,27 +304,19 @@ struct Deltas {
     format: Format,
 }
 
-impl Default for Deltas {
-    fn default() -> Self {
-        let format = std::env::var("DELTA_FORMAT").map_or(Format::default(), |v| {
-            v.parse()
-                .ok()
-                .and_then(Format::from_version)
-                .unwrap_or_else(|| panic!("DELTA_FORMAT: 2 or 3, not {v:?}"))
-        });
+impl Deltas {
+    fn new(format: Format) -> Self {
         Deltas {
             matches: HashMap::new(),
             lists: Vec::new(),
             format,
         }
     }
-}
 
-impl Deltas {
     /// The batch's events decided, and one encoded delta per match: (match id, payload,
     /// message id). An event that does not decode or apply is skipped (the load
     /// generator's all do).
-    fn of(&mut self, chunk: &[jetstream::Message]) -> Vec<(String, Vec<u8>, Option<String>)> {
+    fn of(&mut self, chunk: &[jetstream::Message]) -> Vec<Outgoing<'static>> {
         let stored_at = chrono::Utc::now().timestamp_millis();
         let mut entries: HashMap<MatchId, Vec<DeltaEntry>> = HashMap::new();
         for message in chunk {
@@ -344,7 +341,11 @@ impl Deltas {
                 match_view: None,
             };
             let payload = delta.encode(self.format);
-            out.push((match_id.to_string(), payload, Some(delta.msg_id())));
+            out.push((
+                match_id.to_string().into(),
+                payload,
+                Some(delta.msg_id().into()),
+            ));
             self.lists.extend(entries.into_iter().map(|e| e.changes));
         }
         out
